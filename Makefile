@@ -1,0 +1,43 @@
+# `make test` and `make sample` install what they need into .venv the first time;
+# later runs skip the installs that are already done.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+
+.PHONY: install test lint typecheck unit sample bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(VENV)/.torch-$(TORCH_VERSION): | $(BIN)/python
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+sample: install
+	$(BIN)/charlm generate --model models/shakespeare-gpt --prompt "ROMEO:" --max-new-tokens 300 --seed 1
+
+bench: install
+	$(BIN)/python bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
