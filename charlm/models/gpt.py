@@ -1,0 +1,220 @@
+"""Decoder-only transformer in the nanoGPT lineage, with a KV cache for decoding.
+
+Past `block_size`: learned absolute position embeddings tie every cached key to
+its position, so a full cache cannot simply slide. When a row's cache is full,
+its window is re-encoded from its most recent `block_size // 2` characters
+(positions restart at 0) and decoding continues; the cost of re-encoding is
+amortised over the next `block_size // 2` steps. Generation never stops at the
+context limit, and the logits of every step equal `forward` on the window the
+state holds (`GPTState.window`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from charlm.models.base import (
+    CharModel,
+    DecodeState,
+    init_normal,
+    require,
+    scaled_init_std,
+    sequence_loss,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            require(getattr(self, name) >= 1, f"{name} must be at least 1")
+        require(self.n_embd % self.n_head == 0, "n_embd must be a multiple of n_head")
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+
+
+@dataclasses.dataclass
+class GPTState(DecodeState):
+    """KV cache with one row per sequence.
+
+    kv: (n_layer, 2, B, n_head, block_size, head_dim) keys and values by position;
+    tokens: (B, block_size) the characters of each row's window;
+    length: (B,) how many positions of each row are filled.
+    """
+
+    kv: Tensor
+    tokens: Tensor
+    length: Tensor
+
+    batch_dims: ClassVar[dict[str, int]] = {"kv": 2, "tokens": 0, "length": 0}
+
+    def window(self, row: int) -> Tensor:
+        """The characters row `row` currently attends to."""
+        return self.tokens[row, : int(self.length[row])]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        shape = (B, T, self.n_head, C // self.n_head)
+        return tuple(t.view(shape).transpose(1, 2) for t in (q, k, v))  # 3 x (B, H, T, hd)
+
+    def _merge(self, y: Tensor) -> Tensor:
+        B, H, T, hd = y.shape
+        y = y.transpose(1, 2).reshape(B, T, H * hd)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self._heads(x)
+        dropout = self.dropout if self.training else 0.0
+        return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True))
+
+    def forward_cached(self, x: Tensor, kv: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        """Attend from x (B, T, C) at `positions` (B, T) over the cache kv (2, B, H, S, hd).
+
+        Writes this chunk's keys and values into the cache in place first.
+        """
+        q, k, v = self._heads(x)
+        rows = torch.arange(x.size(0), device=x.device)[:, None]  # (B, 1)
+        kv[0][rows, :, positions] = k.transpose(1, 2).to(kv.dtype)  # (B, T, H, hd)
+        kv[1][rows, :, positions] = v.transpose(1, 2).to(kv.dtype)
+        y = F.scaled_dot_product_attention(q, kv[0].to(q.dtype), kv[1].to(q.dtype), attn_mask=mask)
+        return self._merge(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x: Tensor, kv: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), kv, positions, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(CharModel):
+    architecture = "gpt"
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied input and output embeddings
+        self.apply(init_normal)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=scaled_init_std(config.n_layer))
+
+    @property
+    def context_size(self) -> int:
+        return self.config.block_size
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        T = idx.size(1)
+        if self.config.block_size < T:
+            raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
+        positions = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        return logits, sequence_loss(logits, targets)
+
+    def init_state(self, batch_size: int, device: torch.device | str) -> GPTState:
+        c = self.config
+        dtype = self.wte.weight.dtype
+        head_dim = c.n_embd // c.n_head
+        shape = (c.n_layer, 2, batch_size, c.n_head, c.block_size, head_dim)
+        return GPTState(
+            kv=torch.zeros(shape, dtype=dtype, device=device),
+            tokens=torch.zeros(batch_size, c.block_size, dtype=torch.long, device=device),
+            length=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    def step(self, tokens: Tensor, state: DecodeState | None = None) -> tuple[Tensor, GPTState]:
+        """Append tokens (B, T) to each row's window; logits (B, V) for the next character.
+
+        Updates `state` in place and returns it.
+        """
+        if state is None:
+            state = self.init_state(tokens.size(0), tokens.device)
+        assert isinstance(state, GPTState)
+        size = self.config.block_size
+        tokens = tokens[:, -size:]  # older characters would be re-encoded away anyway
+        overflow = (state.length + tokens.size(1) > size).nonzero().squeeze(1)
+        if overflow.numel():
+            self._reencode(state, overflow, keep=min(size // 2, size - tokens.size(1)))
+        return self._advance(tokens, state), state
+
+    def _advance(self, tokens: Tensor, state: GPTState) -> Tensor:
+        """Run tokens (B, T) through the model on top of the cache; logits (B, V)."""
+        T = tokens.size(1)
+        positions = state.length[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
+        slots = torch.arange(self.config.block_size, device=tokens.device)  # (S,)
+        mask = (slots[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
+        x = self.wte(tokens) + self.wpe(positions)  # (B, T, C)
+        for layer, block in enumerate(cast(list[Block], self.blocks)):
+            x = block.forward_cached(x, state.kv[layer], positions, mask)
+        rows = torch.arange(tokens.size(0), device=tokens.device)[:, None]
+        state.tokens[rows, positions] = tokens
+        state.length += T
+        return self.lm_head(self.ln_f(x[:, -1]))  # (B, V)
+
+    def _reencode(self, state: GPTState, rows: Tensor, keep: int) -> None:
+        """Restart the windows of `rows` from their last `keep` characters."""
+        if keep == 0:
+            state.length[rows] = 0
+            return
+        lengths = state.length[rows]  # (R,)
+        offsets = lengths[:, None] - keep + torch.arange(keep, device=lengths.device)  # (R, keep)
+        recent = state.tokens[rows[:, None], offsets]  # (R, keep)
+        fresh = self.init_state(rows.numel(), recent.device)
+        self._advance(recent, fresh)
+        state.kv[:, :, rows] = fresh.kv
+        state.tokens[rows] = fresh.tokens
+        state.length[rows] = fresh.length

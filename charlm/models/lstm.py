@@ -1,0 +1,102 @@
+"""Multi-layer LSTM in the char-rnn lineage."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from charlm.models.base import CharModel, DecodeState, require, sequence_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMConfig:
+    vocab_size: int
+    n_embd: int = 0  # 0: one-hot input, as char-rnn does
+    hidden_size: int = 256
+    n_layer: int = 2
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "n_layer"):
+            require(getattr(self, name) >= 1, f"{name} must be at least 1")
+        require(self.n_embd >= 0, "n_embd must be 0 (one-hot) or positive")
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+
+
+@dataclasses.dataclass
+class LSTMState(DecodeState):
+    """h, c: (n_layer, B, hidden_size)."""
+
+    h: Tensor
+    c: Tensor
+
+    batch_dims: ClassVar[dict[str, int]] = {"h": 1, "c": 1}
+
+
+class CharInput(nn.Module):
+    """Embedding, or the one-hot encoding of char-rnn when `n_embd` is 0."""
+
+    def __init__(self, vocab_size: int, n_embd: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, n_embd) if n_embd else None
+        self.size = n_embd or vocab_size
+
+    def forward(self, idx: Tensor, dtype: torch.dtype) -> Tensor:
+        if self.embedding is not None:
+            return self.embedding(idx)  # (B, T, n_embd)
+        return F.one_hot(idx, self.vocab_size).to(dtype)  # (B, T, V)
+
+
+class LSTM(CharModel):
+    architecture = "lstm"
+    config_class = LSTMConfig
+    carries_state = True
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__()
+        self.config = config
+        self.input = CharInput(config.vocab_size, config.n_embd)
+        self.lstm = nn.LSTM(
+            self.input.size,
+            config.hidden_size,
+            num_layers=config.n_layer,
+            dropout=config.dropout if config.n_layer > 1 else 0.0,
+            batch_first=True,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def _run(self, idx: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:
+        x = self.input(idx, self.head.weight.dtype)  # (B, T, I)
+        hc = None if state is None else (state.h, state.c)
+        out, (h, c) = self.lstm(x, hc)  # out: (B, T, H)
+        return self.drop(out), LSTMState(h, c)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        logits, loss, _ = self.forward_carry(idx, targets, None)
+        return logits, loss
+
+    def forward_carry(
+        self, idx: Tensor, targets: Tensor | None, state: DecodeState | None
+    ) -> tuple[Tensor, Tensor | None, LSTMState]:
+        assert state is None or isinstance(state, LSTMState)
+        out, state = self._run(idx, state)
+        logits = self.head(out)  # (B, T, V)
+        return logits, sequence_loss(logits, targets), state
+
+    def init_state(self, batch_size: int, device: torch.device | str) -> LSTMState:
+        shape = (self.config.n_layer, batch_size, self.config.hidden_size)
+        dtype = self.head.weight.dtype
+        return LSTMState(
+            torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+        )
+
+    def step(self, tokens: Tensor, state: DecodeState | None = None) -> tuple[Tensor, LSTMState]:
+        assert state is None or isinstance(state, LSTMState)
+        out, state = self._run(tokens, state)
+        return self.head(out[:, -1]), state  # (B, V)
