@@ -1,0 +1,1 @@
+"""The HTTP service: model directories -> registry -> batching engine -> HTTP."""

@@ -1,0 +1,1 @@
+"""Offline training: a UTF-8 text file in, a model directory out."""

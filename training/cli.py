@@ -1,0 +1,97 @@
+"""`charlm train` and `charlm eval`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from charlm.checkpoint import ModelDirError, load_model
+from charlm.cli import CommandError, add_device_argument, resolve_device
+from charlm.vocab import UnknownCharactersError
+from training.config import PRESETS, ConfigError, parse_assignment
+from training.data import DataError, read_corpus
+from training.evaluation import evaluate_text, loss_metrics
+from training.session import RunSpec
+from training.trainer import train
+
+logger = logging.getLogger(__name__)
+EVAL_BATCH = 64
+
+
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train", help="train a model on a UTF-8 text file",
+        description="Train a model and write it to a model directory. Settings come from the preset "
+        "(default: the architecture's own) and --set overrides.",
+    )
+    parser.add_argument("--data", required=True, type=Path, help="UTF-8 text file")
+    parser.add_argument("--out", required=True, type=Path, help="model directory to write, e.g. models/NAME")
+    parser.add_argument("--arch", choices=("gpt", "lstm", "lstm_attention"), help="architecture")
+    parser.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model or training setting (repeatable), e.g. --set max_iters=500")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out (at the first checkpoint)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_argument(parser)
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        overrides = dict(parse_assignment(text) for text in args.settings)
+        spec = RunSpec(
+            data=args.data, out=args.out, architecture=args.arch, preset=args.preset, overrides=overrides,
+            resume=args.resume, overwrite=args.overwrite, device=args.device,
+            command=shlex.join(["charlm", *sys.argv[1:]]), progress=not args.no_progress,
+        )
+        with logging_redirect_tqdm():
+            summary = train(spec)
+    except (ConfigError, DataError, ModelDirError) as exc:
+        raise CommandError(str(exc)) from None
+    except KeyboardInterrupt:
+        logger.warning("interrupted; %s keeps the best checkpoint so far", args.out)
+        raise
+    if summary is None:
+        logger.warning("no checkpoint was written: the validation loss was never finite")
+        return 1
+    if summary:
+            logger.info("best val loss %.4f (%.3f bits/char) at iteration %d in %s",
+                    summary["val_loss"], summary["val_bpc"], summary["iterations"], args.out)
+    return 0
+
+
+def add_eval_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "eval", help="score a model on a text file",
+        description="Mean loss over every character of the file, in consecutive windows of the "
+        "model's training sequence length; prints loss, perplexity and bits per character.",
+    )
+    parser.add_argument("--model", required=True, help="model directory")
+    parser.add_argument("--data", required=True, type=Path, help="UTF-8 text file")
+    parser.add_argument("--seq-len", type=int, default=None, help="window length (default: as trained)")
+    add_device_argument(parser)
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    try:
+        loaded = load_model(args.model, device=device)
+        ids = torch.from_numpy(loaded.vocab.encode(read_corpus(args.data)))
+    except (DataError, ModelDirError, UnknownCharactersError) as exc:
+        raise CommandError(str(exc)) from None
+    trained_seq_len = loaded.info.get("training", {}).get("seq_len")
+    seq_len = args.seq_len or trained_seq_len or loaded.model.context_size or 256
+    if seq_len < 1 or len(ids) < 2:
+        raise CommandError("need --seq-len >= 1 and a text of at least 2 characters")
+    metrics = loss_metrics(evaluate_text(loaded.model, ids, seq_len, EVAL_BATCH, device))
+    print(f"loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.3f}  "
+          f"bits/char {metrics['bpc']:.4f}  ({len(ids):,} characters, windows of {seq_len})")
+    return 0

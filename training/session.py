@@ -1,0 +1,154 @@
+"""Everything a training run needs before its first step: data, vocabulary, model, optimizer.
+
+A fresh run builds these from a preset; `--resume` rebuilds them from a model
+directory and its training_state.pt, loaded with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charlm.checkpoint import ModelDirError, load_model
+from charlm.models import CharModel, build_model
+from charlm.vocab import UnknownCharactersError, Vocab
+from training.artifacts import STATE_FILE, read_metrics
+from training.config import ConfigError, Preset, TrainConfig, apply_overrides, resolve
+from training.data import DataError, StreamBatches, WindowBatches, check_long_enough, read_corpus, split
+from training.distributed import Distributed
+from training.optim import make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What the user asked for on the command line."""
+
+    data: Path
+    out: Path
+    architecture: str | None = None
+    preset: str | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    command: str = ""
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class Session:
+    spec: RunSpec
+    config: TrainConfig
+    model: CharModel
+    vocab: Vocab
+    train_data: torch.Tensor
+    val_data: torch.Tensor
+    seq_len: int
+    optimizer: torch.optim.AdamW
+    batches: WindowBatches | StreamBatches
+    corpus: dict[str, Any]  # data file facts for the model card
+    start_iter: int = 0
+    best_val: float = float("inf")
+    elapsed_before: float = 0.0
+    metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    summary: dict[str, Any] | None = None  # of the checkpoint a resumed run starts from
+
+
+def check_output(spec: RunSpec) -> None:
+    if spec.resume and spec.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; choose one")
+    if spec.resume and not (spec.out / STATE_FILE).is_file():
+        raise ConfigError(f"cannot resume: {spec.out / STATE_FILE} does not exist")
+    if not spec.resume and not spec.overwrite and spec.out.exists():
+        raise ConfigError(
+            f"{spec.out} already exists; pass --resume to continue it or --overwrite to replace it"
+        )
+
+
+def prepare(spec: RunSpec, run: Distributed) -> Session:
+    check_output(spec)
+    text = read_corpus(spec.data)
+    corpus = {
+        "data": spec.data.name,
+        "data_chars": len(text),
+        "data_sha256": hashlib.sha256(spec.data.read_bytes()).hexdigest(),
+    }
+    if spec.resume:
+        return _resume(spec, run, text, corpus)
+    vocab = Vocab.from_text(text)
+    architecture, model_config, config = resolve(spec.architecture, spec.preset, spec.overrides, len(vocab))
+    torch.manual_seed(config.seed)
+    model = build_model(architecture, dataclasses.asdict(model_config))
+    return _session(spec, run, text, corpus, vocab, model, config)
+
+
+def _resume(spec: RunSpec, run: Distributed, text: str, corpus: dict[str, Any]) -> Session:
+    try:
+        loaded = load_model(spec.out)
+    except ModelDirError as exc:
+        raise ConfigError(f"cannot resume: {exc}") from None
+    state = torch.load(spec.out / STATE_FILE, weights_only=True)
+    model_keys = sorted(set(spec.overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if model_keys:
+        raise ConfigError(f"cannot change model settings {model_keys} when resuming")
+    preset = dataclasses.replace(_as_preset(loaded.model), train=state["train_config"])
+    _, config = apply_overrides(preset, spec.overrides, len(loaded.vocab))
+    if state["iter"] >= config.max_iters:
+        raise ConfigError(
+            f"{spec.out} already reached max_iters {config.max_iters}; raise it with --set max_iters=N"
+        )
+    session = _session(spec, run, text, corpus, loaded.vocab, loaded.model.train(), config)
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.batches.load_state_dict(state["batches"])
+    session.start_iter = state["iter"]
+    session.best_val = state["best_val"]
+    session.elapsed_before = state["elapsed_s"]
+    session.metrics = read_metrics(spec.out, state["iter"])
+    session.summary = loaded.info.get("training")
+    return session
+
+
+def _as_preset(model: CharModel) -> Preset:
+    config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "vocab_size"}
+    return Preset(model.architecture, config, {})
+
+
+def _session(
+    spec: RunSpec, run: Distributed, text: str, corpus: dict[str, Any], vocab: Vocab, model: CharModel,
+    config: TrainConfig,
+) -> Session:
+    try:
+        ids = torch.from_numpy(vocab.encode(text))
+    except UnknownCharactersError as exc:
+        raise DataError(f"the data has characters the model's vocabulary lacks: {exc}") from None
+    train_data, val_data = split(ids, config.val_fraction)
+    seq_len = sequence_length(model, config)
+    check_long_enough("training", train_data, seq_len)
+    check_long_enough("validation", val_data, seq_len)
+    if config.batching == "streams":
+        if not model.carries_state:
+            raise ConfigError(
+                f"batching 'streams' needs a recurrent model; {model.architecture} has no state to carry"
+            )
+        batches: WindowBatches | StreamBatches = StreamBatches(
+            train_data, config.batch_size, seq_len, run.rank, run.world_size
+        )
+    else:
+        batches = WindowBatches(train_data, config.batch_size, seq_len, seed=config.seed + run.rank)
+    model.to(run.device)
+    optimizer = make_optimizer(model, config, run.device)
+    return Session(spec, config, model, vocab, train_data, val_data, seq_len, optimizer, batches, corpus)
+
+
+def sequence_length(model: CharModel, config: TrainConfig) -> int:
+    context = model.context_size
+    seq_len = config.seq_len or context
+    if seq_len is None:
+        raise ConfigError(f"set seq_len: the {model.architecture} model has no block_size to default to")
+    if context is not None and seq_len > context:
+        raise ConfigError(f"seq_len {seq_len} exceeds the model's block_size {context}")
+    return seq_len
