@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from charlm.sampling import SamplingBatch, SamplingParams, filtered_sorted_probs, make_generator, sample
+
+V = 50
+
+
+def draw(logits, params, seeds):
+    batch = SamplingBatch.of(params, logits.device)
+    generators = [make_generator(seed)[0] for seed in seeds]
+    return sample(logits, batch, generators)
+
+
+def random_logits(rows: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(rows, V, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_temperature_zero_is_greedy_argmax():
+    logits = random_logits(8)
+    ids, _ = draw(logits, [SamplingParams(temperature=0.0)] * 8, range(8))
+    assert ids.tolist() == logits.argmax(dim=-1).tolist()
+
+
+def test_top_k_never_picks_outside_the_k_best():
+    logits = random_logits(1).expand(400, V)
+    ids, _ = draw(logits, [SamplingParams(temperature=5.0, top_k=3)] * 400, range(400))
+    allowed = set(logits[0].topk(3).indices.tolist())
+    assert set(ids.tolist()) <= allowed
+    assert len(set(ids.tolist())) == 3  # a hot temperature reaches all three
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_the_mass():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    batch = SamplingBatch.of([SamplingParams(top_p=0.75)], "cpu")
+    probs, order = filtered_sorted_probs(logits, batch)
+    assert order[0].tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(probs[0], torch.tensor([0.625, 0.375, 0.0, 0.0]))
+
+
+def test_top_p_always_keeps_the_most_likely_character():
+    logits = torch.log(torch.tensor([[0.9, 0.1]]))
+    probs, _ = filtered_sorted_probs(logits, SamplingBatch.of([SamplingParams(top_p=0.01)], "cpu"))
+    assert probs[0].tolist() == [1.0, 0.0]
+
+
+def test_same_seed_gives_the_same_draw_alone_or_inside_a_batch():
+    logits = random_logits(4)
+    params = [
+        SamplingParams(temperature=1.0, seed=7),
+        SamplingParams(temperature=0.7, top_k=5),
+        SamplingParams(temperature=1.3, top_p=0.9),
+        SamplingParams(temperature=0.0),
+    ]
+    seeds = [7, 1, 2, 3]
+    batched, _ = draw(logits, params, seeds)
+    for row in range(4):
+        alone, _ = draw(logits[row : row + 1], [params[row]], [seeds[row]])
+        assert alone.item() == batched[row].item()
+
+
+def test_a_generator_keeps_drawing_the_same_sequence_for_a_seed():
+    logits = random_logits(1) / 6  # flat enough that 30 draws differ
+    params = [SamplingParams(temperature=1.0)]
+    first, second = make_generator(42)[0], make_generator(42)[0]
+    run_a = [sample(logits, SamplingBatch.of(params, "cpu"), [first])[0].item() for _ in range(30)]
+    run_b = [sample(logits, SamplingBatch.of(params, "cpu"), [second])[0].item() for _ in range(30)]
+    assert run_a == run_b and len(set(run_a)) > 1
+
+
+def test_sampled_frequencies_follow_the_distribution():
+    probs = torch.tensor([0.6, 0.3, 0.1])
+    logits = probs.log().expand(3000, 3)
+    ids, _ = draw(logits, [SamplingParams()] * 3000, range(3000))
+    freq = torch.bincount(ids, minlength=3).float() / 3000
+    torch.testing.assert_close(freq, probs, atol=0.03, rtol=0)
+
+
+def test_logprobs_are_under_the_unmodified_distribution():
+    logits = random_logits(3)
+    ids, logprobs = draw(logits, [SamplingParams(temperature=0.5, top_k=2)] * 3, range(3))
+    expected = logits.log_softmax(-1).gather(1, ids[:, None]).squeeze(1)
+    torch.testing.assert_close(logprobs, expected)
+
+
+def test_unseeded_generators_report_the_seed_they_drew():
+    _, seed_a = make_generator(None)
+    _, seed_b = make_generator(None)
+    assert seed_a != seed_b
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"temperature": -1.0}, {"temperature": float("nan")}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5},
+     {"seed": -3}],
+)
+def test_invalid_sampling_params_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        SamplingParams(**kwargs)

@@ -1,0 +1,102 @@
+"""The command line: exit status 2 and a one-line reason for every bad input, never a traceback."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from charlm.checkpoint import load_model
+from charlm.cli import main
+
+
+def run_cli(capsys, *args):
+    status = main(list(args))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.fixture()
+def train_args(corpus_file, tmp_path):
+    return ["train", "--data", str(corpus_file), "--out", str(tmp_path / "out"), "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [(None, "does not exist"), (b"", "is empty"), (b"\xc3\x28 broken", "not valid UTF-8"),
+     (b"too short", "too short")],
+)
+def test_train_refuses_bad_data_files(capsys, tmp_path, content, problem):
+    data = tmp_path / "data.txt"
+    if content is not None:
+        data.write_bytes(content)
+    status, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(tmp_path / "m"),
+                             "--preset", "gpt-tiny", "--no-progress")
+    assert status == 2 and problem in err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        (["--preset", "gpt-enormous"], "unknown preset 'gpt-enormous'"),
+        (["--preset", "lstm", "--arch", "gpt"], "is for architecture 'lstm'"),
+        (["--preset", "gpt-tiny", "--set", "n_head=5"], "multiple of n_head"),
+        (["--preset", "gpt-tiny", "--set", "dropout=2"], "dropout must be in [0, 1)"),
+        (["--preset", "gpt-tiny", "--set", "seq_len=64"], "exceeds the model's block_size 32"),
+        (["--preset", "gpt-tiny", "--set", "nonsense"], "--set expects key=value"),
+        (["--arch", "lstm", "--resume", "--overwrite"], "contradict"),
+    ],
+)
+def test_train_refuses_bad_settings(capsys, train_args, extra, problem):
+    status, _, err = run_cli(capsys, *train_args, *extra)
+    assert status == 2 and problem in err, err
+
+
+def test_unknown_architecture_is_a_usage_error(capsys, train_args):
+    with pytest.raises(SystemExit) as info:
+        main([*train_args, "--arch", "transformer"])
+    assert info.value.code == 2
+    assert "invalid choice: 'transformer'" in capsys.readouterr().err
+
+
+def test_generate_prints_the_prompt_then_a_seeded_continuation(capsys, trained_dir):
+    args = ["generate", "--model", str(trained_dir), "--prompt", "the ", "--max-new-tokens", "40",
+            "--seed", "5"]
+    status, first, _ = run_cli(capsys, *args)
+    _, second, _ = run_cli(capsys, *args)
+    assert status == 0 and first == second
+    assert first.startswith("the ") and len(first) == len("the ") + 40 + 1
+
+
+def test_generate_refuses_a_prompt_with_unknown_characters(capsys, trained_dir):
+    status, out, err = run_cli(capsys, "generate", "--model", str(trained_dir), "--prompt", "the €")
+    assert status == 2 and out == ""
+    assert "'€' (U+20AC) at 4" in err
+
+
+def test_generate_refuses_a_missing_model(capsys, tmp_path):
+    status, _, err = run_cli(capsys, "generate", "--model", str(tmp_path / "nothing"))
+    assert status == 2 and "not a directory" in err
+
+
+def test_eval_reports_loss_perplexity_and_bits_per_character(capsys, trained_dir, corpus_file):
+    status, out, _ = run_cli(capsys, "eval", "--model", str(trained_dir), "--data", str(corpus_file))
+    assert status == 0
+    words = out.split()
+    loss, perplexity, bpc = float(words[1]), float(words[3]), float(words[5])
+    assert 0 < loss < math.log(len(load_model(trained_dir).vocab))  # better than uniform
+    assert perplexity == pytest.approx(2.718281828**loss, rel=1e-3)
+    assert bpc == pytest.approx(loss / 0.693147, rel=1e-3)
+    summary = json.loads((trained_dir / "config.json").read_text())["training"]
+    assert abs(loss - summary["val_loss"]) < 0.6  # the same model, scored on the whole file
+
+
+def test_the_console_script_runs_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "charlm", "eval", "--model", str(tmp_path), "--data", "missing.txt"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert "missing file" in result.stderr and "Traceback" not in result.stderr

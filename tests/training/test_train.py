@@ -1,0 +1,142 @@
+"""Short real training runs on the fixture corpus."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from charlm.checkpoint import load_model
+from tests.conftest import train_tiny
+from training import artifacts
+from training.config import ConfigError
+from training.session import RunSpec
+from training.trainer import train
+
+EXPECTED_FILES = {
+    "model.safetensors", "vocab.json", "config.json", "README.md", "metrics.jsonl", "loss.png",
+    "training_state.pt",
+}
+
+
+def read_metrics(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_the_loss_and_writes_a_complete_model_directory(trained_dir):
+    assert {p.name for p in trained_dir.iterdir()} == EXPECTED_FILES
+    metrics = read_metrics(trained_dir)
+    assert [m["iter"] for m in metrics] == [0, 30, 60]
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
+    assert metrics[-1]["val_bpc"] == pytest.approx(metrics[-1]["val_loss"] / 0.693147, rel=1e-4)
+    assert (trained_dir / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert not list(trained_dir.parent.glob(".*"))  # no staging directory left behind
+
+
+def test_model_card_and_summary_describe_the_run(trained_dir):
+    info = json.loads((trained_dir / "config.json").read_text())
+    summary = info["training"]
+    assert summary["data"] == "corpus.txt" and len(summary["data_sha256"]) == 64
+    assert summary["iterations"] <= summary["iterations_run"] == 60
+    card = (trained_dir / "README.md").read_text()
+    for needle in (summary["data_sha256"], "pytest", "validation loss", "Seed 3:", "wall time", "hardware"):
+        assert needle in card
+
+
+def test_the_best_checkpoint_is_the_one_kept(trained_dir):
+    metrics = read_metrics(trained_dir)
+    best = min(metrics, key=lambda m: m["val_loss"])
+    summary = json.loads((trained_dir / "config.json").read_text())["training"]
+    assert summary["iterations"] == best["iter"] and summary["val_loss"] == best["val_loss"]
+
+
+def test_resume_continues_from_the_saved_state(corpus_file, tmp_path):
+    out = train_tiny("lstm", corpus_file, tmp_path / "m", max_iters=30, eval_interval=15)
+    spec = RunSpec(data=corpus_file, out=out, overrides={"max_iters": 45}, resume=True, progress=False)
+    summary = train(spec)
+    assert summary is not None
+    assert [m["iter"] for m in read_metrics(out)] == [0, 15, 30, 45]
+    assert json.loads((out / "config.json").read_text())["training"]["iterations_run"] == 45
+
+
+def test_resume_refuses_model_changes_and_finished_runs(trained_dir, corpus_file):
+    with pytest.raises(ConfigError, match="cannot change model settings"):
+        train(RunSpec(data=corpus_file, out=trained_dir, overrides={"hidden_size": 8}, resume=True))
+    with pytest.raises(ConfigError, match="already reached max_iters"):
+        train(RunSpec(data=corpus_file, out=trained_dir, resume=True))
+
+
+def test_an_existing_directory_is_neither_overwritten_nor_resumed_silently(trained_dir, corpus_file):
+    with pytest.raises(ConfigError, match="already exists; pass --resume"):
+        train(RunSpec(data=corpus_file, out=trained_dir, preset="gpt-tiny"))
+
+
+def test_overwrite_replaces_a_model_directory(corpus_file, tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    train_tiny("gpt", corpus_file, out, overwrite=True, max_iters=4, eval_interval=2)
+    assert not (out / "stale.txt").exists()
+    assert load_model(out).model.architecture == "gpt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # the old directory is gone
+
+
+def test_streams_batching_needs_a_recurrent_model(corpus_file, tmp_path):
+    with pytest.raises(ConfigError, match="needs a recurrent model"):
+        train_tiny("gpt", corpus_file, tmp_path / "m", batching="streams")
+
+
+def test_a_crash_while_writing_the_first_checkpoint_leaves_nothing(corpus_file, tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifacts.torch, "save", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        train_tiny("gpt", corpus_file, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []  # neither the model directory nor its staging copy
+
+
+def test_a_crash_during_a_later_checkpoint_keeps_the_previous_one(corpus_file, tmp_path, monkeypatch):
+    out = train_tiny("gpt", corpus_file, tmp_path / "m", max_iters=10, eval_interval=10)
+    before = load_model(out)
+    calls = []
+
+    def fail_on_weights(tensors, filename, metadata=None):
+        calls.append(filename)
+        raise OSError("disk full")
+
+    monkeypatch.setattr("charlm.checkpoint.save_file", fail_on_weights)
+    spec = RunSpec(data=corpus_file, out=out, overrides={"max_iters": 20}, resume=True, progress=False)
+    with pytest.raises(OSError, match="disk full"):
+        train(spec)
+    assert calls, "the resumed run should have tried to checkpoint"
+    after = load_model(out)
+    for name, tensor in before.model.state_dict().items():
+        assert torch.equal(tensor, after.model.state_dict()[name])
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_ctrl_c_keeps_the_best_checkpoint(corpus_file, tmp_path):
+    out = tmp_path / "m"
+    command = [
+        sys.executable, "-m", "charlm", "train", "--data", str(corpus_file), "--out", str(out),
+        "--preset", "gpt-tiny", "--no-progress", "--set", "max_iters=100000", "--set", "eval_interval=20",
+        "--set", "eval_iters=2", "--set", "sample_chars=0",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "keeps the best checkpoint" in stderr and "Traceback" not in stderr
+    assert load_model(out).model is not None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
