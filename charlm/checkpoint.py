@@ -68,14 +68,16 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def distinct_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with tied tensors kept once, under their first name."""
+    """The state dict with tied parameters (the same Parameter object) kept once, under their first name.
+
+    Identity, not storage, decides: cuDNN packs an LSTM's distinct weights into one buffer.
+    """
     seen: set[int] = set()
     state = {}
-    for name, tensor in model.state_dict().items():
-        key = tensor.untyped_storage().data_ptr()
-        if key not in seen:
-            seen.add(key)
-            state[name] = tensor
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            state[name] = tensor.detach()
     return state
 
 

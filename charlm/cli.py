@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -51,6 +52,7 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(requested: str) -> torch.device:
+    """The torch device for --device auto|cpu|cuda; refuses cuda without CUDA."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda was requested but CUDA is not available")
     if requested == "auto":
@@ -84,7 +86,9 @@ def run_generate(args: argparse.Namespace) -> int:
         for generated in characters:
             sys.stdout.write(generated.char)
             sys.stdout.flush()
+        sys.stdout.write("\n")
     except (ValueError, ModelDirError, UnknownCharactersError) as exc:
         raise CommandError(str(exc)) from None
-    sys.stdout.write("\n")
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout at exit)
     return 0

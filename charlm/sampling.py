@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 MAX_SEED = 2**63 - 1
+MIN_TEMPERATURE = 1e-4  # below this, sampling is argmax in all but name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,8 @@ def filtered_sorted_probs(logits: Tensor, batch: SamplingBatch) -> tuple[Tensor,
     Returns (probs, order), both (B, V): probs[b, r] belongs to character order[b, r].
     Rows are normalised; filtered-out characters have probability 0.
     """
-    temperature = torch.where(batch.temperature > 0, batch.temperature, 1.0)
+    # Greedy rows (0) are decided by argmax later; a floor keeps tiny temperatures finite.
+    temperature = torch.where(batch.temperature > 0, batch.temperature.clamp(min=MIN_TEMPERATURE), 1.0)
     scaled = logits.float() / temperature[:, None]  # (B, V)
     sorted_logits, order = scaled.sort(dim=-1, descending=True)  # (B, V)
     ranks = torch.arange(logits.size(-1), device=logits.device)[None, :]  # (1, V)
@@ -78,8 +80,10 @@ def filtered_sorted_probs(logits: Tensor, batch: SamplingBatch) -> tuple[Tensor,
     probs = sorted_logits.softmax(dim=-1)
     # Keep the smallest prefix whose mass reaches top_p: drop a character when the
     # mass before it already does. The most likely character always stays.
+    # Rows with top_p 1.0 skip the filter: round-off in the sum must not cut their tail.
     mass_before = probs.cumsum(dim=-1) - probs
-    probs = probs.masked_fill(mass_before >= batch.top_p[:, None], 0.0)
+    cut = (mass_before >= batch.top_p[:, None]) & (batch.top_p[:, None] < 1.0)
+    probs = probs.masked_fill(cut, 0.0)
     return probs / probs.sum(dim=-1, keepdim=True), order
 
 
@@ -95,7 +99,7 @@ def sample(
     # One uniform number per row from that row's generator, drawn on the CPU.
     uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).to(logits.device)  # (B,)
     cdf = probs.cumsum(dim=-1)  # (B, V)
-    rank = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:]).clamp(max=logits.size(-1) - 1)
+    rank = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:]).clamp(max=logits.size(-1) - 1)  # (B, 1)
     drawn = order.gather(1, rank).squeeze(1)  # (B,)
     ids = torch.where(batch.temperature > 0, drawn, logits.argmax(dim=-1))
     logprobs = logits.float().log_softmax(dim=-1).gather(1, ids[:, None]).squeeze(1)

@@ -44,8 +44,10 @@ class RunDirectory:
     ) -> None:
         target = self.path if self.published else self._staging()
         try:
-            save_model(target, model, vocab, summary)
+            # The state goes first: a resume refuses a state whose iteration differs
+            # from the one config.json records, so an interrupted checkpoint is caught.
             write_atomically(target / STATE_FILE, lambda tmp: torch.save(state, tmp))
+            save_model(target, model, vocab, summary)
             write_atomically(target / CARD_FILE, lambda tmp: tmp.write_text(card, encoding="utf-8"))
             if not self.published:
                 self._publish(target)
@@ -64,6 +66,8 @@ class RunDirectory:
 
     def write_summary(self, summary: dict[str, Any], card: str) -> None:
         """Replace the training summary in config.json and the model card."""
+        if not self.published:
+            return
         info = json.loads((self.path / CONFIG_FILE).read_text(encoding="utf-8"))
         write_json(self.path / CONFIG_FILE, {**info, "training": summary})
         write_atomically(self.path / CARD_FILE, lambda tmp: tmp.write_text(card, encoding="utf-8"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from charlm.checkpoint import ModelDirError, load_model
+from charlm.checkpoint import WEIGHTS_FILE, ModelDirError, load_model
 from charlm.cli import CommandError, add_device_argument, resolve_device
 from charlm.vocab import UnknownCharactersError
 from training.config import PRESETS, ConfigError, parse_assignment
@@ -22,6 +22,7 @@ from training.trainer import train
 
 logger = logging.getLogger(__name__)
 EVAL_BATCH = 64
+DEFAULT_EVAL_SEQ_LEN = 256  # for a model with no trained sequence length and no context limit
 
 
 def add_train_command(commands: argparse._SubParsersAction) -> None:
@@ -56,7 +57,8 @@ def run_train(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, ModelDirError) as exc:
         raise CommandError(str(exc)) from None
     except KeyboardInterrupt:
-        logger.warning("interrupted; %s keeps the best checkpoint so far", args.out)
+        if (args.out / WEIGHTS_FILE).exists():
+            logger.warning("interrupted; %s keeps the best checkpoint so far", args.out)
         raise
     if summary is None:
         logger.warning("no checkpoint was written: the validation loss was never finite")
@@ -87,10 +89,14 @@ def run_eval(args: argparse.Namespace) -> int:
         ids = torch.from_numpy(loaded.vocab.encode(read_corpus(args.data)))
     except (DataError, ModelDirError, UnknownCharactersError) as exc:
         raise CommandError(str(exc)) from None
-    trained_seq_len = loaded.info.get("training", {}).get("seq_len")
-    seq_len = args.seq_len or trained_seq_len or loaded.model.context_size or 256
-    if seq_len < 1 or len(ids) < 2:
-        raise CommandError("need --seq-len >= 1 and a text of at least 2 characters")
+    training = loaded.info.get("training")
+    trained_seq_len = training.get("seq_len") if isinstance(training, dict) else None
+    context = loaded.model.context_size
+    seq_len = args.seq_len or trained_seq_len or context or DEFAULT_EVAL_SEQ_LEN
+    if seq_len < 1 or (context is not None and seq_len > context):
+        raise CommandError(f"--seq-len must be between 1 and the model's context of {context or 'any'}")
+    if len(ids) < 2:
+        raise CommandError(f"{args.data} needs at least 2 characters to score")
     metrics = loss_metrics(evaluate_text(loaded.model, ids, seq_len, EVAL_BATCH, device))
     print(f"loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.3f}  "
           f"bits/char {metrics['bpc']:.4f}  ({len(ids):,} characters, windows of {seq_len})")

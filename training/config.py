@@ -49,6 +49,7 @@ class TrainConfig:
         require(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
         require(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)")
+        require(0 <= self.seed < 2**63, "seed must be in [0, 2**63)")
         require(self.batching in BATCHING_MODES, f"batching must be one of {BATCHING_MODES}")
 
     @property

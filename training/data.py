@@ -18,7 +18,10 @@ def read_corpus(path: Path) -> str:
         raise DataError(f"data file {path} does not exist")
     if not path.is_file():
         raise DataError(f"data file {path} is not a regular file")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"data file {path} cannot be read ({exc.strerror})") from None
     if not raw:
         raise DataError(f"data file {path} is empty")
     try:
@@ -59,11 +62,11 @@ class WindowBatches:
         chunk = self.data[offsets]
         return chunk[:, :-1], chunk[:, 1:]
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
+    def state_dict(self) -> dict[str, int]:
+        return {}  # a resumed run reseeds instead (see training.session)
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        pass
 
 
 class StreamBatches:

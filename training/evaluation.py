@@ -49,22 +49,23 @@ def estimate_loss(
 def evaluate_text(
     model: CharModel, ids: Tensor, seq_len: int, batch_size: int, device: torch.device
 ) -> float:
-    """Mean loss over every character of `ids`, scored in consecutive windows of `seq_len`.
+    """Mean loss over every character of `ids` after the first, in consecutive windows of `seq_len`.
 
     Each window starts from an empty context, so a character's context is the
     part of its window before it (on average seq_len / 2 characters).
     """
     model.eval()
-    n_windows = (len(ids) - 1) // seq_len
-    if n_windows == 0:
-        seq_len, n_windows = len(ids) - 1, 1
+    n_windows, rest = divmod(len(ids) - 1, seq_len)
     inputs = ids[: n_windows * seq_len].view(n_windows, seq_len)  # (N, T)
     targets = ids[1 : n_windows * seq_len + 1].view(n_windows, seq_len)  # (N, T)
+    starts = range(0, n_windows, batch_size)
+    batches = [(inputs[i : i + batch_size], targets[i : i + batch_size]) for i in starts]
+    if rest:  # the shorter window at the end
+        batches.append((ids[-rest - 1 : -1][None], ids[-rest:][None]))
     total = 0.0
-    for start in range(0, n_windows, batch_size):
-        x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
+    for x, y in batches:
         with autocast_for(device):
             _, loss = model(x.to(device), y.to(device))
         assert loss is not None
-        total += loss.item() * len(x)
-    return total / n_windows
+        total += loss.item() * y.numel()
+    return total / (len(ids) - 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,10 @@ class Session:
     summary: dict[str, Any] | None = None  # of the checkpoint a resumed run starts from
 
 
+STATE_KEYS = {"iter", "best_val", "elapsed_s", "train_config", "optimizer", "batches", "torch_rng"}
+WINDOW_SEED_STRIDE = 1_000_003
+
+
 def check_output(spec: RunSpec) -> None:
     if spec.resume and spec.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
@@ -67,6 +72,11 @@ def check_output(spec: RunSpec) -> None:
         raise ConfigError(
             f"{spec.out} already exists; pass --resume to continue it or --overwrite to replace it"
         )
+    parent = spec.out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create {spec.out}: {parent} is not a writable directory")
 
 
 def prepare(spec: RunSpec, run: Distributed) -> Session:
@@ -91,25 +101,49 @@ def _resume(spec: RunSpec, run: Distributed, text: str, corpus: dict[str, Any]) 
         loaded = load_model(spec.out)
     except ModelDirError as exc:
         raise ConfigError(f"cannot resume: {exc}") from None
-    state = torch.load(spec.out / STATE_FILE, weights_only=True)
+    summary = loaded.info.get("training") or {}
+    state = _read_training_state(spec.out, summary.get("iterations"))
     model_keys = sorted(set(spec.overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
     if model_keys:
         raise ConfigError(f"cannot change model settings {model_keys} when resuming")
+    if spec.overrides.get("batching", state["train_config"]["batching"]) != state["train_config"]["batching"]:
+        raise ConfigError("cannot change batching when resuming")
     preset = dataclasses.replace(_as_preset(loaded.model), train=state["train_config"])
     _, config = apply_overrides(preset, spec.overrides, len(loaded.vocab))
     if state["iter"] >= config.max_iters:
         raise ConfigError(
             f"{spec.out} already reached max_iters {config.max_iters}; raise it with --set max_iters=N"
         )
-    session = _session(spec, run, text, corpus, loaded.vocab, loaded.model.train(), config)
-    session.optimizer.load_state_dict(state["optimizer"])
-    session.batches.load_state_dict(state["batches"])
-    session.start_iter = state["iter"]
+    session = _session(spec, run, text, corpus, loaded.vocab, loaded.model.train(), config, state["iter"])
+    try:
+        session.optimizer.load_state_dict(state["optimizer"])
+        session.batches.load_state_dict(state["batches"])
+        session.metrics = read_metrics(spec.out, state["iter"])
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"cannot resume: {spec.out} holds an inconsistent training state ({exc})") from None
+    torch.set_rng_state(state["torch_rng"])
     session.best_val = state["best_val"]
     session.elapsed_before = state["elapsed_s"]
-    session.metrics = read_metrics(spec.out, state["iter"])
-    session.summary = loaded.info.get("training")
+    session.summary = summary
     return session
+
+
+def _read_training_state(out: Path, checkpoint_iter: object) -> dict[str, Any]:
+    """training_state.pt, checked to belong to the weights beside it."""
+    path = out / STATE_FILE
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise ConfigError(f"cannot resume: {path} is unreadable ({exc})") from None
+    missing = sorted(STATE_KEYS - set(state)) if isinstance(state, dict) else sorted(STATE_KEYS)
+    if missing:
+        raise ConfigError(f"cannot resume: {path} lacks {missing}")
+    if state["iter"] != checkpoint_iter:
+        raise ConfigError(
+            f"cannot resume: {path} (iteration {state['iter']}) and the weights (iteration "
+            f"{checkpoint_iter}) are from different checkpoints; start again with --overwrite"
+        )
+    return state
 
 
 def _as_preset(model: CharModel) -> Preset:
@@ -119,7 +153,7 @@ def _as_preset(model: CharModel) -> Preset:
 
 def _session(
     spec: RunSpec, run: Distributed, text: str, corpus: dict[str, Any], vocab: Vocab, model: CharModel,
-    config: TrainConfig,
+    config: TrainConfig, start_iter: int = 0,
 ) -> Session:
     try:
         ids = torch.from_numpy(vocab.encode(text))
@@ -138,10 +172,14 @@ def _session(
             train_data, config.batch_size, seq_len, run.rank, run.world_size
         )
     else:
-        batches = WindowBatches(train_data, config.batch_size, seq_len, seed=config.seed + run.rank)
+        # Each rank, and each resumed run, draws its own windows.
+        seed = config.seed + WINDOW_SEED_STRIDE * run.rank + start_iter
+        batches = WindowBatches(train_data, config.batch_size, seq_len, seed=seed)
     model.to(run.device)
     optimizer = make_optimizer(model, config, run.device)
-    return Session(spec, config, model, vocab, train_data, val_data, seq_len, optimizer, batches, corpus)
+    return Session(
+        spec, config, model, vocab, train_data, val_data, seq_len, optimizer, batches, corpus, start_iter
+    )
 
 
 def sequence_length(model: CharModel, config: TrainConfig) -> int:

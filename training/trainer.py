@@ -62,7 +62,7 @@ def train(spec: RunSpec) -> dict[str, Any] | None:
 
 class Trainer:
     def __init__(self, session: Session, run: distributed.Distributed):
-        self.s = session
+        self.session = session
         self.run = run
         self.directory = RunDirectory(session.spec.out, replace_existing=session.spec.overwrite)
         self.started = time.perf_counter()
@@ -78,11 +78,11 @@ class Trainer:
 
     def fit(self) -> dict[str, Any] | None:
         """Train to max_iters (or early stop); on Ctrl-C, record how far it got and re-raise."""
-        s = self.s
+        session = self.session
         logger.info(
             "training %s (%s parameters) on %s: %d train / %d val characters, %d per iteration",
-            s.model.architecture, f"{s.model.num_parameters():,}", self.run.device,
-            len(s.train_data), len(s.val_data), self.chars_per_iter,
+            session.model.architecture, f"{session.model.num_parameters():,}", self.run.device,
+            len(session.train_data), len(session.val_data), self.chars_per_iter,
         )
         try:
             self.loop()
@@ -95,15 +95,16 @@ class Trainer:
         return self.summary
 
     def loop(self) -> None:
-        s, config = self.s, self.s.config
+        session, config = self.session, self.session.config
         state: DecodeState | None = None
-        iters = range(s.start_iter, config.max_iters + 1)
-        bar = tqdm(iters, disable=not (s.spec.progress and self.run.is_main), unit="it", dynamic_ncols=True)
+        iters = range(session.start_iter, config.max_iters + 1)
+        show = session.spec.progress and self.run.is_main
+        bar = tqdm(iters, disable=not show, unit="it", dynamic_ncols=True)
         window_start, window_iters = time.perf_counter(), 0
         for self.iteration in bar:
             iteration = self.iteration
             due = iteration % config.eval_interval == 0 or iteration == config.max_iters
-            resumed_here = s.spec.resume and iteration == s.start_iter  # already evaluated
+            resumed_here = session.spec.resume and iteration == session.start_iter  # already evaluated
             if due and not resumed_here and (self.evaluate(iteration) or iteration == config.max_iters):
                 break
             loss, state = self.train_step(iteration, state)
@@ -115,18 +116,18 @@ class Trainer:
         bar.close()
 
     def train_step(self, iteration: int, state: DecodeState | None) -> tuple[Tensor, DecodeState | None]:
-        s = self.s
-        for group in s.optimizer.param_groups:
-            group["lr"] = learning_rate(iteration, s.config)
-        x, y = s.batches.next()
-        carried = state.detach() if state is not None and s.batches.continues else None
+        session = self.session
+        for group in session.optimizer.param_groups:
+            group["lr"] = learning_rate(iteration, session.config)
+        x, y = session.batches.next()
+        carried = state.detach() if state is not None and session.batches.continues else None
         with autocast_for(self.run.device):
             loss, state = self.step(x.to(self.run.device), y.to(self.run.device), carried)
         loss.backward()
-        if s.config.grad_clip:
-            nn.utils.clip_grad_norm_(s.model.parameters(), s.config.grad_clip)
-        s.optimizer.step()
-        s.optimizer.zero_grad(set_to_none=True)
+        if session.config.grad_clip:
+            nn.utils.clip_grad_norm_(session.model.parameters(), session.config.grad_clip)
+        session.optimizer.step()
+        session.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), state
 
     def evaluate(self, iteration: int) -> bool:
@@ -135,14 +136,15 @@ class Trainer:
         Every rank evaluates the same windows with the same weights, so all
         ranks reach the same early-stopping decision without talking.
         """
-        s, config, device = self.s, self.s.config, self.run.device
+        session, config, device = self.session, self.session.config, self.run.device
         losses = {
-            name: estimate_loss(s.model, data, config.batch_size, s.seq_len, config.eval_iters, device)
-            for name, data in (("train", s.train_data), ("val", s.val_data))
+            name: estimate_loss(session.model, data, config.batch_size, session.seq_len, config.eval_iters,
+                                device)
+            for name, data in (("train", session.train_data), ("val", session.val_data))
         }
-        improved = losses["val"] < s.best_val
+        improved = losses["val"] < session.best_val
         if improved:
-            s.best_val = losses["val"]
+            session.best_val = losses["val"]
             self.evals_since_best = 0
         else:
             self.evals_since_best += 1
@@ -151,58 +153,63 @@ class Trainer:
         return bool(config.patience) and self.evals_since_best >= config.patience
 
     def record(self, iteration: int, losses: dict[str, float], improved: bool) -> None:
-        s = self.s
+        session = self.session
         train, val = loss_metrics(losses["train"]), loss_metrics(losses["val"])
         sample = ""
-        if s.config.sample_chars:
-            sample = model_card.samples(s.model, s.vocab, s.config.sample_chars, seeds=(s.config.seed,))[0]
+        if session.config.sample_chars:
+            seeds = (session.config.seed,)
+            sample = model_card.samples(session.model, session.vocab, session.config.sample_chars, seeds)[0]
         entry = {
             "iter": iteration,
             **{f"train_{k}": v for k, v in train.items()},
             **{f"val_{k}": v for k, v in val.items()},
-            "lr": learning_rate(iteration, s.config),
+            "lr": learning_rate(iteration, session.config),
             "elapsed_s": round(self.elapsed(), 2),
             "sample": sample,
         }
-        s.metrics.append(entry)
+        session.metrics.append(entry)
         logger.info(
-            f"iter {iteration}: train loss {train['loss']:.4f}, val loss {val['loss']:.4f} "
-            f"({val['bpc']:.3f} bits/char){' *best*' if improved else ''}\n  sample: {sample[:120]!r}"
+            "iter %d: train loss %.4f, val loss %.4f (perplexity %.2f, %.3f bits/char)%s\n  sample: %r",
+            iteration, train["loss"], val["loss"], val["perplexity"], val["bpc"],
+            " *best*" if improved else "", sample[:120],
         )
         if improved:
             self.checkpoint(iteration, entry)
-        self.directory.write_metrics(s.metrics)
+        self.directory.write_metrics(session.metrics)
 
     def checkpoint(self, iteration: int, entry: dict[str, Any]) -> None:
-        s = self.s
-        self.summary = summary = self.make_summary(iteration, entry)
+        session = self.session
+        summary = self.make_summary(iteration, entry)
         training_state = {
             "iter": iteration,
-            "best_val": s.best_val,
+            "best_val": session.best_val,
             "elapsed_s": self.elapsed(),
-            "train_config": dataclasses.asdict(s.config),
-            "optimizer": s.optimizer.state_dict(),
-            "batches": s.batches.state_dict(),
+            "train_config": dataclasses.asdict(session.config),
+            "optimizer": session.optimizer.state_dict(),
+            "batches": session.batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),  # dropout continues where it was
         }
-        self.best_samples = model_card.samples(s.model, s.vocab)
-        card = model_card.render(s.spec.out.name, s.model, summary, self.best_samples)
-        self.directory.write_checkpoint(s.model, s.vocab, summary, training_state, card)
+        samples = model_card.samples(session.model, session.vocab)
+        card = model_card.render(session.spec.out.name, session.model, summary, samples)
+        self.directory.write_checkpoint(session.model, session.vocab, summary, training_state, card)
+        self.summary, self.best_samples = summary, samples  # only once on disk
 
     def finish(self) -> None:
         """Record in config.json and the model card how far the run went in the end."""
         if self.summary is None:
             return
         self.summary.update(iterations_run=self.iteration, total_wall_time_s=round(self.elapsed(), 1))
-        card = model_card.render(self.s.spec.out.name, self.s.model, self.summary, self.best_samples)
+        session = self.session
+        card = model_card.render(session.spec.out.name, session.model, self.summary, self.best_samples)
         self.directory.write_summary(self.summary, card)
 
     def make_summary(self, iteration: int, entry: dict[str, Any]) -> dict[str, Any]:
-        s = self.s
-        command = s.spec.command
-        if s.summary is not None:  # a resumed run: keep the command that started it
-            command = f"{s.summary.get('command', '?')}, resumed with {command}"
+        session = self.session
+        command = session.spec.command
+        if session.summary is not None:  # a resumed run: keep the command that started it
+            command = f"{session.summary.get('command', '?')}, resumed with {command}"
         return {
-            **s.corpus,
+            **session.corpus,
             "command": command,
             "iterations": iteration,
             "iterations_run": iteration,
@@ -212,17 +219,17 @@ class Trainer:
             "world_size": self.run.world_size,
             "charlm_version": charlm.__version__,
             "torch_version": torch.__version__,
-            "vocab_size": len(s.vocab),
-            "val_fraction": s.config.val_fraction,
-            "seq_len": s.seq_len,
-            "eval_iters": s.config.eval_iters,
+            "vocab_size": len(session.vocab),
+            "val_fraction": session.config.val_fraction,
+            "seq_len": session.seq_len,
+            "eval_iters": session.config.eval_iters,
             **{k: entry[k] for k in ("train_loss", "val_loss", "train_bpc", "val_bpc")},
-            "model_config": {k: v for k, v in dataclasses.asdict(s.model.config).items()},
-            "train_config": dataclasses.asdict(s.config),
+            "model_config": {k: v for k, v in dataclasses.asdict(session.model.config).items()},
+            "train_config": dataclasses.asdict(session.config),
         }
 
     def elapsed(self) -> float:
-        return self.s.elapsed_before + time.perf_counter() - self.started
+        return self.session.elapsed_before + time.perf_counter() - self.started
 
 
 def describe_hardware(device: torch.device, world_size: int) -> str:

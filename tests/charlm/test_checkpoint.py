@@ -143,6 +143,14 @@ def test_missing_tensor(saved):
         load_model(saved[0])
 
 
+def test_unexpected_tensor(saved):
+    stored = rewrite_weights(saved[0])
+    stored["extra.weight"] = torch.zeros(2)
+    rewrite_weights(saved[0], tensors=stored)
+    with pytest.raises(ModelDirError, match="unexpected tensor 'extra.weight'"):
+        load_model(saved[0])
+
+
 def test_vocab_from_another_model_is_caught_by_its_fingerprint(saved, tmp_path):
     other_model, _ = small_model()
     other_vocab = Vocab(list(reversed(Vocab.from_text(TEXT).chars)))  # same size, other order

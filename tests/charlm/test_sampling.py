@@ -83,10 +83,16 @@ def test_logprobs_are_under_the_unmodified_distribution():
     torch.testing.assert_close(logprobs, expected)
 
 
-def test_unseeded_generators_report_the_seed_they_drew():
-    _, seed_a = make_generator(None)
-    _, seed_b = make_generator(None)
-    assert seed_a != seed_b
+def test_a_tiny_temperature_behaves_like_greedy():
+    logits = random_logits(6)
+    ids, _ = draw(logits, [SamplingParams(temperature=1e-30)] * 6, range(6))
+    assert ids.tolist() == logits.argmax(dim=-1).tolist()
+
+
+def test_top_p_of_one_keeps_every_character():
+    logits = torch.zeros(1, 1000)  # a sum of many equal probabilities rounds above 1
+    probs, _ = filtered_sorted_probs(logits, SamplingBatch.of([SamplingParams(top_p=1.0)], "cpu"))
+    assert bool((probs > 0).all())
 
 
 @pytest.mark.parametrize(

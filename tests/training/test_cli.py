@@ -9,6 +9,7 @@ import pytest
 
 from charlm.checkpoint import load_model
 from charlm.cli import main
+from tests.conftest import train_tiny
 
 
 def run_cli(capsys, *args):
@@ -100,3 +101,17 @@ def test_the_console_script_runs_without_a_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "missing file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_refuses_a_window_longer_than_the_context(capsys, tmp_path, corpus_file):
+    out = train_tiny("gpt", corpus_file, tmp_path / "m", max_iters=2, eval_interval=2)
+    args = ["eval", "--model", str(out), "--data", str(corpus_file), "--seq-len", "99"]
+    status, _, err = run_cli(capsys, *args)
+    assert status == 2 and "--seq-len must be between 1 and the model's context of 16" in err
+
+
+def test_eval_refuses_text_the_vocabulary_cannot_encode(capsys, trained_dir, tmp_path):
+    data = tmp_path / "other.txt"
+    data.write_text("the king ₽ and 中", encoding="utf-8")
+    status, _, err = run_cli(capsys, "eval", "--model", str(trained_dir), "--data", str(data))
+    assert status == 2 and "'₽' (U+20BD) at 9" in err

@@ -23,6 +23,7 @@ def test_two_process_data_parallel_training(corpus_file, tmp_path):
     summary = json.loads((out / "config.json").read_text())["training"]
     assert summary["world_size"] == 2 and summary["hardware"].startswith("2 x ")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["iter"] for m in metrics] == [0, 10, 20]  # written once, by rank 0 only
+    assert [m["iter"] for m in metrics] == [0, 10, 20]
+    assert result.stderr.count("iter 20: train loss") == 1  # only rank 0 records evaluations
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"]
     load_model(out)

@@ -12,10 +12,10 @@ import torch
 
 from charlm.checkpoint import load_model
 from tests.conftest import train_tiny
-from training import artifacts
+from training import artifacts, distributed
 from training.config import ConfigError
-from training.session import RunSpec
-from training.trainer import train
+from training.session import RunSpec, prepare
+from training.trainer import Trainer, train
 
 EXPECTED_FILES = {
     "model.safetensors", "vocab.json", "config.json", "README.md", "metrics.jsonl", "loss.png",
@@ -58,9 +58,12 @@ def test_resume_continues_from_the_saved_state(corpus_file, tmp_path):
     out = train_tiny("lstm", corpus_file, tmp_path / "m", max_iters=30, eval_interval=15)
     spec = RunSpec(data=corpus_file, out=out, overrides={"max_iters": 45}, resume=True, progress=False)
     summary = train(spec)
-    assert summary is not None
+    assert summary is not None and summary["iterations_run"] == 45
     assert [m["iter"] for m in read_metrics(out)] == [0, 15, 30, 45]
-    assert json.loads((out / "config.json").read_text())["training"]["iterations_run"] == 45
+    state = torch.load(out / "training_state.pt", weights_only=True)
+    steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {summary["iterations"]}  # the optimizer went on counting from the saved state
+    assert "resumed with" in summary["command"]
 
 
 def test_resume_refuses_model_changes_and_finished_runs(trained_dir, corpus_file):
@@ -140,3 +143,47 @@ def test_ctrl_c_keeps_the_best_checkpoint(corpus_file, tmp_path):
     assert load_model(out).model is not None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
+
+
+def test_resume_refuses_a_state_from_another_checkpoint(corpus_file, tmp_path):
+    out = train_tiny("gpt", corpus_file, tmp_path / "m", max_iters=10, eval_interval=10)
+    state = torch.load(out / "training_state.pt", weights_only=True)
+    torch.save({**state, "iter": 5}, out / "training_state.pt")
+    with pytest.raises(ConfigError, match="are from different checkpoints"):
+        train(RunSpec(data=corpus_file, out=out, overrides={"max_iters": 20}, resume=True))
+
+
+def test_resume_refuses_a_damaged_state_file(corpus_file, tmp_path):
+    out = train_tiny("gpt", corpus_file, tmp_path / "m", max_iters=10, eval_interval=10)
+    (out / "training_state.pt").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="training_state.pt is unreadable"):
+        train(RunSpec(data=corpus_file, out=out, overrides={"max_iters": 20}, resume=True))
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(corpus_file, tmp_path):
+    # A learning rate this small leaves the validation loss where it is.
+    out = train_tiny("gpt", corpus_file, tmp_path / "m", lr=1e-12, min_lr=0.0, patience=2,
+                     max_iters=1000, eval_interval=5)
+    assert [m["iter"] for m in read_metrics(out)] == [0, 5, 10]
+    assert json.loads((out / "config.json").read_text())["training"]["iterations_run"] == 10
+
+
+def test_streams_carry_the_recurrent_state_between_batches(corpus_file, tmp_path):
+    spec = RunSpec(data=corpus_file, out=tmp_path / "m", preset="lstm", device="cpu", progress=False,
+                   overrides={"hidden_size": 8, "seq_len": 16, "batch_size": 4})
+    session = prepare(spec, distributed.setup("cpu"))
+    seen = []
+    forward_carry = session.model.forward_carry
+
+    def spy(idx, targets, state):
+        seen.append(state)
+        return forward_carry(idx, targets, state)
+
+    session.model.forward_carry = spy
+    trainer = Trainer(session, distributed.setup("cpu"))
+    state = None
+    for iteration in range(3):
+        _, state = trainer.train_step(iteration, state)
+    assert seen[0] is None  # the first chunk of a pass starts fresh
+    assert seen[1] is not None and seen[2] is not None
+    assert not seen[1].h.requires_grad  # carried detached: truncated backpropagation
