@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
+# Where torch comes from. Empty: pip's default (here, a CPU build on local disk). Elsewhere,
+# `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the large CUDA build.
+TORCH_INDEX ?=
 
-.PHONY: install test lint typecheck unit sample bench clean
+.PHONY: install test lint typecheck unit serve sample bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +16,7 @@ $(BIN)/python:
 
 # torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.torch-$(TORCH_VERSION): | $(BIN)/python
-	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
@@ -32,6 +35,9 @@ unit: install
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+serve: install
+	$(BIN)/charlm serve
 
 sample: install
 	$(BIN)/charlm generate --model models/shakespeare-gpt --prompt "ROMEO:" --max-new-tokens 300 --seed 1

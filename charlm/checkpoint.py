@@ -122,6 +122,13 @@ def load_model(
 ) -> LoadedModel:
     """Load and check a model directory; raises ModelDirError naming the file and problem."""
     directory = Path(directory)
+    try:
+        return _load(directory, device, dtype)
+    except OSError as exc:  # permissions and the like: name what could not be read
+        raise ModelDirError(f"{exc.filename or directory}: {exc.strerror or exc}") from None
+
+
+def _load(directory: Path, device: torch.device | str, dtype: torch.dtype | None) -> LoadedModel:
     if not directory.is_dir():
         raise ModelDirError(f"{directory}: not a directory")
     for name in (WEIGHTS_FILE, VOCAB_FILE, CONFIG_FILE):

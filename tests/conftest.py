@@ -59,13 +59,19 @@ def train_tiny(architecture: str, data: Path, out: Path, overwrite: bool = False
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_models(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One directory holding a tiny trained model of each architecture: tiny-gpt, tiny-lstm, ..."""
+    models = tmp_path_factory.mktemp("models")
+    for architecture in sorted(TINY):
+        train_tiny(architecture, corpus_file, models / f"tiny-{architecture}")
+    return models
+
+
 @pytest.fixture(scope="session", params=sorted(TINY))
-def trained_dir(
-    request: pytest.FixtureRequest, corpus_file: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A model directory of each architecture, trained once per test session."""
-    out = tmp_path_factory.mktemp("models") / f"tiny-{request.param}"
-    return train_tiny(request.param, corpus_file, out)
+def trained_dir(request: pytest.FixtureRequest, tiny_models: Path) -> Path:
+    """The model directory of each architecture in turn."""
+    return tiny_models / f"tiny-{request.param}"
 
 
 @pytest.fixture()

@@ -1,0 +1,67 @@
+"""The FastAPI application: routers, error handlers, middleware; models load in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+import charlm
+from service import errors
+from service.metrics import ServiceMetrics
+from service.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from service.registry import NoModelsError, Registry
+from service.routes import openai, system, tgi
+from service.settings import Settings
+from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = ServiceState(settings, ServiceMetrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            registry = await asyncio.to_thread(Registry.load, settings, state.metrics)
+        except NoModelsError as exc:
+            state.startup_error = str(exc)
+            logger.error("cannot start: %s", exc)
+            raise
+        registry.start()
+        state.registry = registry
+        names = ", ".join(e.name for e in registry.ready)
+        logger.info("serving %s (default %s)", names, registry.default_model)
+        try:
+            yield
+        finally:
+            state.draining = True
+            await asyncio.to_thread(registry.close, settings.shutdown_grace_s)
+
+    app = FastAPI(
+        title="charlm",
+        version=charlm.__version__,
+        description="Character-level language models behind TGI- and OpenAI-compatible APIs.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    errors.install(app)
+    app.include_router(system.router)
+    app.include_router(tgi.router)
+    app.include_router(openai.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER],
+        )
+    app.add_middleware(
+        RequestContextMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
+    )
+    return app

@@ -1,0 +1,104 @@
+"""Errors in each protocol's own shape: OpenAI's under /v1, TGI's everywhere else."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+# Our kinds of error -> OpenAI's error "type" (TGI's "error_type" is the kind itself).
+OPENAI_TYPES = {
+    "validation": "invalid_request_error",
+    "unknown_characters": "invalid_request_error",
+    "not_found": "invalid_request_error",
+    "too_large": "invalid_request_error",
+    "unauthorized": "authentication_error",
+    "overloaded": "rate_limit_error",
+    "unavailable": "server_error",
+    "generation": "server_error",
+}
+KIND_BY_STATUS = {
+    401: "unauthorized", 404: "not_found", 413: "too_large", 429: "overloaded", 503: "unavailable",
+}
+RETRY_AFTER_S = 1
+
+
+class ServiceError(Exception):
+    """A request the service refuses or cannot serve, with its HTTP status and a clear message."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.kind = kind or KIND_BY_STATUS.get(status, "validation")
+        self.code = code
+
+
+def is_openai(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
+def error_body(error: ServiceError, openai: bool) -> dict[str, Any]:
+    if openai:
+        return {"error": {"message": error.message, "type": OPENAI_TYPES.get(error.kind, "server_error"),
+                          "param": error.param, "code": error.code}}
+    kind = "validation" if error.kind == "unknown_characters" else error.kind
+    return {"error": error.message, "error_type": kind}
+
+
+def error_response(request: Request, error: ServiceError) -> JSONResponse:
+    """The error in the route's protocol. Invalid requests are 422 for TGI and 400 for OpenAI;
+    a prompt with characters outside the vocabulary is 422 for both."""
+    openai = is_openai(request)
+    status = 400 if openai and error.kind == "validation" and error.status == 422 else error.status
+    headers = {}
+    if error.status == 429 or error.status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(error, openai), status_code=status, headers=headers)
+
+
+def describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One readable message naming each invalid field, and the first field's name."""
+    parts, params = [], []
+    for err in exc.errors():
+        location = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown field {location!r}")
+        elif err.get("type") == "json_invalid":
+            parts.append(f"invalid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}")
+        else:
+            parts.append(f"{location or 'body'}: {err.get('msg')}")
+        params.append(location or None)
+    return "; ".join(parts) or "invalid request", next(iter(params), None)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into the protocol's error shape."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = describe_validation(exc)
+        return error_response(request, ServiceError(422, message, param, kind="validation"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(request, ServiceError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s", request.url.path)
+        return error_response(request, ServiceError(500, "internal error", kind="generation"))

@@ -1,0 +1,81 @@
+"""Request ids, the body size limit and per-route request counts, as one pure ASGI middleware
+(pure ASGI so that streamed responses pass through untouched)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import ServiceError, error_body
+from service.metrics import ServiceMetrics
+
+REQUEST_ID_HEADER = "x-request-id"
+SAFE_REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")  # a client's id is echoed only if it is tame
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        client_id = headers.get(REQUEST_ID_HEADER, "")
+        request_id = client_id if SAFE_REQUEST_ID.match(client_id) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = {"code": 500, "started": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.update(code=message["status"], started=True)
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            if int(headers.get("content-length") or 0) > self.max_body_bytes:
+                raise BodyTooLarge()
+            await self.app(scope, self._limited(receive), send_with_id)
+        except BodyTooLarge:
+            if not status["started"]:
+                await self._too_large(scope, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "other")
+            self.metrics.requests.labels(path, str(status["code"])).inc()
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count the body as it arrives, for bodies sent without a Content-Length."""
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        return limited
+
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        error = ServiceError(413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
+        body: Any = error_body(error, openai=str(scope.get("path", "")).startswith("/v1/"))
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})

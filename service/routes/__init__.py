@@ -1,0 +1,1 @@
+"""One router per concern: TGI, OpenAI, and system routes (health, info, metrics)."""

@@ -1,0 +1,63 @@
+"""Operations routes: health, info and Prometheus metrics. Health and metrics need no API key."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+import charlm
+from service.state import ServiceState, check_api_key, service_state
+
+router = APIRouter(tags=["system"])
+
+
+def model_statuses(state: ServiceState) -> dict[str, dict[str, Any]]:
+    if state.registry is None:
+        return {}
+    statuses: dict[str, dict[str, Any]] = {}
+    for name, entry in state.registry.entries.items():
+        if entry.engine is None:
+            statuses[name] = {"status": "failed", "error": entry.error}
+        else:
+            statuses[name] = {"status": "ready", "active": entry.engine.active, "queued": entry.engine.queued}
+    return statuses
+
+
+@router.get("/health")
+async def health(state: Annotated[ServiceState, Depends(service_state)]) -> JSONResponse:
+    """200 with each model's status when serving; 503 while starting or draining."""
+    status = "draining" if state.draining else ("ready" if state.registry is not None else "starting")
+    body = {"status": status, "models": model_statuses(state)}
+    return JSONResponse(body, status_code=200 if state.ready else 503)
+
+
+@router.get("/info")
+async def info(request: Request, state: Annotated[ServiceState, Depends(service_state)]) -> dict[str, Any]:
+    """Version, device, dtype, limits and models (failed ones with their loader's message)."""
+    check_api_key(request, state.settings)
+    settings, registry = state.settings, state.registry
+    return {
+        "version": charlm.__version__,
+        "device": None if registry is None else str(registry.device),
+        "dtype": None if registry is None else str(registry.dtype).removeprefix("torch."),
+        "default_model": None if registry is None else registry.default_model,
+        "limits": {
+            "max_batch_size": settings.max_batch_size,
+            "max_queued": settings.max_queued,
+            "max_new_tokens": settings.max_new_tokens,
+            "max_prompt_chars": settings.max_prompt_chars,
+            "max_n": settings.max_n,
+            "max_body_bytes": settings.max_body_bytes,
+            "request_timeout_s": settings.request_timeout_s,
+        },
+        "models": model_statuses(state),
+    }
+
+
+@router.get("/metrics")
+async def metrics(state: Annotated[ServiceState, Depends(service_state)]) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,140 @@
+"""Hugging Face TGI routes: `POST /generate`, `POST /generate_stream` and `POST /`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from service.errors import ServiceError
+from service.generation import ClientGone, GenerationSpec, SequenceResult
+from service.routes.admission import Admitted, admit, log_completion
+from service.schemas.tgi import (
+    DEFAULT_MAX_NEW_TOKENS,
+    CompatGenerateRequest,
+    Details,
+    GenerateRequest,
+    GenerateResponse,
+    StreamDetails,
+    StreamResponse,
+    Token,
+)
+from service.sequences import Alternative, Finished, GeneratedToken
+from service.sse import STREAM_RESPONSE, sse_response
+from service.state import ServiceState, ready_service
+from service.stopping import FinishReason
+
+router = APIRouter(tags=["TGI"])
+
+FINISH_REASONS = {  # TGI's names where it has one
+    FinishReason.LENGTH: "length",
+    FinishReason.STOP: "stop_sequence",
+    FinishReason.TIMEOUT: "timeout",
+    FinishReason.CANCELLED: "cancelled",
+    FinishReason.ERROR: "error",
+}
+END_TOKEN = Token(id=-1, text="", logprob=0.0, special=True)  # carries the final stream event
+
+
+def admit_tgi(state: ServiceState, request: Request, body: GenerateRequest) -> Admitted:
+    p = body.parameters
+    prompts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+    if p.truncate:
+        prompts = [prompt[-p.truncate :] for prompt in prompts]
+    max_new_tokens = DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens
+    spec = GenerationSpec(max_new_tokens, p.sampling(), tuple(p.stop), p.top_n_tokens or 0)
+    return admit(state, request, body.model, prompts, spec, "inputs", "parameters.max_new_tokens")
+
+
+def admit_tgi_stream(body: GenerateRequest, request: Request, state: ServiceState) -> Admitted:
+    """Everything that can fail before a stream starts: validation, model, prompt, queue."""
+    if isinstance(body.inputs, list):
+        raise ServiceError(422, "a stream takes one prompt; send a string as inputs", param="inputs")
+    return admit_tgi(state, request, body)
+
+
+def token(t: GeneratedToken | Alternative) -> Token:
+    return Token(id=t.id, text=t.text, logprob=t.logprob)
+
+
+def tgi_response(result: SequenceResult, body: GenerateRequest, prompt: str) -> GenerateResponse:
+    end = result.finished
+    if end.reason is FinishReason.ERROR:
+        raise ServiceError(500, end.error or "generation failed", kind="generation")
+    text = prompt + end.text if body.parameters.return_full_text else end.text
+    if not body.parameters.details:
+        return GenerateResponse(generated_text=text)
+    top = [[token(a) for a in t.top] for t in result.tokens] if body.parameters.top_n_tokens else None
+    return GenerateResponse(generated_text=text, details=Details(
+        finish_reason=FINISH_REASONS[end.reason], generated_tokens=end.generated_tokens, seed=end.seed,
+        tokens=[token(t) for t in result.tokens], top_tokens=top,
+    ))
+
+
+@router.post("/generate", response_model=GenerateResponse | list[GenerateResponse])
+async def generate(
+    body: GenerateRequest, request: Request, state: Annotated[ServiceState, Depends(ready_service)]
+) -> GenerateResponse | list[GenerateResponse] | Response:
+    """Generate a continuation of `inputs` (or of each prompt in a list, batched together)."""
+    admitted = admit_tgi(state, request, body)
+    try:
+        results = await admitted.submission.results(request.is_disconnected)
+    except ClientGone:
+        return Response(status_code=499)
+    log_completion(admitted, "/generate", [r.finished for r in results])
+    responses = [tgi_response(r, body, p) for r, p in zip(results, admitted.prompts, strict=True)]
+    return responses if isinstance(body.inputs, list) else responses[0]
+
+
+@router.post("/generate_stream", responses=STREAM_RESPONSE)
+async def generate_stream(
+    body: GenerateRequest, request: Request, state: Annotated[ServiceState, Depends(ready_service)]
+) -> EventSourceResponse:
+    """Stream the continuation as Server-Sent Events, one per character; the last event carries
+    `generated_text` and `details` on a special empty token."""
+    admitted = admit_tgi_stream(body, request, state)
+    return sse_response(tgi_events(admitted, body, request))
+
+
+async def tgi_events(
+    admitted: Admitted, body: GenerateRequest, request: Request
+) -> AsyncIterator[ServerSentEvent]:
+    keepalive = request.app.state.service.settings.sse_keepalive_s
+    async for item in admitted.submission.events(keepalive):
+        if item is None:
+            yield ServerSentEvent(comment="keep-alive")
+            continue
+        _, event = item
+        if isinstance(event, GeneratedToken):
+            top = [token(a) for a in event.top] if event.top else None
+            yield ServerSentEvent(data=StreamResponse(index=event.index, token=token(event), top_tokens=top))
+        else:
+            yield final_event(admitted, body, event)
+
+
+def final_event(admitted: Admitted, body: GenerateRequest, end: Finished) -> ServerSentEvent:
+    log_completion(admitted, "/generate_stream", [end])
+    if end.reason is FinishReason.ERROR:
+        return ServerSentEvent(data={"error": end.error or "generation failed", "error_type": "generation"})
+    prompt = admitted.prompts[0]
+    text = prompt + end.text if body.parameters.return_full_text else end.text
+    details = StreamDetails(finish_reason=FINISH_REASONS[end.reason], generated_tokens=end.generated_tokens,
+                            seed=end.seed, input_length=len(prompt))
+    return ServerSentEvent(data=StreamResponse(index=end.generated_tokens + 1, token=END_TOKEN,
+                                               generated_text=text, details=details))
+
+
+@router.post("/", response_model=list[GenerateResponse])
+async def compat_generate(
+    body: CompatGenerateRequest, request: Request, state: Annotated[ServiceState, Depends(ready_service)]
+) -> Response | list[GenerateResponse]:
+    """TGI's base route: `stream: false` answers a one-element list, `stream: true` streams."""
+    if body.stream:
+        admitted = admit_tgi_stream(body, request, state)
+        return sse_response(tgi_events(admitted, body, request))
+    answer = await generate(body, request, state)
+    if isinstance(answer, Response):
+        return answer
+    return answer if isinstance(answer, list) else [answer]

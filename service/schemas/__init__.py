@@ -1,0 +1,1 @@
+"""Request and response models of each protocol, validated at the HTTP boundary."""

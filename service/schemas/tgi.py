@@ -1,0 +1,107 @@
+"""Hugging Face text-generation-inference (TGI) wire format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from charlm.sampling import MAX_SEED, SamplingParams
+from service.schemas.common import MAX_TOP_N, StrictModel, check_stop, require_neutral
+
+DEFAULT_MAX_NEW_TOKENS = 100
+
+# TGI fields that clients send with neutral defaults; other values are refused.
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "best_of": (None, 1),
+    "repetition_penalty": (None, 1.0),
+    "frequency_penalty": (None, 0.0),
+    "typical_p": (None, 1.0),
+    "watermark": (False,),
+    "decoder_input_details": (False,),
+    "grammar": (None,),
+    "adapter_id": (None,),
+}
+
+
+class Parameters(StrictModel):
+    max_new_tokens: int | None = Field(None, ge=0, description=f"default {DEFAULT_MAX_NEW_TOKENS}")
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False, description="0 is greedy")
+    top_k: int | None = Field(None, ge=0, description="0 or null: off")
+    top_p: float | None = Field(None, gt=0, le=1, description="1.0 or null: off")
+    do_sample: bool = Field(False, description="sample (temperature 1) when no temperature is given")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: list[str] = Field(default_factory=list, description="stop strings, excluded from the output")
+    return_full_text: bool | None = Field(False, description="prepend the prompt to generated_text")
+    details: bool = Field(False, description="include finish reason, seed and per-character logprobs")
+    top_n_tokens: int | None = Field(None, ge=0, le=MAX_TOP_N)
+    truncate: int | None = Field(None, ge=1, description="keep only the last N characters of the prompt")
+    best_of: int | None = None
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    typical_p: float | None = None
+    watermark: bool = False
+    decoder_input_details: bool = False
+    grammar: Any = None
+    adapter_id: str | None = None
+
+    _check_stop = field_validator("stop")(check_stop)
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self) -> Parameters:
+        require_neutral(self.model_dump(), NEUTRAL)
+        return self
+
+    def sampling(self) -> SamplingParams:
+        """Greedy unless asked to sample: by do_sample, a temperature, top_k or top_p (as TGI does)."""
+        samples = self.do_sample or self.top_k is not None or self.top_p is not None
+        temperature = self.temperature if self.temperature is not None else (1.0 if samples else 0.0)
+        return SamplingParams(temperature, self.top_k or 0, self.top_p or 1.0, self.seed)
+
+
+class GenerateRequest(StrictModel):
+    inputs: str | list[str] = Field(description="a prompt, or a list of prompts generated as one batch")
+    parameters: Parameters = Parameters()
+    model: str | None = Field(None, description="model name (default: the server's default model)")
+
+
+class CompatGenerateRequest(GenerateRequest):
+    """TGI's `POST /`: the same request, streamed when `stream` is true."""
+
+    stream: bool = False
+
+
+class Token(BaseModel):
+    id: int
+    text: str
+    logprob: float
+    special: bool = False
+
+
+class Details(BaseModel):
+    finish_reason: str
+    generated_tokens: int
+    seed: int | None
+    prefill: list[Token] = Field(default_factory=list)
+    tokens: list[Token]
+    top_tokens: list[list[Token]] | None = None
+
+
+class GenerateResponse(BaseModel):
+    generated_text: str
+    details: Details | None = None
+
+
+class StreamDetails(BaseModel):
+    finish_reason: str
+    generated_tokens: int
+    seed: int | None
+    input_length: int
+
+
+class StreamResponse(BaseModel):
+    index: int
+    token: Token
+    top_tokens: list[Token] | None = None
+    generated_text: str | None = None
+    details: StreamDetails | None = None

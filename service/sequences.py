@@ -1,0 +1,136 @@
+"""Requests, the events they receive, and the per-sequence bookkeeping of the engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from charlm.sampling import SamplingParams, make_generator
+from charlm.vocab import Vocab
+from service.stopping import FinishReason, StopMatcher
+
+
+@dataclasses.dataclass(frozen=True)
+class Alternative:
+    id: int
+    text: str
+    logprob: float
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedToken:
+    index: int  # 1-based position among the characters this request generated
+    id: int
+    text: str
+    logprob: float  # under the model's unmodified distribution
+    top: tuple[Alternative, ...] = ()  # the request's top_n most likely characters at this step
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    text: str  # everything released to the client, stop string excluded
+    generated_tokens: int  # characters the model produced, a matched stop string included
+    prompt_tokens: int
+    seed: int
+    queued_s: float
+    first_char_s: float | None  # from submission to the first generated character
+    total_s: float
+    error: str | None = None
+
+
+Event = GeneratedToken | Finished
+
+
+@dataclasses.dataclass(eq=False)
+class GenerationRequest:
+    """One sequence to generate. `on_event` is called from the engine thread."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    params: SamplingParams
+    on_event: Callable[[Event], None]
+    stop: tuple[str, ...] = ()
+    top_n: int = 0  # also report this many most likely characters at each step
+    timeout_s: float | None = None
+    request_id: str = ""
+    cancelled: bool = False
+    submitted_at: float = dataclasses.field(default_factory=time.monotonic)
+
+    def cancel(self) -> None:
+        """Ask the engine to drop this request at its next step (thread-safe)."""
+        self.cancelled = True
+
+    def ended_early(self, now: float) -> FinishReason | None:
+        """Cancelled, or out of time, before its next character."""
+        if self.cancelled:
+            return FinishReason.CANCELLED
+        if self.timeout_s is not None and now >= self.submitted_at + self.timeout_s:
+            return FinishReason.TIMEOUT
+        return None
+
+
+class EngineMetrics:
+    """What an engine reports; the service plugs Prometheus in. No-ops by default."""
+
+    def batch_changed(self, active: int, queued: int) -> None: ...
+    def first_char(self, seconds: float) -> None: ...
+    def inter_char(self, seconds: float) -> None: ...
+    def chars(self, count: int) -> None: ...
+    def cancelled(self) -> None: ...
+
+
+class Row:
+    """Host-side bookkeeping of one active sequence (one row of the batch)."""
+
+    def __init__(self, request: GenerationRequest, vocab: Vocab, admitted_at: float):
+        self.request = request
+        self.vocab = vocab
+        self.generator, self.seed = make_generator(request.params.seed)
+        self.matcher: StopMatcher[GeneratedToken] = StopMatcher(request.stop)
+        self.admitted_at = admitted_at
+        self.last_char_at: float | None = None
+        self.first_char_s: float | None = None
+        self.produced = 0
+        self.text: list[str] = []
+
+    def advance(
+        self, char_id: int, logprob: float, top: tuple[Alternative, ...], now: float, metrics: EngineMetrics
+    ) -> FinishReason | None:
+        """Take the next sampled character; returns why the sequence ends, if it does."""
+        if self.last_char_at is None:
+            self.first_char_s = now - self.request.submitted_at
+            metrics.first_char(self.first_char_s)
+        else:
+            metrics.inter_char(now - self.last_char_at)
+        self.last_char_at = now
+        self.produced += 1
+        token = GeneratedToken(self.produced, char_id, self.vocab.chars[char_id], logprob, top)
+        released, stopped = self.matcher.push(token.text, token)
+        self.emit(released)
+        if stopped:
+            return FinishReason.STOP
+        if self.produced >= self.request.max_new_tokens:
+            return FinishReason.LENGTH
+        return None
+
+    def emit(self, tokens: list[GeneratedToken]) -> None:
+        for token in tokens:
+            self.text.append(token.text)
+            self.request.on_event(token)
+
+    def finish(self, reason: FinishReason, now: float, error: str | None = None) -> None:
+        if reason is not FinishReason.STOP:
+            self.emit(self.matcher.flush())
+        self.request.on_event(Finished(
+            reason=reason,
+            text="".join(self.text),
+            generated_tokens=self.produced,
+            prompt_tokens=len(self.request.prompt_ids),
+            seed=self.seed,
+            queued_s=self.admitted_at - self.request.submitted_at,
+            first_char_s=self.first_char_s,
+            total_s=now - self.request.submitted_at,
+            error=error,
+        ))

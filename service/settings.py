@@ -1,0 +1,34 @@
+"""Service configuration: environment variables prefixed CHARLM_, overridden by `charlm serve` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHARLM_", extra="ignore", frozen=True)
+
+    models_dir: Path = Field(Path("models"), description="directory holding model directories")
+    default_model: str = Field("shakespeare-gpt", description="model used when a request names none")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_batch_size: int = Field(32, ge=1, le=4096, description="sequences stepped together per model")
+    max_queued: int = Field(256, ge=0, description="requests waiting per model before 429")
+    max_new_tokens: int = Field(4096, ge=1, description="upper limit of max_new_tokens / max_tokens")
+    max_prompt_chars: int = Field(8192, ge=1, description="longest prompt accepted, in characters")
+    max_n: int = Field(16, ge=1, description="most sequences one request may ask for (n, list inputs)")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413 above)")
+    request_timeout_s: float = Field(300.0, gt=0, description="per-request time limit, queueing included")
+    api_key: SecretStr | None = Field(None, description="when set, generation routes need a Bearer token")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS")
+    sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between keep-alive comments")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="how long streams may finish after SIGTERM")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

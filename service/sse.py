@@ -1,0 +1,37 @@
+"""Server-Sent Events responses, encoded with FastAPI's own `fastapi.sse` event model and encoder.
+
+Routes decide between JSON and a stream at run time (`"stream": true`), after all
+validation and admission, so they return this response rather than being
+generator endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi.sse import EventSourceResponse, ServerSentEvent, format_sse_event
+from pydantic import BaseModel
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# For the OpenAPI schema of routes that may answer with a stream.
+STREAM_RESPONSE: dict[int | str, dict[str, object]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "a JSON answer, or Server-Sent Events"}
+}
+
+
+def encode(event: ServerSentEvent) -> bytes:
+    data = event.raw_data
+    if data is None and event.data is not None:
+        payload = event.data
+        data = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload)
+    return format_sse_event(data_str=data, event=event.event, id=event.id, retry=event.retry,
+                            comment=event.comment)
+
+
+def sse_response(events: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
+    async def body() -> AsyncIterator[bytes]:
+        async for event in events:
+            yield encode(event)
+
+    return EventSourceResponse(body(), headers=STREAM_HEADERS)

@@ -1,0 +1,72 @@
+"""What the running service holds: settings, metrics, the registry, and whether it is draining."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import time
+
+from fastapi import Request
+
+from service.errors import ServiceError
+from service.metrics import ServiceMetrics
+from service.registry import ModelEntry, Registry
+from service.settings import Settings
+
+
+@dataclasses.dataclass
+class ServiceState:
+    settings: Settings
+    metrics: ServiceMetrics
+    registry: Registry | None = None  # None until the models are loaded
+    draining: bool = False
+    startup_error: str | None = None
+    started_at: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def ready(self) -> bool:
+        return self.registry is not None and not self.draining
+
+    def model(self, name: str | None, param: str = "model") -> ModelEntry:
+        """The ready model for a request; 404 naming the ones that exist."""
+        assert self.registry is not None
+        try:
+            return self.registry.get(name)
+        except LookupError as exc:
+            raise ServiceError(404, str(exc), param=param, kind="not_found", code="model_not_found") from None
+
+    def active_sequences(self) -> int:
+        if self.registry is None:
+            return 0
+        return sum(e.engine.active + e.engine.queued for e in self.registry.ready if e.engine is not None)
+
+
+def service_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+def ready_service(request: Request) -> ServiceState:
+    """Dependency of every generation route: 503 while starting or draining, 401 without the key."""
+    state = service_state(request)
+    check_api_key(request, state.settings)
+    if state.registry is None:
+        raise ServiceError(503, "the service is starting; models are loading")
+    if state.draining:
+        raise ServiceError(503, "the service is shutting down and takes no new requests")
+    return state
+
+
+def check_api_key(request: Request, settings: Settings) -> None:
+    """With an API key configured, require `Authorization: Bearer <key>` (constant-time compare)."""
+    if settings.api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    expected = settings.api_key.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise ServiceError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+
+def request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "-"))

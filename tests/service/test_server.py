@@ -1,0 +1,143 @@
+"""The service over real HTTP: uvicorn in a thread for disconnects, `charlm serve` as a process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+from httpx_sse import connect_sse
+
+from service.app import create_app
+from tests.service.conftest import engine_of, settings_for
+
+LONG = 1_000_000  # characters: longer than any test waits
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition, timeout=30.0, interval=0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+@contextlib.contextmanager
+def live_server(models_dir, **overrides) -> Iterator[tuple[str, object]]:
+    """The app under uvicorn on a loopback port, in a thread of this process."""
+    port = free_port()
+    app = create_app(settings_for(models_dir, port=port, **overrides))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started), "server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def cancelled_count(base: str) -> float:
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith('charlm_requests_cancelled_total{model="tiny-gpt"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def long_stream(base: str, client: httpx.Client):
+    body = {"inputs": "the", "parameters": {"max_new_tokens": LONG}}
+    return client.stream("POST", f"{base}/generate_stream", json=body)
+
+
+def test_disconnected_streams_leave_the_batch_running_or_queued(tiny_models):
+    server = live_server(tiny_models, max_batch_size=1, max_new_tokens=LONG)
+    with server as (base, app), httpx.Client(timeout=30) as client:
+        engine = engine_of(app, "tiny-gpt")
+        with long_stream(base, client) as running:
+            lines = running.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))
+            with long_stream(base, client) as queued:
+                assert queued.status_code == 200
+                assert wait_until(lambda: engine.queued == 1)
+            assert wait_until(lambda: engine.queued == 0), "queued request not dropped"
+        assert wait_until(lambda: engine.active == 0), "running request not dropped"
+        assert cancelled_count(base) == 2
+
+
+def test_a_disconnected_non_streaming_request_is_cancelled(tiny_models):
+    with live_server(tiny_models, max_new_tokens=LONG) as (base, app):
+        engine = engine_of(app, "tiny-gpt")
+        body = {"inputs": "the", "parameters": {"max_new_tokens": LONG}}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/generate", json=body, timeout=0.5)
+        assert wait_until(lambda: engine.active == 0)
+        assert cancelled_count(base) == 1
+
+
+@contextlib.contextmanager
+def serve_process(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    command = [sys.executable, "-m", "charlm", "serve", "--port", str(port), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+
+
+def healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_charlm_serve_streams_and_drains_on_sigterm(tiny_models):
+    args = ("--models-dir", str(tiny_models), "--default-model", "tiny-lstm", "--shutdown-grace-s", "30")
+    with serve_process(*args) as (base, process):
+        assert wait_until(lambda: healthy(base), timeout=120), process.stdout.read() if process.poll() else ""
+        with httpx.Client(timeout=30) as client:
+            body = {"inputs": "the king", "parameters": {"max_new_tokens": 20, "seed": 1, "do_sample": True}}
+            with connect_sse(client, "POST", f"{base}/generate_stream", json=body) as source:
+                events = [json.loads(e.data) for e in source.iter_sse()]
+            assert len(events) == 21 and events[-1]["details"]["finish_reason"] == "length"
+            body = {"inputs": "the", "parameters": {"max_new_tokens": 3000}}
+            with connect_sse(client, "POST", f"{base}/generate_stream", json=body) as source:
+                stream = source.iter_sse()
+                next(stream)
+                process.send_signal(signal.SIGTERM)
+                assert wait_until(lambda: httpx.get(f"{base}/health").status_code == 503, timeout=10)
+                refused = httpx.post(f"{base}/generate", json={"inputs": "a"})
+                assert refused.status_code == 503
+                last = json.loads(list(stream)[-1].data)
+            assert last["details"]["finish_reason"] == "length"  # the stream in flight finished
+        assert process.wait(60) == 0
+
+
+def test_charlm_serve_without_a_loadable_model_exits_non_zero(tmp_path):
+    (tmp_path / "junk").mkdir()
+    with serve_process("--models-dir", str(tmp_path)) as (_, process):
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 2
+        assert "no model could be loaded" in output and "junk" in output
