@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 MAX_SEED = 2**63 - 1
+MAX_TOP_K = 2**31 - 1
 MIN_TEMPERATURE = 1e-4  # below this, sampling is argmax in all but name
 
 
@@ -30,8 +31,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature < float("inf"):
             raise ValueError("temperature must be a finite number >= 0")
-        if self.top_k < 0:
-            raise ValueError("top_k must be >= 0 (0 switches it off)")
+        if not 0 <= self.top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in [0, {MAX_TOP_K}] (0 switches it off)")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top_p must be in (0, 1]")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from fastapi import Request
 
@@ -14,6 +16,7 @@ from service.sequences import Finished
 from service.state import ServiceState, request_id
 
 logger = logging.getLogger("service.requests")
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -24,6 +27,7 @@ class Admitted:
     entry: ModelEntry
     prompts: list[str]
     request_id: str
+    logged: bool = False
 
 
 def admit(
@@ -42,15 +46,16 @@ def admit(
                            f"{settings.max_new_tokens}", param=tokens_param)
     entry = state.model(model)
     ids = [encode_prompt(entry, prompt, settings, prompt_param) for prompt in prompts]
-    assert entry.engine is not None
+    assert entry.engine is not None and state.mailbox is not None
     submission = Submission(entry.engine, ids, spec, request_id(request), settings.request_timeout_s,
-                            seed_offsets)
+                            state.mailbox, seed_offsets)
     submission.submit()
     return Admitted(submission, entry, prompts, request_id(request))
 
 
 def log_completion(admitted: Admitted, route: str, ends: list[Finished]) -> None:
     """One line per request: id, model, characters and timings."""
+    admitted.logged = True
     first = [e.first_char_s for e in ends if e.first_char_s is not None]
     logger.info(
         "request %s %s model=%s sequences=%d chars=%d finish=%s first_char_ms=%s total_ms=%.1f",
@@ -58,3 +63,14 @@ def log_completion(admitted: Admitted, route: str, ends: list[Finished]) -> None
         ",".join(sorted({e.reason.value for e in ends})),
         f"{min(first) * 1000:.1f}" if first else "-", max((e.total_s for e in ends), default=0.0) * 1000,
     )
+
+
+async def logged(admitted: Admitted, events: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Pass a stream's events through; log a line if the client leaves before the end."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        if not admitted.logged:
+            logger.info("request %s model=%s cancelled: the client went away", admitted.request_id,
+                        admitted.entry.name)

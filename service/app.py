@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import charlm
 from service import errors
+from service.generation import Mailbox
 from service.metrics import ServiceMetrics
 from service.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
 from service.registry import NoModelsError, Registry
@@ -30,11 +31,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             registry = await asyncio.to_thread(Registry.load, settings, state.metrics)
+            await asyncio.to_thread(registry.start)
         except NoModelsError as exc:
             state.startup_error = str(exc)
             logger.error("cannot start: %s", exc)
             raise
-        registry.start()
+        state.mailbox = Mailbox(asyncio.get_running_loop())
         state.registry = registry
         names = ", ".join(e.name for e in registry.ready)
         logger.info("serving %s (default %s)", names, registry.default_model)
@@ -55,13 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(tgi.router)
     app.include_router(openai.router)
-    if settings.cors_origins:
+    app.add_middleware(
+        RequestContextMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
+    )
+    if settings.cors_origins:  # outermost, so that refusals (413, 401) carry CORS headers too
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
             expose_headers=[REQUEST_ID_HEADER],
         )
-    app.add_middleware(
-        RequestContextMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
-    )
     return app

@@ -19,6 +19,7 @@ from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 DRAIN_POLL_S = 0.05
+CANCEL_WAIT_S = 5.0  # after the grace period, for cancelled streams to send their final event
 
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:
@@ -68,6 +69,11 @@ class DrainingServer(uvicorn.Server):
         deadline = time.monotonic() + self.state.settings.shutdown_grace_s
         while self.state.active_sequences() and time.monotonic() < deadline:
             time.sleep(DRAIN_POLL_S)
+        if self.state.active_sequences() and self.state.registry is not None:
+            logger.warning("grace period over: cancelling %d sequences", self.state.active_sequences())
+            self.state.registry.cancel_all()  # each stream still gets its final event
+            while self.state.active_sequences() and time.monotonic() < deadline + CANCEL_WAIT_S:
+                time.sleep(DRAIN_POLL_S)
         self.should_exit = True
 
 
@@ -87,7 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(settings.log_level.upper())
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
+                            timeout_graceful_shutdown=int(CANCEL_WAIT_S))
     server = DrainingServer(config, app.state.service)
     logging.getLogger("uvicorn.error").addFilter(StartupTracebackFilter(app.state.service))
     try:

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
-    """The engine's queue already holds max_queued requests."""
+    """The engine cannot queue these requests: its queue is at max_queued."""
 
 
 class EngineClosed(Exception):
@@ -35,6 +35,8 @@ class EngineClosed(Exception):
 
 
 class Engine:
+    """The batch of one model. `submit_all` and `cancel_all` may be called from any thread."""
+
     def __init__(
         self, name: str, model: CharModel, vocab: Vocab, max_batch_size: int, max_queued: int,
         metrics: EngineMetrics | None = None,
@@ -44,12 +46,14 @@ class Engine:
         self.vocab = vocab
         self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
-        self.max_queued = max_queued
+        self.max_queued = max_queued  # waiting requests beyond the free rows of the batch
         self.metrics = metrics or EngineMetrics()
-        self.max_batch_seen = 0  # largest batch stepped together, for tests and /info
+        self.max_batch_seen = 0  # largest batch stepped together, for tests and benchmarks
         self._cv = threading.Condition()
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._open = True
+        self._warm = threading.Event()
+        self._warm_error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         # The batch, touched only by the engine thread: rows, their state and next-character logits.
         self._rows: list[Row] = []
@@ -66,44 +70,67 @@ class Engine:
         return len(self._waiting)
 
     def start(self) -> None:
+        """Start the engine thread; returns once it has run its warm-up batch, or raises
+        EngineClosed with the reason when the warm-up failed."""
         self._thread.start()
+        self._warm.wait()
+        if self._warm_error is not None:
+            raise EngineClosed(f"warm-up at batch size {self.max_batch_size} failed: {self._warm_error}")
 
     def submit(self, request: GenerationRequest) -> None:
-        """Queue a request; raises QueueFull or EngineClosed instead of waiting."""
+        self.submit_all([request])
+
+    def submit_all(self, requests: list[GenerationRequest]) -> None:
+        """Queue all the requests or none: raises QueueFull or EngineClosed instead of waiting."""
         with self._cv:
             if not self._open:
                 raise EngineClosed(f"model {self.name} is shutting down")
-            if len(self._waiting) >= self.max_queued:
+            room = self.max_queued + max(0, self.max_batch_size - len(self._rows))
+            if len(self._waiting) + len(requests) > room:
                 raise QueueFull(f"model {self.name} has {len(self._waiting)} requests waiting")
-            self._waiting.append(request)
+            self._waiting.extend(requests)
             self._cv.notify()
-        self.metrics.batch_changed(len(self._rows), len(self._waiting))
+            self.metrics.batch_changed(len(self._rows), len(self._waiting))
 
-    def close(self, timeout: float | None = None) -> None:
-        """Take no new requests, cancel the queued ones, let active ones finish, stop the thread."""
+    def close(self) -> None:
+        """Take no new requests and cancel the queued ones; active sequences run on."""
         with self._cv:
             self._open = False
             self._cv.notify()
-        self._thread.join(timeout)
-        if self._thread.is_alive():  # grace period over: cancel what still runs
-            for row in list(self._rows):
-                row.request.cancel()
-            self._thread.join()
 
-    def warm_up(self, steps: int = 3) -> None:
-        """One batch at the maximum size, so the first requests meet no one-time costs."""
-        with torch.inference_mode():
+    def cancel_all(self) -> None:
+        """Cancel every queued and active request; each ends within one step."""
+        with self._cv:
+            for request in [*self._waiting, *(row.request for row in list(self._rows))]:
+                request.cancel()
+            self._cv.notify()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end (after close); True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _warm_up(self, steps: int = 3) -> None:
+        """One batch at the maximum size, so the first requests meet no one-time costs.
+
+        It runs in the engine thread: on a CPU, the thread that computes owns its OpenMP
+        team, and teams of threads that never compute again would only compete for cores.
+        """
+        try:
             tokens = torch.full((self.max_batch_size, 1), self.vocab.start_id, device=self.device)
             logits, state = self.model.step(tokens)
             for _ in range(steps):
                 logits, state = self.model.step(logits.argmax(dim=-1, keepdim=True), state)
+        except Exception as exc:
+            self._warm_error = exc
+            self.close()
+        finally:
+            self._warm.set()
 
     def _run(self) -> None:
         with torch.inference_mode():
-            while True:
-                admitted = self._next_admissions()
-                if admitted is None:
-                    break
+            self._warm_up()
+            while (admitted := self._next_admissions()) is not None:
                 try:
                     self._admit(admitted)
                     if self._rows:
@@ -120,30 +147,36 @@ class Engine:
                 if not self._open:
                     return None
                 self._cv.wait()
-            if not self._open:
-                while self._waiting:  # shutting down: queued requests never start
-                    self._finish_unstarted(self._waiting.popleft(), FinishReason.CANCELLED)
             now = time.monotonic()
-            for request in [r for r in self._waiting if r.ended_early(now)]:
-                self._waiting.remove(request)
-                self._finish_unstarted(request, request.ended_early(now) or FinishReason.CANCELLED)
+            for request in list(self._waiting):
+                reason = FinishReason.CANCELLED if not self._open else request.ended_early(now)
+                if reason is not None:  # cancelled, timed out, or shutting down: never starts
+                    self._waiting.remove(request)
+                    self._finish_unstarted(request, reason)
             room = self.max_batch_size - len(self._rows)
             admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            self.metrics.batch_changed(len(self._rows), len(self._waiting))
         return admitted
 
     def _admit(self, requests: list[GenerationRequest]) -> None:
         """Prefill each new request's prompt and add it to the batch."""
-        if not requests:
-            return
-        now = time.monotonic()
         states, logits = [], []
         for request in requests:
+            now = time.monotonic()
+            row = Row(request, self.vocab, now)
             if request.max_new_tokens == 0:
-                Row(request, self.vocab, now).finish(FinishReason.LENGTH, now)
+                row.finish(FinishReason.LENGTH, now)
+                row.deliver()
                 continue
-            prompt = torch.tensor([request.prompt_ids], device=self.device)  # (1, T)
-            row_logits, row_state = self.model.step(prompt)
-            self._rows.append(Row(request, self.vocab, now))
+            try:
+                prompt = torch.tensor([request.prompt_ids], device=self.device)  # (1, T)
+                row_logits, row_state = self.model.step(prompt)
+            except Exception as exc:  # this request's failure; the batch goes on
+                logger.exception("engine %s: prefill failed", self.name)
+                row.finish(FinishReason.ERROR, now, f"prefill failed: {exc}")
+                row.deliver()
+                continue
+            self._rows.append(row)
             states.append(row_state)
             logits.append(row_logits)
         if states:
@@ -162,9 +195,9 @@ class Engine:
                 return
         assert self._logits is not None and self._sampling is not None and self._state is not None
         ids, logprobs = sample(self._logits, self._sampling, [row.generator for row in self._rows])
+        tops = self._top_alternatives()
         now = time.monotonic()
         finished = {}
-        tops = self._top_alternatives()
         samples = zip(self._rows, ids.tolist(), logprobs.tolist(), tops, strict=True)  # one device sync
         for i, (row, char_id, logprob, top) in enumerate(samples):
             reason = row.advance(char_id, logprob, top, now, self.metrics)
@@ -172,10 +205,8 @@ class Engine:
                 finished[i] = reason
         self.metrics.chars(len(self._rows))
         self.max_batch_seen = max(self.max_batch_seen, len(self._rows))
-        keep = [i for i in range(len(self._rows)) if i not in finished]
-        next_ids = ids[keep][:, None]  # (B', 1)
-        if finished:
-            self._retire(finished, now)
+        next_ids = ids[[i for i in range(len(self._rows)) if i not in finished]][:, None]  # (B', 1)
+        self._retire(finished, now)  # delivers every row's events, finished or not
         if self._rows:
             self._logits, self._state = self.model.step(next_ids, self._state)
 
@@ -194,11 +225,15 @@ class Engine:
         ]
 
     def _retire(self, reasons: dict[int, FinishReason], now: float) -> None:
-        """Finish the rows at these indices and drop them from the batch."""
+        """Finish the rows at these indices, deliver every row's events, drop the finished rows."""
         for i, reason in reasons.items():
             if reason is FinishReason.CANCELLED:
                 self.metrics.cancelled()
             self._rows[i].finish(reason, now)
+        for row in self._rows:
+            row.deliver()
+        if not reasons:
+            return
         keep = [i for i in range(len(self._rows)) if i not in reasons]
         self._rows = [self._rows[i] for i in keep]
         if not self._rows:
@@ -214,6 +249,7 @@ class Engine:
         now = time.monotonic()
         for row in self._rows:
             row.finish(reason, now, error)
+            row.deliver()
         self._rows, self._state, self._logits = [], None, None
         self._batch_changed()
 
@@ -221,7 +257,9 @@ class Engine:
         if reason is FinishReason.CANCELLED:
             self.metrics.cancelled()
         now = time.monotonic()
-        Row(request, self.vocab, now).finish(reason, now)
+        row = Row(request, self.vocab, now)
+        row.finish(reason, now)
+        row.deliver()
 
     def _batch_changed(self) -> None:
         self._sampling = SamplingBatch.of([row.request.params for row in self._rows], self.device)

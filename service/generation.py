@@ -11,18 +11,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from charlm.generation import prompt_ids
 from charlm.sampling import MAX_SEED, SamplingParams
 from charlm.vocab import UnknownCharactersError
-from service.engine import Engine, QueueFull
+from service.engine import Engine, EngineClosed, QueueFull
 from service.errors import ServiceError
 from service.registry import ModelEntry
 from service.sequences import Event, Finished, GeneratedToken, GenerationRequest
 from service.settings import Settings
 
 DISCONNECT_POLL_S = 0.05  # how often a non-streaming request checks that its client is still there
+QUIET: tuple[int, list[Event]] = (-1, [])  # put in a submission's queue when nothing came for a while
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +49,7 @@ def encode_prompt(entry: ModelEntry, prompt: str, settings: Settings, param: str
     """Prompt ids for the model; 422 naming characters outside its vocabulary."""
     if len(prompt) > settings.max_prompt_chars:
         raise ServiceError(422, f"prompt of {len(prompt)} characters exceeds the limit of "
-                           f"{settings.max_prompt_chars}", param=param, kind="validation")
+                           f"{settings.max_prompt_chars}", param=param)
     assert entry.loaded is not None
     try:
         return prompt_ids(entry.loaded.vocab, prompt)
@@ -60,75 +64,125 @@ def offset_seed(params: SamplingParams, offset: int) -> SamplingParams:
     return dataclasses.replace(params, seed=(params.seed + offset) % (MAX_SEED + 1))
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; its sequences were cancelled."""
+
+
+class Mailbox:
+    """Delivery from engine threads to the event loop, with one wake-up per burst.
+
+    Waking the loop costs a system call and a turn of the loop; an engine step hands
+    events to every active request at once, so they travel together.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.items: list[tuple[asyncio.Queue[Any], Any]] = []
+        self.scheduled = False
+
+    def post(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        """Called from any thread; `item` reaches `queue` on the loop's next turn."""
+        with self.lock:
+            self.items.append((queue, item))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class Submission:
     """The sequences of one HTTP request."""
 
     def __init__(self, engine: Engine, prompts: list[list[int]], spec: GenerationSpec, request_id: str,
-                 timeout_s: float, seed_offsets: list[int] | None = None):
+                 timeout_s: float, mailbox: Mailbox, seed_offsets: list[int] | None = None):
         self.engine = engine
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self.mailbox = mailbox
+        self.queue: asyncio.Queue[tuple[int, list[Event]]] = asyncio.Queue()
         offsets = seed_offsets or [0] * len(prompts)
         self.requests = [
             GenerationRequest(
                 prompt_ids=ids, max_new_tokens=spec.max_new_tokens, params=offset_seed(spec.params, offset),
-                on_event=functools.partial(self._on_event, index), stop=spec.stop, top_n=spec.top_n,
+                on_events=functools.partial(self._on_events, index), stop=spec.stop, top_n=spec.top_n,
                 timeout_s=timeout_s, request_id=request_id,
             )
             for index, (ids, offset) in enumerate(zip(prompts, offsets, strict=True))
         ]
         self.unfinished = set(range(len(prompts)))
 
-    def _on_event(self, index: int, event: Event) -> None:  # called from the engine thread
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+    def _on_events(self, index: int, events: list[Event]) -> None:  # called from the engine thread
+        try:
+            self.mailbox.post(self.queue, (index, events))
+        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+            self.requests[index].cancel()
 
     def submit(self) -> None:
-        """Queue every sequence or none: 429 when the engine's queue cannot take them all."""
+        """Queue every sequence or none: 429 when the engine's queue is full, 503 when it is closing."""
         try:
-            for request in self.requests:
-                self.engine.submit(request)
+            self.engine.submit_all(self.requests)
         except QueueFull as exc:
-            self.cancel()
-            raise ServiceError(429, f"too many requests queued: {exc}", kind="overloaded") from None
+            raise ServiceError(429, f"too many requests queued: {exc}") from None
+        except EngineClosed as exc:
+            raise ServiceError(503, str(exc)) from None
 
     def cancel(self) -> None:
         for index in self.unfinished:
             self.requests[index].cancel()
 
-    async def events(self, keepalive_s: float | None = None) -> AsyncIterator[tuple[int, Event] | None]:
-        """(sequence index, event) pairs until every sequence has finished.
+    async def events(self, quiet_s: float) -> AsyncIterator[tuple[int, list[Event]] | None]:
+        """(sequence index, that sequence's events of one step) until every sequence has finished.
 
-        Yields None after `keepalive_s` without an event, so a stream can send a keep-alive.
+        Yields None when `quiet_s` passes without events, so a stream can send a keep-alive.
+        One timer per submission, re-armed, rather than a timeout per event: this loop runs
+        once per character of every stream.
         """
+        loop = asyncio.get_running_loop()
+        heard = [True]
+
+        def tick() -> None:
+            if not heard[0]:
+                self.queue.put_nowait(QUIET)
+            heard[0] = False
+            timer[0] = loop.call_later(quiet_s, tick)
+
+        timer = [loop.call_later(quiet_s, tick)]
         try:
             while self.unfinished:
-                try:
-                    index, event = await asyncio.wait_for(self.queue.get(), keepalive_s)
-                except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
+                index, events = await self.queue.get()
+                if index == QUIET[0]:
                     yield None
                     continue
-                if isinstance(event, Finished):
+                heard[0] = True
+                if isinstance(events[-1], Finished):
                     self.unfinished.discard(index)
-                yield index, event
+                yield index, events
         finally:
+            timer[0].cancel()
             self.cancel()  # the consumer left early: free the batch rows
 
     async def results(self, disconnected: Callable[[], Awaitable[bool]]) -> list[SequenceResult]:
         """Every sequence's tokens and end; cancels them all if the client disconnects."""
         tokens: list[list[GeneratedToken]] = [[] for _ in self.requests]
         ends: dict[int, Finished] = {}
+        checked = time.monotonic()
         async for item in self.events(DISCONNECT_POLL_S):
-            if item is None:
+            if time.monotonic() - checked >= DISCONNECT_POLL_S:
+                checked = time.monotonic()
                 if await disconnected():
+                    self.cancel()
                     raise ClientGone()
+            if item is None:
                 continue
-            index, event = item
-            if isinstance(event, Finished):
-                ends[index] = event
-            else:
-                tokens[index].append(event)
+            index, events = item
+            for event in events:
+                if isinstance(event, Finished):
+                    ends[index] = event
+                else:
+                    tokens[index].append(event)
         return [SequenceResult(tokens[i], ends[i]) for i in range(len(self.requests))]
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready; its sequences were cancelled."""

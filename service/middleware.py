@@ -1,14 +1,17 @@
-"""Request ids, the body size limit and per-route request counts, as one pure ASGI middleware
-(pure ASGI so that streamed responses pass through untouched)."""
+"""Request ids, the body size limit, per-route request counts and a log line for every refusal,
+as one pure ASGI middleware (pure ASGI so that streamed responses pass through untouched)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 import uuid
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ServiceError, error_body
@@ -18,8 +21,11 @@ REQUEST_ID_HEADER = "x-request-id"
 SAFE_REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")  # a client's id is echoed only if it is tame
 
 
+logger = logging.getLogger("service.requests")
+
+
 class BodyTooLarge(Exception):
-    pass
+    """Content-Length announces more than the limit: refused before the app sees the request."""
 
 
 class RequestContextMiddleware:
@@ -37,6 +43,7 @@ class RequestContextMiddleware:
         request_id = client_id if SAFE_REQUEST_ID.match(client_id) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500, "started": False}
+        started_at = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -45,19 +52,23 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            if int(headers.get("content-length") or 0) > self.max_body_bytes:
+            if declared_length(headers) > self.max_body_bytes:
                 raise BodyTooLarge()
             await self.app(scope, self._limited(receive), send_with_id)
         except BodyTooLarge:
-            if not status["started"]:
-                await self._too_large(scope, send_with_id)
+            await self._too_large(scope, send_with_id)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "other")
-            self.metrics.requests.labels(path, str(status["code"])).inc()
+            route = getattr(scope.get("route"), "path", "other")
+            self.metrics.requests.labels(route, str(status["code"])).inc()
+            if status["code"] >= 400:  # successes log their own line, with the model and timings
+                logger.info("request %s %s %s -> %s in %.1f ms", request_id, scope["method"], scope["path"],
+                            status["code"], (time.perf_counter() - started_at) * 1000)
 
     def _limited(self, receive: Receive) -> Receive:
-        """Count the body as it arrives, for bodies sent without a Content-Length."""
+        """Count the body as it arrives, for bodies sent without a Content-Length.
+
+        Raises HTTPException(413), which FastAPI's body reading lets through to the error handlers.
+        """
         received = 0
 
         async def limited() -> Message:
@@ -66,7 +77,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge()
+                    raise HTTPException(413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
             return message
 
         return limited
@@ -79,3 +90,11 @@ class RequestContextMiddleware:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
+
+
+def declared_length(headers: Headers) -> int:
+    """The Content-Length, or 0 when absent or not a number (then the body is counted as it comes)."""
+    try:
+        return int(headers.get("content-length") or 0)
+    except ValueError:
+        return 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import time
 from pathlib import Path
 
 import torch
 
 from charlm.checkpoint import LoadedModel, ModelDirError, load_model
-from service.engine import Engine
+from service.engine import Engine, EngineClosed
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -48,6 +50,15 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def cpu_threads(engines: int) -> int:
+    """Intra-op threads on a CPU: the cores minus one (for the HTTP side) shared by the engines.
+
+    Each engine thread gets its own OpenMP team; more threads than cores in all makes
+    OpenMP stop spinning, and every small operator then waits on a wake-up.
+    """
+    return max(1, ((os.cpu_count() or 1) - 1) // max(1, engines))
+
+
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -81,7 +92,11 @@ class Registry:
         if not directory.is_dir():
             raise NoModelsError(f"models directory {directory} does not exist")
         paths = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if device.type == "cpu":
+            torch.set_num_threads(1)  # loading needs no more; the engine threads compute
         entries = [load_entry(path, settings, metrics, device, dtype) for path in paths]
+        if device.type == "cpu":
+            torch.set_num_threads(settings.torch_threads or cpu_threads(len(paths)))
         return cls(entries, settings.default_model, device, dtype)
 
     @property
@@ -96,14 +111,40 @@ class Registry:
         return entry
 
     def start(self) -> None:
+        """Start every engine (each warms up first); one that fails is reported like a load failure."""
         for entry in self.ready:
             assert entry.engine is not None
-            entry.engine.start()
+            try:
+                entry.engine.start()
+            except EngineClosed as exc:
+                logger.error("model %s failed to start: %s", entry.name, exc)
+                entry.engine.join()
+                entry.engine, entry.error = None, str(exc)
+        if not self.ready:
+            raise NoModelsError("no model could be started: " + "; ".join(
+                f"{e.name}: {e.error}" for e in self.entries.values()))
+        if self.default_model not in {e.name for e in self.ready}:
+            self.default_model = self.ready[0].name
 
-    def close(self, grace_s: float | None = None) -> None:
-        for entry in self.ready:
-            assert entry.engine is not None
-            entry.engine.close(grace_s)
+    @property
+    def engines(self) -> list[Engine]:
+        return [entry.engine for entry in self.entries.values() if entry.engine is not None]
+
+    def cancel_all(self) -> None:
+        for engine in self.engines:
+            engine.cancel_all()
+
+    def close(self, grace_s: float) -> None:
+        """Stop taking requests; let active sequences finish within one shared grace period,
+        then cancel what still runs (each request still gets its final event)."""
+        for engine in self.engines:
+            engine.close()
+        deadline = time.monotonic() + grace_s
+        for engine in self.engines:
+            if not engine.join(max(0.0, deadline - time.monotonic())):
+                engine.cancel_all()
+        for engine in self.engines:
+            engine.join()
 
 
 def load_entry(
@@ -117,10 +158,8 @@ def load_entry(
         logger.error("model %s failed to load: %s", path.name, exc)
         return entry
     loaded = entry.loaded
-    engine = Engine(path.name, loaded.model, loaded.vocab, settings.max_batch_size, settings.max_queued,
-                    metrics.for_model(path.name))
-    engine.warm_up()
-    entry.engine = engine
+    entry.engine = Engine(path.name, loaded.model, loaded.vocab, settings.max_batch_size, settings.max_queued,
+                          metrics.for_model(path.name))
     logger.info("model %s: %s, %s parameters, %d characters, on %s (%s)", path.name,
                 loaded.model.architecture, f"{loaded.model.num_parameters():,}", len(loaded.vocab), device,
                 str(dtype).removeprefix("torch."))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 
 from charlm.sampling import SamplingParams, make_generator
 from charlm.vocab import Vocab
 from service.stopping import FinishReason, StopMatcher
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +48,17 @@ Event = GeneratedToken | Finished
 
 @dataclasses.dataclass(eq=False)
 class GenerationRequest:
-    """One sequence to generate. `on_event` is called from the engine thread."""
+    """One sequence to generate.
+
+    `on_events` is called from the engine thread, at most once per step, with the
+    events of that step in order (released characters, then Finished if it ended).
+    It must be quick and thread-safe.
+    """
 
     prompt_ids: list[int]
     max_new_tokens: int
     params: SamplingParams
-    on_event: Callable[[Event], None]
+    on_events: Callable[[list[Event]], None]
     stop: tuple[str, ...] = ()
     top_n: int = 0  # also report this many most likely characters at each step
     timeout_s: float | None = None
@@ -82,7 +90,10 @@ class EngineMetrics:
 
 
 class Row:
-    """Host-side bookkeeping of one active sequence (one row of the batch)."""
+    """Host-side bookkeeping of one active sequence (one row of the batch).
+
+    Events wait in `outbox` until the engine delivers them at the end of the step.
+    """
 
     def __init__(self, request: GenerationRequest, vocab: Vocab, admitted_at: float):
         self.request = request
@@ -94,6 +105,7 @@ class Row:
         self.first_char_s: float | None = None
         self.produced = 0
         self.text: list[str] = []
+        self.outbox: list[Event] = []
 
     def advance(
         self, char_id: int, logprob: float, top: tuple[Alternative, ...], now: float, metrics: EngineMetrics
@@ -116,14 +128,14 @@ class Row:
         return None
 
     def emit(self, tokens: list[GeneratedToken]) -> None:
-        for token in tokens:
-            self.text.append(token.text)
-            self.request.on_event(token)
+        self.text.extend(token.text for token in tokens)
+        self.outbox.extend(tokens)
 
     def finish(self, reason: FinishReason, now: float, error: str | None = None) -> None:
+        """End the sequence: held-back characters are released unless a stop string matched."""
         if reason is not FinishReason.STOP:
             self.emit(self.matcher.flush())
-        self.request.on_event(Finished(
+        self.outbox.append(Finished(
             reason=reason,
             text="".join(self.text),
             generated_tokens=self.produced,
@@ -134,3 +146,14 @@ class Row:
             total_s=now - self.request.submitted_at,
             error=error,
         ))
+
+    def deliver(self) -> None:
+        """Hand this step's events to the request; a failing callback cancels only its request."""
+        if not self.outbox:
+            return
+        events, self.outbox = self.outbox, []
+        try:
+            self.request.on_events(events)
+        except Exception:
+            logger.exception("request %s: delivering events failed; cancelling it", self.request.request_id)
+            self.request.cancel()

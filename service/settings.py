@@ -31,4 +31,5 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS")
     sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between keep-alive comments")
     shutdown_grace_s: float = Field(30.0, ge=0, description="how long streams may finish after SIGTERM")
+    torch_threads: int = Field(0, ge=0, description="intra-op CPU threads; 0: (cores - 1) / models, at least 1")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

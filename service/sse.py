@@ -8,10 +8,15 @@ generator endpoints.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi.sse import EventSourceResponse, ServerSentEvent, format_sse_event
 from pydantic import BaseModel
+
+from service.errors import ServiceError, error_body
+
+logger = logging.getLogger(__name__)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # For the OpenAPI schema of routes that may answer with a stream.
@@ -29,9 +34,16 @@ def encode(event: ServerSentEvent) -> bytes:
                             comment=event.comment)
 
 
-def sse_response(events: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
+def sse_response(events: AsyncIterator[ServerSentEvent], openai: bool) -> EventSourceResponse:
+    """A stream of `events`; an unexpected failure ends it with an error event in the protocol's shape."""
+
     async def body() -> AsyncIterator[bytes]:
-        async for event in events:
-            yield encode(event)
+        try:
+            async for event in events:
+                yield encode(event)
+        except Exception:
+            logger.exception("stream failed")
+            error = ServiceError(500, "internal error while streaming", kind="generation")
+            yield encode(ServerSentEvent(data=error_body(error, openai)))
 
     return EventSourceResponse(body(), headers=STREAM_HEADERS)

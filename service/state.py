@@ -9,6 +9,7 @@ import time
 from fastapi import Request
 
 from service.errors import ServiceError
+from service.generation import Mailbox
 from service.metrics import ServiceMetrics
 from service.registry import ModelEntry, Registry
 from service.settings import Settings
@@ -19,6 +20,7 @@ class ServiceState:
     settings: Settings
     metrics: ServiceMetrics
     registry: Registry | None = None  # None until the models are loaded
+    mailbox: Mailbox | None = None  # engine threads -> event loop; made in the lifespan
     draining: bool = False
     startup_error: str | None = None
     started_at: float = dataclasses.field(default_factory=time.time)

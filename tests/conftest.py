@@ -2,61 +2,21 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
 from charlm.checkpoint import LoadedModel, load_model
-from training.session import RunSpec
-from training.trainer import train
+from tests.helpers import TINY, make_corpus, train_tiny
 
 torch.set_num_threads(1)  # the suite is many tiny models; extra threads only contend
-
-WORDS = ["the", "king", "and", "queen", "shall", "speak", "of", "love", "war", "night", "my", "lord"]
-CYRILLIC = ["я", "помню", "чудное", "мгновенье", "передо", "мной", "явилась", "ты"]
-
-# Tiny but complete settings per architecture: a few seconds of CPU each.
-TINY = {
-    "gpt": ("gpt-tiny", {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16}),
-    "lstm": ("lstm", {"hidden_size": 32, "seq_len": 16, "batch_size": 8}),
-    "lstm_attention": (
-        "lstm-attention",
-        {"hidden_size": 32, "n_embd": 16, "n_head": 2, "block_size": 8, "seq_len": 16, "batch_size": 8},
-    ),
-}
-TINY_RUN = {
-    "max_iters": 60, "eval_interval": 30, "eval_iters": 4, "warmup_iters": 5, "lr": 5e-3, "sample_chars": 20,
-}
-
-
-def make_corpus(n_lines: int = 600, seed: int = 0) -> str:
-    """Verse-like lines of English words, with some Russian ones, and punctuation."""
-    rng = random.Random(seed)
-    lines = []
-    for i in range(n_lines):
-        words = CYRILLIC if i % 5 == 4 else WORDS
-        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 7)))
-        lines.append(line.capitalize() + rng.choice([",", ".", "!", ";"]))
-    return "\n".join(lines) + "\n"
-
 
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "corpus.txt"
     path.write_text(make_corpus(), encoding="utf-8")
     return path
-
-
-def train_tiny(architecture: str, data: Path, out: Path, overwrite: bool = False, **settings: object) -> Path:
-    preset, overrides = TINY[architecture]
-    spec = RunSpec(
-        data=data, out=out, preset=preset, overrides={**overrides, **TINY_RUN, **settings},
-        command="pytest", progress=False, device="cpu", overwrite=overwrite,
-    )
-    assert train(spec) is not None
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -74,11 +74,10 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _heads(self, x: Tensor) -> tuple[Tensor, ...]:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        shape = (B, T, self.n_head, C // self.n_head)
-        return tuple(t.view(shape).transpose(1, 2) for t in (q, k, v))  # 3 x (B, H, T, hd)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, H, hd)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hd)
 
     def _merge(self, y: Tensor) -> Tensor:
         B, H, T, hd = y.shape
@@ -93,14 +92,15 @@ class CausalSelfAttention(nn.Module):
     def forward_cached(self, x: Tensor, kv: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
         """Attend from x (B, T, C) at `positions` (B, T) over the cache kv (2, B, H, S, hd).
 
-        Writes this chunk's keys and values into the cache in place first.
+        Writes this chunk's keys and values into the cache in place first, then attends
+        over the first mask.size(-1) slots (no row holds more).
         """
         q, k, v = self._heads(x)
         rows = torch.arange(x.size(0), device=x.device)[:, None]  # (B, 1)
-        kv[0][rows, :, positions] = k.transpose(1, 2).to(kv.dtype)  # (B, T, H, hd)
-        kv[1][rows, :, positions] = v.transpose(1, 2).to(kv.dtype)
-        y = F.scaled_dot_product_attention(q, kv[0].to(q.dtype), kv[1].to(q.dtype), attn_mask=mask)
-        return self._merge(y)
+        kv[:, rows, :, positions] = torch.stack((k, v), dim=2).permute(0, 3, 2, 1, 4).to(kv.dtype)  # (B, T, 2, H, hd)
+        span = mask.size(-1)
+        keys, values = kv[0, :, :, :span].to(q.dtype), kv[1, :, :, :span].to(q.dtype)  # (B, H, span, hd)
+        return self._merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
 
 
 class MLP(nn.Module):
@@ -186,17 +186,20 @@ class GPT(CharModel):
         assert isinstance(state, GPTState)
         size = self.config.block_size
         tokens = tokens[:, -size:]  # older characters would be re-encoded away anyway
-        overflow = (state.length + tokens.size(1) > size).nonzero().squeeze(1)
-        if overflow.numel():
+        longest = int(state.length.max()) + tokens.size(1)  # the one host sync of a step
+        if longest > size:
+            overflow = (state.length + tokens.size(1) > size).nonzero().squeeze(1)
             self._reencode(state, overflow, keep=min(size // 2, size - tokens.size(1)))
-        return self._advance(tokens, state), state
+            longest = int(state.length.max()) + tokens.size(1)
+        return self._advance(tokens, state, longest), state
 
-    def _advance(self, tokens: Tensor, state: GPTState) -> Tensor:
-        """Run tokens (B, T) through the model on top of the cache; logits (B, V)."""
+    def _advance(self, tokens: Tensor, state: GPTState, span: int) -> Tensor:
+        """Run tokens (B, T) through the model on top of the cache, whose rows fill at most
+        `span` slots afterwards; logits (B, V)."""
         T = tokens.size(1)
         positions = state.length[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
-        slots = torch.arange(self.config.block_size, device=tokens.device)  # (S,)
-        mask = (slots[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
+        slots = torch.arange(span, device=tokens.device)  # (span,)
+        mask = (slots[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (B, 1, T, span)
         x = self.wte(tokens) + self.wpe(positions)  # (B, T, C)
         for layer, block in enumerate(cast(list[Block], self.blocks)):
             x = block.forward_cached(x, state.kv[layer], positions, mask)
@@ -214,7 +217,7 @@ class GPT(CharModel):
         offsets = lengths[:, None] - keep + torch.arange(keep, device=lengths.device)  # (R, keep)
         recent = state.tokens[rows[:, None], offsets]  # (R, keep)
         fresh = self.init_state(rows.numel(), recent.device)
-        self._advance(recent, fresh)
+        self._advance(recent, fresh, keep)
         state.kv[:, :, rows] = fresh.kv
         state.tokens[rows] = fresh.tokens
         state.length[rows] = fresh.length

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import ServerSentEvent
 
+from service.admission import Admitted, admit, log_completion, logged
 from service.errors import ServiceError, error_body
 from service.generation import ClientGone, GenerationSpec, SequenceResult
-from service.routes.admission import Admitted, admit, log_completion
 from service.schemas.openai import (
     Choice,
     Completion,
@@ -33,6 +34,9 @@ DEFAULT_MAX_TOKENS = 16
 
 def admit_completion(state: ServiceState, request: Request, body: CompletionRequest) -> Admitted:
     """One sequence per (prompt, choice); choice index = prompt index * n + j."""
+    if len(body.prompts) * body.n > state.settings.max_n:  # before building a list that long
+        raise ServiceError(422, f"{len(body.prompts) * body.n} sequences requested (prompts x n); the limit "
+                           f"is {state.settings.max_n}", param="n")
     prompts = [prompt for prompt in body.prompts for _ in range(body.n)]
     offsets = [j for _ in body.prompts for j in range(body.n)]
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
@@ -76,7 +80,8 @@ async def completions(
     admitted = admit_completion(state, request, body)
     completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
-        return sse_response(completion_events(admitted, body, request, completion_id, created))
+        events = completion_events(admitted, body, request, completion_id, created)
+        return sse_response(logged(admitted, events), openai=True)
     try:
         results = await admitted.submission.results(request.is_disconnected)
     except ClientGone:
@@ -95,6 +100,7 @@ async def completion_events(
         return ServerSentEvent(data=Completion(id=completion_id, created=created, model=admitted.entry.name,
                                                choices=choices, usage=usage_))
 
+    header = {"id": completion_id, "object": "text_completion", "created": created, "model": admitted.entry.name}
     if body.echo:
         for index, prompt in enumerate(admitted.prompts):
             yield chunk([Choice(text=prompt, index=index)])
@@ -104,23 +110,34 @@ async def completion_events(
         if item is None:
             yield ServerSentEvent(comment="keep-alive")
             continue
-        index, event = item
-        if isinstance(event, GeneratedToken):
-            offset = len(admitted.prompts[index]) if body.echo else 0
-            yield chunk([Choice(text=event.text, index=index,
-                                logprobs=logprobs_of([event], offset + event.index - 1, body.logprobs))])
-            continue
-        ends[index] = event
-        if event.reason is FinishReason.ERROR:
-            error = ServiceError(500, event.error or "generation failed", kind="generation")
-            yield ServerSentEvent(data=error_body(error, openai=True))
-            return
-        yield chunk([Choice(text="", index=index, finish_reason=event.reason.value)])
+        index, events = item
+        offset = len(admitted.prompts[index]) if body.echo else 0
+        for event in events:
+            if isinstance(event, GeneratedToken):
+                yield character_chunk(header, index, event, offset, body.logprobs)
+                continue
+            ends[index] = event
+            if event.reason is FinishReason.ERROR:
+                error = ServiceError(500, event.error or "generation failed", kind="generation")
+                yield ServerSentEvent(data=error_body(error, openai=True))
+                return
+            yield chunk([Choice(text="", index=index, finish_reason=event.reason.value)])
     ordered = [ends[i] for i in sorted(ends)]
     log_completion(admitted, "/v1/completions", ordered)
     if body.stream_options is not None and body.stream_options.include_usage:
         yield chunk([], usage(ordered, body.n))
     yield ServerSentEvent(raw_data="[DONE]")
+
+
+def character_chunk(
+    header: dict[str, Any], index: int, event: GeneratedToken, offset: int, logprobs: int | None
+) -> ServerSentEvent:
+    """A `Completion` chunk for one character, built without Pydantic: it runs per character."""
+    lp = logprobs_of([event], offset + event.index - 1, logprobs)
+    choice = {"text": event.text, "index": index, "logprobs": None if lp is None else lp.model_dump(),
+              "finish_reason": None}
+    data = {**header, "choices": [choice], "usage": None, "system_fingerprint": None}
+    return ServerSentEvent(raw_data=json.dumps(data, ensure_ascii=False))
 
 
 @router.get("/models", response_model=ModelList)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from service.admission import Admitted, admit, log_completion, logged
 from service.errors import ServiceError
 from service.generation import ClientGone, GenerationSpec, SequenceResult
-from service.routes.admission import Admitted, admit, log_completion
 from service.schemas.tgi import (
     DEFAULT_MAX_NEW_TOKENS,
     CompatGenerateRequest,
@@ -95,33 +96,58 @@ async def generate_stream(
     """Stream the continuation as Server-Sent Events, one per character; the last event carries
     `generated_text` and `details` on a special empty token."""
     admitted = admit_tgi_stream(body, request, state)
-    return sse_response(tgi_events(admitted, body, request))
+    return sse_response(logged(admitted, tgi_events(admitted, body, request)), openai=False)
 
 
 async def tgi_events(
     admitted: Admitted, body: GenerateRequest, request: Request
 ) -> AsyncIterator[ServerSentEvent]:
+    """One event per character; the last one also carries `generated_text` and `details`."""
     keepalive = request.app.state.service.settings.sse_keepalive_s
     async for item in admitted.submission.events(keepalive):
         if item is None:
             yield ServerSentEvent(comment="keep-alive")
             continue
-        _, event = item
-        if isinstance(event, GeneratedToken):
-            top = [token(a) for a in event.top] if event.top else None
-            yield ServerSentEvent(data=StreamResponse(index=event.index, token=token(event), top_tokens=top))
-        else:
-            yield final_event(admitted, body, event)
+        events = item[1]
+        tokens = [e for e in events if isinstance(e, GeneratedToken)]
+        end = events[-1] if isinstance(events[-1], Finished) else None
+        if end is None or end.reason is FinishReason.ERROR:
+            for t in tokens:
+                yield character_event(t)
+        if end is not None:
+            log_completion(admitted, "/generate_stream", [end])
+            if end.reason is FinishReason.ERROR:
+                yield ServerSentEvent(data={"error": end.error or "generation failed", "error_type": "generation"})
+                return
+            for t in tokens[:-1]:
+                yield character_event(t)
+            yield closing_event(tokens[-1] if tokens else None, end, admitted.prompts[0], body)
 
 
-def final_event(admitted: Admitted, body: GenerateRequest, end: Finished) -> ServerSentEvent:
-    log_completion(admitted, "/generate_stream", [end])
-    if end.reason is FinishReason.ERROR:
-        return ServerSentEvent(data={"error": end.error or "generation failed", "error_type": "generation"})
-    prompt = admitted.prompts[0]
+def token_json(t: GeneratedToken | Alternative) -> dict[str, Any]:
+    return {"id": t.id, "text": t.text, "logprob": t.logprob, "special": False}
+
+
+def character_event(t: GeneratedToken, **closing: Any) -> ServerSentEvent:
+    """A `StreamResponse` per character. The common case skips building Pydantic models: it runs
+    once per character of every stream, on the event loop."""
+    if closing:
+        top = [token(a) for a in t.top] if t.top else None
+        return ServerSentEvent(data=StreamResponse(index=t.index, token=token(t), top_tokens=top, **closing))
+    top_json = [token_json(a) for a in t.top] if t.top else None
+    data = {"index": t.index, "token": token_json(t), "top_tokens": top_json, "generated_text": None, "details": None}
+    return ServerSentEvent(raw_data=json.dumps(data, ensure_ascii=False))
+
+
+def closing_event(last: GeneratedToken | None, end: Finished, prompt: str, body: GenerateRequest) -> ServerSentEvent:
+    """The last character's event, with the text and details. When the stream ended without a
+    character in its final step (a stop string matched, or time ran out), a special empty token
+    carries them instead."""
     text = prompt + end.text if body.parameters.return_full_text else end.text
     details = StreamDetails(finish_reason=FINISH_REASONS[end.reason], generated_tokens=end.generated_tokens,
                             seed=end.seed, input_length=len(prompt))
+    if last is not None:
+        return character_event(last, generated_text=text, details=details)
     return ServerSentEvent(data=StreamResponse(index=end.generated_tokens + 1, token=END_TOKEN,
                                                generated_text=text, details=details))
 
@@ -133,7 +159,7 @@ async def compat_generate(
     """TGI's base route: `stream: false` answers a one-element list, `stream: true` streams."""
     if body.stream:
         admitted = admit_tgi_stream(body, request, state)
-        return sse_response(tgi_events(admitted, body, request))
+        return sse_response(logged(admitted, tgi_events(admitted, body, request)), openai=False)
     answer = await generate(body, request, state)
     if isinstance(answer, Response):
         return answer

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from charlm.sampling import MAX_SEED, SamplingParams
+from charlm.sampling import MAX_SEED, MAX_TOP_K, SamplingParams
 from service.schemas.common import StrictModel, check_stop, require_neutral
 
 MAX_LOGPROBS = 5  # as OpenAI allows
@@ -29,7 +29,7 @@ class CompletionRequest(StrictModel):
     max_tokens: int | None = Field(16, ge=0, description="characters to generate per choice")
     temperature: float | None = Field(1.0, ge=0, allow_inf_nan=False, description="0 is greedy")
     top_p: float | None = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(0, ge=0, description="charlm extension; 0: off")
+    top_k: int | None = Field(0, ge=0, le=MAX_TOP_K, description="charlm extension; 0: off")
     n: int = Field(1, ge=1, description="choices per prompt")
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from charlm.sampling import MAX_SEED, SamplingParams
+from charlm.sampling import MAX_SEED, MAX_TOP_K, SamplingParams
 from service.schemas.common import MAX_TOP_N, StrictModel, check_stop, require_neutral
 
 DEFAULT_MAX_NEW_TOKENS = 100
@@ -27,7 +27,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 class Parameters(StrictModel):
     max_new_tokens: int | None = Field(None, ge=0, description=f"default {DEFAULT_MAX_NEW_TOKENS}")
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False, description="0 is greedy")
-    top_k: int | None = Field(None, ge=0, description="0 or null: off")
+    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K, description="0 or null: off")
     top_p: float | None = Field(None, gt=0, le=1, description="1.0 or null: off")
     do_sample: bool = Field(False, description="sample (temperature 1) when no temperature is given")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)

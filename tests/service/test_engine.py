@@ -1,6 +1,7 @@
 """The engine batches sequences yet each one comes out as if generated alone."""
 
 import queue
+import time
 
 import pytest
 
@@ -18,11 +19,10 @@ def run_requests(engine, specs):
     """Submit (prompt_ids, params, max_new) specs at once; the text and end of each."""
     events = queue.Queue()
     requests = [
-        GenerationRequest(ids, max_new, params, on_event=lambda e, i=i: events.put((i, e)))
+        GenerationRequest(ids, max_new, params, on_events=lambda batch, i=i: [events.put((i, e)) for e in batch])
         for i, (ids, params, max_new) in enumerate(specs)
     ]
-    for request in requests:
-        engine.submit(request)
+    engine.submit_all(requests)
     ends = {}
     while len(ends) < len(requests):
         index, event = events.get(timeout=60)
@@ -38,6 +38,7 @@ def engine(trained_dir):
     engine.start()
     yield engine
     engine.close()
+    engine.join()
 
 
 def test_batched_sequences_equal_the_one_at_a_time_reference(engine):
@@ -69,7 +70,8 @@ def test_zero_new_tokens_finishes_at_once(engine):
 
 def test_a_cancelled_request_leaves_the_batch(engine):
     events = queue.Queue()
-    request = GenerationRequest(prompt_ids(engine.vocab, "the"), 100_000, SamplingParams(), events.put)
+    request = GenerationRequest(prompt_ids(engine.vocab, "the"), 100_000, SamplingParams(),
+                                lambda batch: [events.put(e) for e in batch])
     engine.submit(request)
     events.get(timeout=30)  # it is running
     request.cancel()
@@ -81,11 +83,90 @@ def test_a_cancelled_request_leaves_the_batch(engine):
 def test_the_queue_is_bounded_and_a_closed_engine_refuses(trained_dir):
     loaded = load_model(trained_dir)
     engine = Engine("m", loaded.model, loaded.vocab, max_batch_size=1, max_queued=1)  # not started
-    request = GenerationRequest([0], 5, SamplingParams(), lambda e: None)
-    engine.submit(request)
+    requests = [GenerationRequest([0], 5, SamplingParams(), lambda events: None) for _ in range(3)]
+    with pytest.raises(QueueFull):  # room for one in the batch and one waiting: all or none
+        engine.submit_all(requests)
+    assert engine.queued == 0
+    engine.submit_all(requests[:2])
     with pytest.raises(QueueFull):
-        engine.submit(request)
+        engine.submit(requests[2])
     engine.start()
     engine.close()
+    assert engine.join(30)
     with pytest.raises(EngineClosed):
-        engine.submit(request)
+        engine.submit(requests[2])
+
+
+def test_a_failing_prefill_ends_only_its_own_request(engine, monkeypatch):
+    step = engine.model.step
+
+    def fail_on_long_prompts(tokens, state=None):  # fault injection: the model itself is real
+        if state is None and tokens.size(1) > 5:
+            raise RuntimeError("out of memory")
+        return step(tokens, state)
+
+    monkeypatch.setattr(engine.model, "step", fail_on_long_prompts)
+    vocab = engine.vocab
+    ends = run_requests(engine, [(prompt_ids(vocab, "the"), SamplingParams(seed=1), 20),
+                                 (prompt_ids(vocab, "the king and"), SamplingParams(seed=2), 20)])
+    assert ends[0].reason is FinishReason.LENGTH and ends[0].generated_tokens == 20
+    assert ends[1].reason is FinishReason.ERROR and "out of memory" in ends[1].error
+
+
+def test_the_engine_recovers_after_a_failed_step(engine, monkeypatch):
+    step = engine.model.step
+    calls = {"n": 0}
+
+    def fail_once_mid_generation(tokens, state=None):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("device lost")
+        return step(tokens, state)
+
+    monkeypatch.setattr(engine.model, "step", fail_once_mid_generation)
+    ids = prompt_ids(engine.vocab, "the")
+    (failed,) = run_requests(engine, [(ids, SamplingParams(seed=1), 30)])
+    assert failed.reason is FinishReason.ERROR and "device lost" in failed.error
+    (ok,) = run_requests(engine, [(ids, SamplingParams(seed=1), 30)])
+    assert ok.reason is FinishReason.LENGTH and engine.active == 0
+
+
+def test_closing_lets_active_sequences_finish_and_cancel_all_ends_them(engine):
+    events = queue.Queue()
+    ids = prompt_ids(engine.vocab, "the")
+    short = GenerationRequest(ids, 50, SamplingParams(), lambda batch: [events.put(("short", e)) for e in batch])
+    endless = GenerationRequest(ids, 10**9, SamplingParams(), lambda batch: [events.put(("long", e)) for e in batch])
+    engine.submit_all([short, endless])
+    while engine.active < 2:  # both running: closing cancels only what still waits
+        time.sleep(0.001)
+    engine.close()
+    ends = {}
+    while "short" not in ends:
+        name, event = events.get(timeout=30)
+        if isinstance(event, Finished):
+            ends[name] = event
+    assert ends["short"].reason is FinishReason.LENGTH and not engine.join(0.2)  # the endless one runs on
+    engine.cancel_all()
+    assert engine.join(30)
+    while "long" not in ends:
+        name, event = events.get(timeout=30)
+        if isinstance(event, Finished):
+            ends[name] = event
+    assert ends["long"].reason is FinishReason.CANCELLED
+
+
+def test_a_request_timing_out_while_queued_never_starts(trained_dir):
+    loaded = load_model(trained_dir)
+    engine = Engine("m", loaded.model, loaded.vocab, max_batch_size=1, max_queued=4)
+    engine.start()
+    ids = prompt_ids(loaded.vocab, "the")
+    events = queue.Queue()
+    blocker = GenerationRequest(ids, 10**9, SamplingParams(), lambda batch: None)
+    waiting = GenerationRequest(ids, 5, SamplingParams(), lambda batch: [events.put(e) for e in batch], timeout_s=0.1)
+    engine.submit(blocker)
+    engine.submit(waiting)
+    (end,) = [events.get(timeout=30)]
+    assert end.reason is FinishReason.TIMEOUT and end.generated_tokens == 0 and end.first_char_s is None
+    blocker.cancel()
+    engine.close()
+    assert engine.join(30)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.service.conftest import running_app, service_state, settings_for
+from tests.service.helpers import running_app, service_state, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -179,3 +179,21 @@ async def test_draining_turns_health_and_new_requests_to_503(serve):
         assert health.status_code == 503 and health.json()["status"] == "draining"
         assert_tgi_error(await client.post("/generate", json=tgi()), 503, "shutting down")
         assert_openai_error(await client.post("/v1/completions", json={"prompt": "a"}), 503)
+
+
+async def test_a_chunked_body_over_the_limit_is_a_413(serve):
+    async def chunks():
+        for _ in range(10):
+            yield b'{"inputs": "' + b"a" * 500
+
+    async with serve(max_body_bytes=2048) as (client, _):
+        response = await client.post("/generate", content=chunks(), headers={"content-type": "application/json"})
+        assert_tgi_error(response, 413, "exceeds the limit of 2048 bytes")
+
+
+async def test_huge_numbers_are_refused_before_any_work(client):
+    response = await client.post("/generate", json=tgi(top_k=10**30))
+    assert_tgi_error(response, 422, "parameters.top_k")
+    response = await client.post("/v1/completions", json={"prompt": "a", "n": 10**12})
+    assert_openai_error(response, 400, "the limit is 16")
+

@@ -6,53 +6,15 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from httpx_sse import connect_sse
 
-from service.app import create_app
-from tests.service.conftest import engine_of, settings_for
-
-LONG = 1_000_000  # characters: longer than any test waits
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(condition, timeout=30.0, interval=0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
-
-
-@contextlib.contextmanager
-def live_server(models_dir, **overrides) -> Iterator[tuple[str, object]]:
-    """The app under uvicorn on a loopback port, in a thread of this process."""
-    port = free_port()
-    app = create_app(settings_for(models_dir, port=port, **overrides))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: server.started), "server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(30)
+from tests.service.helpers import LONG, engine_of, free_port, live_server, wait_until
 
 
 def cancelled_count(base: str) -> float:
@@ -121,7 +83,7 @@ def test_charlm_serve_streams_and_drains_on_sigterm(tiny_models):
             body = {"inputs": "the king", "parameters": {"max_new_tokens": 20, "seed": 1, "do_sample": True}}
             with connect_sse(client, "POST", f"{base}/generate_stream", json=body) as source:
                 events = [json.loads(e.data) for e in source.iter_sse()]
-            assert len(events) == 21 and events[-1]["details"]["finish_reason"] == "length"
+            assert len(events) == 20 and events[-1]["details"]["finish_reason"] == "length"
             body = {"inputs": "the", "parameters": {"max_new_tokens": 3000}}
             with connect_sse(client, "POST", f"{base}/generate_stream", json=body) as source:
                 stream = source.iter_sse()

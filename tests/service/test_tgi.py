@@ -6,7 +6,7 @@ import json
 import pytest
 from httpx_sse import aconnect_sse
 
-from tests.service.conftest import ARCHITECTURES, engine_of
+from tests.service.helpers import ARCHITECTURES, engine_of
 
 pytestmark = pytest.mark.anyio
 
@@ -85,13 +85,17 @@ async def stream_events(client, path, body):
     return events
 
 
-async def test_generate_stream_sends_one_event_per_character_then_the_details(client):
+def streamed_text(events):
+    return "".join(e["token"]["text"] for e in events if not e["token"]["special"])
+
+
+async def test_generate_stream_sends_one_event_per_character_the_last_with_details(client):
     events = await stream_events(client, "/generate_stream", generate_body(seed=2, do_sample=True))
-    *tokens, last = events
-    assert [e["index"] for e in tokens] == list(range(1, 31))
-    assert all(e["generated_text"] is None and e["details"] is None for e in tokens)
-    assert last["token"]["special"] is True and last["token"]["text"] == ""
-    assert last["generated_text"] == "".join(e["token"]["text"] for e in tokens)
+    assert [e["index"] for e in events] == list(range(1, 31))
+    assert all(e["generated_text"] is None and e["details"] is None for e in events[:-1])
+    last = events[-1]
+    assert last["token"]["special"] is False
+    assert last["generated_text"] == streamed_text(events)
     assert last["details"]["finish_reason"] == "length" and last["details"]["seed"] == 2
     assert last["details"]["input_length"] == len("the king")
 
@@ -131,11 +135,11 @@ async def test_streams_hold_back_only_what_could_still_become_a_stop(client):
     text = await greedy_text(client)
     stop = text[10:13]
     events = await stream_events(client, "/generate_stream", generate_body(max_new_tokens=60, stop=[stop]))
-    streamed = "".join(e["token"]["text"] for e in events[:-1])
-    assert streamed == text[: text.find(stop)] == events[-1]["generated_text"]
+    assert streamed_text(events) == text[: text.find(stop)] == events[-1]["generated_text"]
+    assert events[-1]["details"]["finish_reason"] == "stop_sequence"
     unmatched = generate_body(max_new_tokens=60, stop=[text[10:12] + "\x00"])  # a prefix that never completes
     events = await stream_events(client, "/generate_stream", unmatched)
-    assert "".join(e["token"]["text"] for e in events[:-1]) == text  # everything released in the end
+    assert streamed_text(events) == text  # everything released in the end
 
 
 async def test_empty_prompt_starts_from_the_start_character(client):
@@ -149,3 +153,15 @@ async def test_truncate_keeps_the_end_of_the_prompt(client):
     truncated = (await client.post("/generate", json=generate_body("war the king", max_new_tokens=10,
                                                                  truncate=8))).json()
     assert truncated == cut
+
+
+async def test_a_waiting_stream_receives_keep_alive_comments(serve):
+    async with serve(max_batch_size=1, sse_keepalive_s=0.02) as (client, app):
+        running = asyncio.create_task(client.post("/generate", json=generate_body(max_new_tokens=1500)))
+        engine = engine_of(app, "tiny-gpt")
+        while engine.active == 0:
+            await asyncio.sleep(0.01)
+        response = await client.post("/generate_stream", json=generate_body(max_new_tokens=5))
+        await running
+    assert response.status_code == 200
+    assert ": keep-alive" in response.text.split("data:")[0]  # sent while it waited in the queue

@@ -9,7 +9,7 @@ import pytest
 
 from charlm.checkpoint import load_model
 from charlm.cli import main
-from tests.conftest import train_tiny
+from tests.helpers import train_tiny
 
 
 def run_cli(capsys, *args):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from charlm.checkpoint import load_model
-from tests.conftest import train_tiny
+from tests.helpers import train_tiny
 from training import artifacts, distributed
 from training.config import ConfigError
 from training.session import RunSpec, prepare

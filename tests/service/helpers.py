@@ -1,0 +1,82 @@
+"""Helpers for the service tests: the app in-process, and what to look at inside it."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.settings import Settings
+from service.state import ServiceState
+
+ARCHITECTURES = ["gpt", "lstm", "lstm_attention"]
+
+
+def settings_for(models_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"models_dir": models_dir, "default_model": "tiny-gpt", "max_batch_size": 16}
+    return Settings(**{**values, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """The app with its lifespan running, and an httpx client over the ASGI transport."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        base_url = "http://charlm.test"
+        async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=60) as client:
+            yield client, app
+
+
+def service_state(app: FastAPI) -> ServiceState:
+    state: ServiceState = app.state.service
+    return state
+
+
+def engine_of(app: FastAPI, model: str) -> Any:
+    registry = service_state(app).registry
+    assert registry is not None
+    return registry.entries[model].engine
+
+
+LONG = 1_000_000  # characters: longer than any test waits
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+@contextlib.contextmanager
+def live_server(models_dir: Path, **overrides: Any) -> Iterator[tuple[str, FastAPI]]:
+    """The app under uvicorn on a loopback port, in a thread of this process."""
+    port = free_port()
+    app = create_app(settings_for(models_dir, port=port, **overrides))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started), "server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(30)

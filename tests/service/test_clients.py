@@ -1,0 +1,59 @@
+"""The two protocols' own client libraries, unchanged, against a live server."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+import text_generation
+from text_generation.errors import ValidationError
+
+from tests.service.helpers import live_server
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_models):
+    with live_server(tiny_models) as (base, _):
+        yield base
+
+
+def test_text_generation_client_generates_and_streams(base_url):
+    client = text_generation.Client(base_url, timeout=60)
+    response = client.generate("the king", max_new_tokens=25, do_sample=True, seed=3)
+    assert response.details.finish_reason.value == "length" and response.details.generated_tokens == 25
+    assert response.generated_text == "".join(t.text for t in response.details.tokens)
+    streamed = list(client.generate_stream("the king", max_new_tokens=25, do_sample=True, seed=3))
+    assert "".join(s.token.text for s in streamed if not s.token.special) == response.generated_text
+    assert streamed[-1].details.finish_reason.value == "length"
+
+
+def test_text_generation_client_sees_stop_sequences_and_errors(base_url):
+    client = text_generation.Client(base_url, timeout=60)
+    text = client.generate("the king", max_new_tokens=40).generated_text
+    stop = text[5:8]
+    stopped = client.generate("the king", max_new_tokens=40, stop_sequences=[stop])
+    assert stopped.generated_text == text[: text.find(stop)]
+    assert stopped.details.finish_reason.value == "stop_sequence"
+    with pytest.raises(ValidationError, match="U\\+20AC"):
+        client.generate("€ the king", max_new_tokens=5)
+
+
+def test_openai_client_completes_and_streams(base_url):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    completion = client.completions.create(model="tiny-lstm", prompt="the king", max_tokens=20, seed=9,
+                                           logprobs=2)
+    (choice,) = completion.choices
+    assert choice.finish_reason == "length" and len(choice.text) == 20
+    assert completion.usage.completion_tokens == 20 and len(choice.logprobs.top_logprobs) == 20
+    chunks = list(client.completions.create(model="tiny-lstm", prompt="the king", max_tokens=20, seed=9,
+                                            stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == choice.text
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert {m.id for m in client.models.list()} == {"tiny-gpt", "tiny-lstm", "tiny-lstm_attention"}
+
+
+def test_openai_client_raises_its_own_errors(base_url):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="not served"):
+        client.completions.create(model="gpt-4", prompt="hi", max_tokens=5)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.completions.create(model="tiny-gpt", prompt="hi", max_tokens=5, temperature=-1)
