@@ -23,7 +23,7 @@ class ServiceMetrics:
         self.inter_char = Histogram("charlm_inter_char_seconds", "time between consecutive characters",
                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.chars = Counter("charlm_chars_generated", "characters generated", ["model"], registry=r)
-        self.cancelled = Counter("charlm_requests_cancelled", "requests dropped because the client left",
+        self.cancelled = Counter("charlm_requests_cancelled", "requests cancelled: client gone, or shutdown",
                                  ["model"], registry=r)
 
     def for_model(self, model: str) -> EngineMetrics:
