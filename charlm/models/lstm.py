@@ -52,6 +52,12 @@ class CharInput(nn.Module):
         return F.one_hot(idx, self.vocab_size).to(dtype)  # (B, T, V)
 
 
+def stacked_lstm(input_size: int, hidden_size: int, n_layer: int, dropout: float) -> nn.LSTM:
+    """`n_layer` LSTM layers, batch first, with dropout between layers (none after the last)."""
+    return nn.LSTM(input_size, hidden_size, num_layers=n_layer, dropout=dropout if n_layer > 1 else 0.0,
+                   batch_first=True)
+
+
 class LSTM(CharModel):
     architecture = "lstm"
     config_class = LSTMConfig
@@ -61,13 +67,7 @@ class LSTM(CharModel):
         super().__init__()
         self.config = config
         self.input = CharInput(config.vocab_size, config.n_embd)
-        self.lstm = nn.LSTM(
-            self.input.size,
-            config.hidden_size,
-            num_layers=config.n_layer,
-            dropout=config.dropout if config.n_layer > 1 else 0.0,
-            batch_first=True,
-        )
+        self.lstm = stacked_lstm(self.input.size, config.hidden_size, config.n_layer, config.dropout)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from charlm.models.base import CharModel, DecodeState, require, sequence_loss
-from charlm.models.lstm import CharInput
+from charlm.models.lstm import CharInput, stacked_lstm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +60,7 @@ class LSTMAttention(CharModel):
         super().__init__()
         self.config = config
         self.input = CharInput(config.vocab_size, config.n_embd)
-        self.lstm = nn.LSTM(
-            self.input.size,
-            config.hidden_size,
-            num_layers=config.n_layer,
-            dropout=config.dropout if config.n_layer > 1 else 0.0,
-            batch_first=True,
-        )
+        self.lstm = stacked_lstm(self.input.size, config.hidden_size, config.n_layer, config.dropout)
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size)
