@@ -34,13 +34,19 @@ def encode(event: ServerSentEvent) -> bytes:
                             comment=event.comment)
 
 
-def sse_response(events: AsyncIterator[ServerSentEvent], openai: bool) -> EventSourceResponse:
-    """A stream of `events`; an unexpected failure ends it with an error event in the protocol's shape."""
+def encode_data(data: str) -> bytes:
+    """A data-only event from JSON text: the per-character fast path, skipping the event model."""
+    return format_sse_event(data_str=data)
+
+
+def sse_response(events: AsyncIterator[ServerSentEvent | bytes], openai: bool) -> EventSourceResponse:
+    """A stream of events (or events already encoded); an unexpected failure ends it with an
+    error event in the protocol's shape."""
 
     async def body() -> AsyncIterator[bytes]:
         try:
             async for event in events:
-                yield encode(event)
+                yield event if isinstance(event, bytes) else encode(event)
         except Exception:
             logger.exception("stream failed")
             error = ServiceError(500, "internal error while streaming", kind="generation")

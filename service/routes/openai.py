@@ -24,7 +24,7 @@ from service.schemas.openai import (
     Usage,
 )
 from service.sequences import Finished, GeneratedToken
-from service.sse import STREAM_RESPONSE, sse_response
+from service.sse import STREAM_RESPONSE, encode_data, sse_response
 from service.state import ServiceState, ready_service
 from service.stopping import FinishReason
 
@@ -95,7 +95,7 @@ async def completions(
 
 async def completion_events(
     admitted: Admitted, body: CompletionRequest, request: Request, completion_id: str, created: int
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[ServerSentEvent | bytes]:
     def chunk(choices: list[Choice], usage_: Usage | None = None) -> ServerSentEvent:
         return ServerSentEvent(data=Completion(id=completion_id, created=created, model=admitted.entry.name,
                                                choices=choices, usage=usage_))
@@ -131,13 +131,13 @@ async def completion_events(
 
 def character_chunk(
     header: dict[str, Any], index: int, event: GeneratedToken, offset: int, logprobs: int | None
-) -> ServerSentEvent:
+) -> bytes:
     """A `Completion` chunk for one character, built without Pydantic: it runs per character."""
-    lp = logprobs_of([event], offset + event.index - 1, logprobs)
+    lp = logprobs_of([event], offset + event.position - 1, logprobs)
     choice = {"text": event.text, "index": index, "logprobs": None if lp is None else lp.model_dump(),
               "finish_reason": None}
     data = {**header, "choices": [choice], "usage": None, "system_fingerprint": None}
-    return ServerSentEvent(raw_data=json.dumps(data, ensure_ascii=False))
+    return encode_data(json.dumps(data, ensure_ascii=False))
 
 
 @router.get("/models", response_model=ModelList)

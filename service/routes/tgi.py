@@ -23,7 +23,7 @@ from service.schemas.tgi import (
     Token,
 )
 from service.sequences import Alternative, Finished, GeneratedToken
-from service.sse import STREAM_RESPONSE, sse_response
+from service.sse import STREAM_RESPONSE, encode_data, sse_response
 from service.state import ServiceState, ready_service
 from service.stopping import FinishReason
 
@@ -101,7 +101,7 @@ async def generate_stream(
 
 async def tgi_events(
     admitted: Admitted, body: GenerateRequest, request: Request
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[ServerSentEvent | bytes]:
     """One event per character; the last one also carries `generated_text` and `details`."""
     keepalive = request.app.state.service.settings.sse_keepalive_s
     async for item in admitted.submission.events(keepalive):
@@ -128,18 +128,21 @@ def token_json(t: GeneratedToken | Alternative) -> dict[str, Any]:
     return {"id": t.id, "text": t.text, "logprob": t.logprob, "special": False}
 
 
-def character_event(t: GeneratedToken, **closing: Any) -> ServerSentEvent:
+def character_event(t: GeneratedToken, **closing: Any) -> ServerSentEvent | bytes:
     """A `StreamResponse` per character. The common case skips building Pydantic models: it runs
     once per character of every stream, on the event loop."""
     if closing:
         top = [token(a) for a in t.top] if t.top else None
-        return ServerSentEvent(data=StreamResponse(index=t.index, token=token(t), top_tokens=top, **closing))
+        return ServerSentEvent(data=StreamResponse(index=t.position, token=token(t), top_tokens=top, **closing))
     top_json = [token_json(a) for a in t.top] if t.top else None
-    data = {"index": t.index, "token": token_json(t), "top_tokens": top_json, "generated_text": None, "details": None}
-    return ServerSentEvent(raw_data=json.dumps(data, ensure_ascii=False))
+    data = {"index": t.position, "token": token_json(t), "top_tokens": top_json,
+            "generated_text": None, "details": None}
+    return encode_data(json.dumps(data, ensure_ascii=False))
 
 
-def closing_event(last: GeneratedToken | None, end: Finished, prompt: str, body: GenerateRequest) -> ServerSentEvent:
+def closing_event(
+    last: GeneratedToken | None, end: Finished, prompt: str, body: GenerateRequest
+) -> ServerSentEvent | bytes:
     """The last character's event, with the text and details. When the stream ended without a
     character in its final step (a stop string matched, or time ran out), a special empty token
     carries them instead."""
