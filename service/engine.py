@@ -148,6 +148,7 @@ class Engine:
                     return None
                 self._cv.wait()
             now = time.monotonic()
+            waiting_before = len(self._waiting)
             for request in list(self._waiting):
                 reason = FinishReason.CANCELLED if not self._open else request.ended_early(now)
                 if reason is not None:  # cancelled, timed out, or shutting down: never starts
@@ -155,7 +156,8 @@ class Engine:
                     self._finish_unstarted(request, reason)
             room = self.max_batch_size - len(self._rows)
             admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-            self.metrics.batch_changed(len(self._rows), len(self._waiting))
+            if len(self._waiting) != waiting_before:  # the gauges change only when the queue does
+                self.metrics.batch_changed(len(self._rows), len(self._waiting))
         return admitted
 
     def _admit(self, requests: list[GenerationRequest]) -> None:

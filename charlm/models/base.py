@@ -98,6 +98,16 @@ class CharModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+class RecurrentCharModel(CharModel):
+    """A model whose state reaches back indefinitely: `forward` is `forward_carry` from a fresh state."""
+
+    carries_state = True
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        logits, loss, _ = self.forward_carry(idx, targets, None)
+        return logits, loss
+
+
 def sequence_loss(logits: Tensor, targets: Tensor | None) -> Tensor | None:
     """Mean cross-entropy of (B, T, V) logits against (B, T) targets, in float32."""
     if targets is None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from charlm.models.base import CharModel, DecodeState, require, sequence_loss
+from charlm.models.base import DecodeState, RecurrentCharModel, require, sequence_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +58,9 @@ def stacked_lstm(input_size: int, hidden_size: int, n_layer: int, dropout: float
                    batch_first=True)
 
 
-class LSTM(CharModel):
+class LSTM(RecurrentCharModel):
     architecture = "lstm"
     config_class = LSTMConfig
-    carries_state = True
 
     def __init__(self, config: LSTMConfig):
         super().__init__()
@@ -76,10 +75,6 @@ class LSTM(CharModel):
         hc = None if state is None else (state.h, state.c)
         out, (h, c) = self.lstm(x, hc)  # out: (B, T, H)
         return self.drop(out), LSTMState(h, c)
-
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        logits, loss, _ = self.forward_carry(idx, targets, None)
-        return logits, loss
 
     def forward_carry(
         self, idx: Tensor, targets: Tensor | None, state: DecodeState | None

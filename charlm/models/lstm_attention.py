@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from charlm.models.base import CharModel, DecodeState, require, sequence_loss
+from charlm.models.base import DecodeState, RecurrentCharModel, require, sequence_loss
 from charlm.models.lstm import CharInput, stacked_lstm
 
 
@@ -51,10 +51,9 @@ class LSTMAttentionState(DecodeState):
     batch_dims: ClassVar[dict[str, int]] = {"h": 1, "c": 1, "past": 0, "n_past": 0}
 
 
-class LSTMAttention(CharModel):
+class LSTMAttention(RecurrentCharModel):
     architecture = "lstm_attention"
     config_class = LSTMAttentionConfig
-    carries_state = True
 
     def __init__(self, config: LSTMAttentionConfig):
         super().__init__()
@@ -88,10 +87,6 @@ class LSTMAttention(CharModel):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, T, hd)
         y = y.transpose(1, 2).reshape(B, T, H)
         return self.drop(self.norm(out + self.proj(y)))
-
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        logits, loss, _ = self.forward_carry(idx, targets, None)
-        return logits, loss
 
     def forward_carry(
         self, idx: Tensor, targets: Tensor | None, state: DecodeState | None
