@@ -14,6 +14,7 @@ import charlm
 from service import errors
 from service.generation import Mailbox
 from service.metrics import ServiceMetrics
+from service.openapi import openapi_with_limits
 from service.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
 from service.registry import NoModelsError, Registry
 from service.routes import openai, system, tgi
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = state
+    app.openapi = openapi_with_limits(app, settings)  # type: ignore[method-assign]
     errors.install(app)
     app.include_router(system.router)
     app.include_router(tgi.router)

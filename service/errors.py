@@ -33,13 +33,14 @@ class ServiceError(Exception):
     """A request the service refuses or cannot serve, with its HTTP status and a clear message."""
 
     def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.kind = kind or KIND_BY_STATUS.get(status, "validation")
         self.code = code
+        self.headers = headers or {}
 
 
 def is_openai(request: Request) -> bool:
@@ -59,7 +60,7 @@ def error_response(request: Request, error: ServiceError) -> JSONResponse:
     a prompt with characters outside the vocabulary is 422 for both."""
     openai = is_openai(request)
     status = 400 if openai and error.kind == "validation" and error.status == 422 else error.status
-    headers = {}
+    headers = dict(error.headers)
     if error.status == 429 or error.status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_S)
     if error.status == 401:
@@ -72,7 +73,9 @@ def describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     parts, params = [], []
     for err in exc.errors():
         location = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        if err.get("type") == "extra_forbidden":
+        if err.get("type") == "missing" and not location:
+            parts.append("the request body is empty: send a JSON object")
+        elif err.get("type") == "extra_forbidden":
             parts.append(f"unknown field {location!r}")
         elif err.get("type") == "json_invalid":
             parts.append(f"invalid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}")
@@ -80,6 +83,17 @@ def describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
             parts.append(f"{location or 'body'}: {err.get('msg')}")
         params.append(location or None)
     return "; ".join(parts) or "invalid request", next(iter(params), None)
+
+
+def unparsable_body(cause: BaseException | None) -> str:
+    """Why the JSON decoder refused a body that is not simply malformed JSON."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the request body is not valid UTF-8 (byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the request body is nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "the request body holds a number with too many digits"
+    return "the request body could not be read as JSON"
 
 
 def install(app: FastAPI) -> None:
@@ -91,12 +105,19 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and not content_type.startswith("application/json"):
+            message = f"send the body as JSON with 'Content-Type: application/json' (got {content_type!r})"
+            return error_response(request, ServiceError(422, message, param="body"))
         message, param = describe_validation(exc)
         return error_response(request, ServiceError(422, message, param, kind="validation"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(request, ServiceError(exc.status_code, str(exc.detail)))
+        if exc.status_code == 400:  # FastAPI's only 400: a body its JSON decoder gave up on
+            return error_response(request, ServiceError(422, unparsable_body(exc.__cause__), param="body"))
+        error = ServiceError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))  # Allow, on 405
+        return error_response(request, error)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

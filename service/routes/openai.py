@@ -14,6 +14,7 @@ from fastapi.sse import ServerSentEvent
 from service.admission import Admitted, admit, log_completion, logged
 from service.errors import ServiceError, error_body
 from service.generation import ClientGone, GenerationSpec, SequenceResult
+from service.schemas.errors import OPENAI_GENERATION, OPENAI_LISTING
 from service.schemas.openai import (
     Choice,
     Completion,
@@ -72,7 +73,7 @@ def usage(ends: list[Finished], n: int) -> Usage:
                  total_tokens=prompt_tokens + completion_tokens)
 
 
-@router.post("/completions", response_model=Completion, responses=STREAM_RESPONSE)
+@router.post("/completions", response_model=Completion, responses={**STREAM_RESPONSE, **OPENAI_GENERATION})
 async def completions(
     body: CompletionRequest, request: Request, state: Annotated[ServiceState, Depends(ready_service)]
 ) -> Completion | Response:
@@ -140,7 +141,7 @@ def character_chunk(
     return encode_data(json.dumps(data, ensure_ascii=False))
 
 
-@router.get("/models", response_model=ModelList)
+@router.get("/models", response_model=ModelList, responses=OPENAI_LISTING)
 async def list_models(state: Annotated[ServiceState, Depends(ready_service)]) -> ModelList:
     """The models this server generates with: architecture, parameters, vocabulary, context."""
     assert state.registry is not None

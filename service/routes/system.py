@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import charlm
+from service.schemas.errors import TGI_AUTH
+from service.schemas.system import HEALTH_RESPONSES, Info
 from service.state import ServiceState, check_api_key, service_state
 
 router = APIRouter(tags=["system"])
@@ -26,7 +28,7 @@ def model_statuses(state: ServiceState) -> dict[str, dict[str, Any]]:
     return statuses
 
 
-@router.get("/health")
+@router.get("/health", response_model=None, responses=HEALTH_RESPONSES)
 async def health(state: Annotated[ServiceState, Depends(service_state)]) -> JSONResponse:
     """200 with each model's status when serving; 503 while starting or draining."""
     status = "draining" if state.draining else ("ready" if state.registry is not None else "starting")
@@ -34,7 +36,7 @@ async def health(state: Annotated[ServiceState, Depends(service_state)]) -> JSON
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
 
-@router.get("/info")
+@router.get("/info", response_model=Info, responses=TGI_AUTH)
 async def info(request: Request, state: Annotated[ServiceState, Depends(service_state)]) -> dict[str, Any]:
     """Version, device, dtype, limits and models (failed ones with their loader's message)."""
     check_api_key(request, state.settings)
@@ -57,7 +59,7 @@ async def info(request: Request, state: Annotated[ServiceState, Depends(service_
     }
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(state: Annotated[ServiceState, Depends(service_state)]) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,6 +12,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from service.admission import Admitted, admit, log_completion, logged
 from service.errors import ServiceError
 from service.generation import ClientGone, GenerationSpec, SequenceResult
+from service.schemas.errors import TGI_GENERATION
 from service.schemas.tgi import (
     DEFAULT_MAX_NEW_TOKENS,
     CompatGenerateRequest,
@@ -74,7 +75,8 @@ def tgi_response(result: SequenceResult, body: GenerateRequest, prompt: str) -> 
     ))
 
 
-@router.post("/generate", response_model=GenerateResponse | list[GenerateResponse])
+@router.post("/generate", response_model=GenerateResponse | list[GenerateResponse],
+             responses=TGI_GENERATION)
 async def generate(
     body: GenerateRequest, request: Request, state: Annotated[ServiceState, Depends(ready_service)]
 ) -> GenerateResponse | list[GenerateResponse] | Response:
@@ -89,7 +91,7 @@ async def generate(
     return responses if isinstance(body.inputs, list) else responses[0]
 
 
-@router.post("/generate_stream", responses=STREAM_RESPONSE)
+@router.post("/generate_stream", responses={**STREAM_RESPONSE, **TGI_GENERATION})
 async def generate_stream(
     body: GenerateRequest, request: Request, state: Annotated[ServiceState, Depends(ready_service)]
 ) -> EventSourceResponse:
@@ -155,7 +157,8 @@ def closing_event(
                                                generated_text=text, details=details))
 
 
-@router.post("/", response_model=list[GenerateResponse])
+@router.post("/", response_model=list[GenerateResponse],
+             responses={**STREAM_RESPONSE, **TGI_GENERATION})
 async def compat_generate(
     body: CompatGenerateRequest, request: Request, state: Annotated[ServiceState, Depends(ready_service)]
 ) -> Response | list[GenerateResponse]:

@@ -14,7 +14,7 @@ MAX_TOP_N = 10
 class StrictModel(BaseModel):
     """Unknown fields are refused with a message naming them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no coercion: 0 is not false, "1" not 1
 
 
 def require_neutral(values: dict[str, Any], neutral: dict[str, tuple[Any, ...]], prefix: str = "") -> None:
