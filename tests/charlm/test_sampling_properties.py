@@ -1,0 +1,70 @@
+"""Properties of the sampling filters on arbitrary logits and parameters."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from charlm.sampling import MAX_TOP_K, SamplingBatch, SamplingParams, filtered_sorted_probs, sample
+
+logit_rows = st.lists(st.floats(-30, 30, allow_nan=False), min_size=2, max_size=24)
+temperatures = st.floats(0.05, 5.0)
+top_ks = st.integers(0, 30)
+top_ps = st.floats(0.01, 1.0)
+
+
+def filtered(logits: list[float], temperature: float, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = SamplingBatch.of([SamplingParams(temperature, top_k, top_p)], "cpu")
+    probs, order = filtered_sorted_probs(torch.tensor([logits]), batch)
+    return probs[0], order[0]
+
+
+@given(logit_rows, temperatures, top_ks, top_ps)
+def test_filtered_probabilities_are_a_sorted_distribution(logits, temperature, top_k, top_p):
+    probs, order = filtered(logits, temperature, top_k, top_p)
+    assert torch.all(probs >= 0) and math.isclose(probs.sum().item(), 1.0, rel_tol=1e-5)
+    assert torch.all(probs[:-1] >= probs[1:] - 1e-7)  # descending
+    assert sorted(order.tolist()) == list(range(len(logits)))  # a permutation
+    assert probs[0] > 0  # the most likely character always survives
+
+
+@given(logit_rows, temperatures, top_ks, top_ps)
+def test_top_k_and_top_p_keep_the_smallest_sufficient_prefix(logits, temperature, top_k, top_p):
+    probs, _ = filtered(logits, temperature, top_k, top_p)
+    kept = int((probs > 0).sum())
+    if top_k:
+        assert kept <= top_k
+    # Before top-p: the distribution after temperature and top-k.
+    scaled = torch.tensor(logits) / temperature
+    before = scaled.sort(descending=True).values[: top_k or len(logits)].softmax(-1)
+    mass_before_last_kept = before[: kept - 1].sum().item()
+    if top_p < 1.0:
+        assert mass_before_last_kept < top_p + 1e-5  # no kept character was unnecessary
+
+
+@given(logit_rows, temperatures, top_ks, top_ps, st.integers(0, 2**32))
+def test_a_drawn_character_is_one_the_filters_kept(logits, temperature, top_k, top_p, seed):
+    probs, order = filtered(logits, temperature, top_k, top_p)
+    allowed = set(order[probs > 0].tolist())
+    batch = SamplingBatch.of([SamplingParams(temperature, top_k, top_p)], "cpu")
+    ids, logprobs = sample(torch.tensor([logits]), batch, [torch.Generator().manual_seed(seed)])
+    assert ids.item() in allowed and logprobs.item() <= 0
+
+
+@given(logit_rows)
+def test_temperature_zero_is_argmax(logits):
+    row = torch.tensor([logits])  # float32, as the models produce
+    ids, _ = sample(row, SamplingBatch.of([SamplingParams(0.0)], "cpu"), [torch.Generator().manual_seed(0)])
+    assert row[0, ids.item()] == row.max()
+
+
+@given(st.floats(allow_nan=True), st.integers(-5, MAX_TOP_K + 5), st.floats(allow_nan=True))
+def test_parameters_out_of_range_are_refused(temperature, top_k, top_p):
+    valid = 0 <= temperature < math.inf and 0 <= top_k <= MAX_TOP_K and 0 < top_p <= 1
+    if valid:
+        SamplingParams(temperature, top_k, top_p)
+    else:
+        with pytest.raises(ValueError):
+            SamplingParams(temperature, top_k, top_p)
