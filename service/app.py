@@ -14,8 +14,8 @@ import charlm
 from service import errors
 from service.generation import Mailbox
 from service.metrics import ServiceMetrics
-from service.openapi import openapi_with_limits
 from service.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from service.openapi import openapi_with_limits
 from service.registry import NoModelsError, Registry
 from service.routes import openai, system, tgi
 from service.settings import Settings
