@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -132,8 +133,7 @@ def _load(directory: Path, device: torch.device | str, dtype: torch.dtype | None
     if not directory.is_dir():
         raise ModelDirError(f"{directory}: not a directory")
     for name in (WEIGHTS_FILE, VOCAB_FILE, CONFIG_FILE):
-        if not (directory / name).is_file():
-            raise ModelDirError(f"{directory / name}: missing file")
+        _require_file(directory / name)
     info = _read_json(directory / CONFIG_FILE)
     vocab = _read_vocab(directory / VOCAB_FILE)
     metadata, tensors = _read_weights(directory / WEIGHTS_FILE)
@@ -142,6 +142,17 @@ def _load(directory: Path, device: torch.device | str, dtype: torch.dtype | None
     _load_tensors(directory / WEIGHTS_FILE, model, tensors)
     model.to(device=device, dtype=dtype).eval()
     return LoadedModel(directory.name, directory, model, vocab, info)
+
+
+def _require_file(path: Path) -> None:
+    """A missing file is named as missing; an unreadable one raises its OSError (permissions,
+    symlink loops), which load_model reports with the file's name."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ModelDirError(f"{path}: missing file") from None
+    if not stat.S_ISREG(mode):
+        raise ModelDirError(f"{path}: not a regular file")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -80,3 +85,39 @@ def live_server(models_dir: Path, **overrides: Any) -> Iterator[tuple[str, FastA
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, prefix: tuple[str, ...] = ()) -> Iterator[ServerProcess]:
+    """`charlm serve` as a separate process on a free port; `prefix` runs it through a wrapper
+    command. Its output goes to a file: a pipe nobody reads would stall a busy server."""
+    port = free_port()
+    command = [*prefix, sys.executable, "-m", "charlm", "serve", "--port", str(port), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as scratch:
+        log = Path(scratch) / "server.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            yield ServerProcess(f"http://127.0.0.1:{port}", process, log)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(30)
+
+
+def healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

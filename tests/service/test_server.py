@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.service.helpers import LONG, engine_of, free_port, live_server, wait_until
+from tests.service.helpers import LONG, engine_of, healthy, live_server, serve_process, wait_until
 
 
 def cancelled_count(base: str) -> float:
@@ -54,31 +49,11 @@ def test_a_disconnected_non_streaming_request_is_cancelled(tiny_models):
         assert cancelled_count(base) == 1
 
 
-@contextlib.contextmanager
-def serve_process(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = free_port()
-    command = [sys.executable, "-m", "charlm", "serve", "--port", str(port), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
-
-
-def healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def test_charlm_serve_streams_and_drains_on_sigterm(tiny_models):
     args = ("--models-dir", str(tiny_models), "--default-model", "tiny-lstm", "--shutdown-grace-s", "30")
-    with serve_process(*args) as (base, process):
-        assert wait_until(lambda: healthy(base), timeout=120), process.stdout.read() if process.poll() else ""
+    with serve_process(*args) as server:
+        base, process = server.url, server.process
+        assert wait_until(lambda: healthy(base), timeout=120), server.output()
         with httpx.Client(timeout=30) as client:
             body = {"inputs": "the king", "parameters": {"max_new_tokens": 20, "seed": 1, "do_sample": True}}
             with connect_sse(client, "POST", f"{base}/generate_stream", json=body) as source:
@@ -99,7 +74,7 @@ def test_charlm_serve_streams_and_drains_on_sigterm(tiny_models):
 
 def test_charlm_serve_without_a_loadable_model_exits_non_zero(tmp_path):
     (tmp_path / "junk").mkdir()
-    with serve_process("--models-dir", str(tmp_path)) as (_, process):
-        output, _ = process.communicate(timeout=120)
-        assert process.returncode == 2
+    with serve_process("--models-dir", str(tmp_path)) as server:
+        assert server.process.wait(120) == 2
+        output = server.output()
         assert "no model could be loaded" in output and "junk" in output
