@@ -7,11 +7,14 @@ Every stream is checked for well-formedness as it arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -171,3 +174,45 @@ async def overload(url: str, requests: int, chars: int) -> OverloadReport:
     async with client(requests) as http:
         await asyncio.gather(*(one(http, i) for i in range(requests)))
     return report
+
+
+# What the server reports about itself, and its resident memory.
+
+def engine_counts(url: str) -> tuple[int, int]:
+    """Sequences generating and waiting, over every model, as /health reports them."""
+    models = httpx.get(f"{url}/health").json()["models"].values()
+    return sum(m.get("active") or 0 for m in models), sum(m.get("queued") or 0 for m in models)
+
+
+def idle(url: str) -> bool:
+    return engine_counts(url) == (0, 0)
+
+
+def cancelled(url: str) -> float:
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("charlm_requests_cancelled_total"))
+
+
+def resident_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+@contextlib.contextmanager
+def sampled_memory(pid: int, every_s: float = 0.2) -> Iterator[list[int]]:
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every_s):
+            samples.append(resident_kib(pid))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        thread.join()

@@ -25,48 +25,13 @@ def tiny_server(models: Path, *flags: str) -> Iterator[ServerProcess]:
         yield server
 
 
-def idle(url: str) -> bool:
-    models = httpx.get(f"{url}/health").json()["models"]
-    return all(m.get("active") == 0 and m.get("queued") == 0 for m in models.values())
-
-
-def cancelled(url: str) -> float:
-    lines = httpx.get(f"{url}/metrics").text.splitlines()
-    return sum(float(line.split()[-1]) for line in lines if line.startswith("charlm_requests_cancelled_total"))
-
-
-def resident_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-@contextlib.contextmanager
-def sampled_memory(pid: int, every_s: float = 0.2) -> Iterator[list[int]]:
-    samples: list[int] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(every_s):
-            samples.append(resident_kib(pid))
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield samples
-    finally:
-        done.set()
-        thread.join()
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc for resident memory")
 def test_soak_64_streams_without_errors_or_memory_growth(tiny_models):
     with tiny_server(tiny_models, "--max-batch-size", "64") as server:
-        with sampled_memory(server.process.pid) as rss:
+        with load.sampled_memory(server.process.pid) as rss:
             report = asyncio.run(load.soak(server.url, clients=64, seconds=12, chars=60))
         assert report.errors == [] and report.streams >= 64
-        assert wait_until(lambda: idle(server.url), timeout=10)
+        assert wait_until(lambda: load.idle(server.url), timeout=10)
     quarter = len(rss) // 4
     first, last = sum(rss[:quarter]) / quarter, sum(rss[-quarter:]) / quarter
     assert last < first * 1.05, f"resident memory grew from {first:.0f} to {last:.0f} KiB"
@@ -75,10 +40,10 @@ def test_soak_64_streams_without_errors_or_memory_growth(tiny_models):
 def test_a_disconnect_storm_leaks_nothing_and_leaves_survivors_unchanged(tiny_models):
     flags = ("--max-batch-size", "16", "--max-queued", "1024", "--max-new-tokens", str(load.FOREVER))
     with tiny_server(tiny_models, *flags) as server:
-        before = cancelled(server.url)
+        before = load.cancelled(server.url)
         report = asyncio.run(load.disconnect_storm(server.url, droppers=200, seeds=list(range(8)), chars=40))
-        assert wait_until(lambda: idle(server.url), timeout=30), httpx.get(f"{server.url}/health").json()
-        assert cancelled(server.url) - before == 200
+        assert wait_until(lambda: load.idle(server.url), timeout=30), httpx.get(f"{server.url}/health").json()
+        assert load.cancelled(server.url) - before == 200
     assert report.stormy == report.baseline
     assert set(report.ways_out) == {"early", "mid-stream"}
 
@@ -89,7 +54,7 @@ def test_an_overload_burst_is_served_or_refused_with_retry_after(tiny_models):
         assert report.problems == []
         assert report.completed >= 12 and report.refused >= 1  # capacity: 4 running + 8 queued
         assert report.completed + report.refused == 60
-        assert wait_until(lambda: idle(server.url), timeout=10)
+        assert wait_until(lambda: load.idle(server.url), timeout=10)
 
 
 def stream_until_end(url: str, chars: int, results: list[str]) -> None:

@@ -1,0 +1,110 @@
+"""Reliability runs with larger budgets than the test suite: soak, disconnect storm, overload, fuzzing.
+
+    python bench/reliability.py [soak|storm|overload|fuzz|all] [--models-dir models] [--model shakespeare-gpt]
+        [--soak-seconds 120] [--soak-clients 64] [--droppers 1000] [--burst 500] [--fuzz-examples 1000]
+
+Each scenario starts `charlm serve` as a separate process on the bundled models (one server per
+scenario), runs the same code as tests/service/test_load.py and prints one summary line with its
+figures; docs/reliability.md records them. The fuzz run is tests/service/test_fuzz_schema.py with
+a larger example budget (it trains its own tiny models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the scenarios live beside the tests that run them small
+
+
+from tests.service import load  # noqa: E402
+from tests.service.helpers import ServerProcess, healthy, serve_process, wait_until  # noqa: E402
+
+
+@contextlib.contextmanager
+def server(args: argparse.Namespace, *flags: str) -> Iterator[ServerProcess]:
+    common = ("--models-dir", args.models_dir, "--default-model", args.model, "--log-level", "warning")
+    with serve_process(*common, *flags) as process:
+        if not wait_until(lambda: healthy(process.url), timeout=300):
+            raise SystemExit(f"server did not start:\n{process.output()}")
+        yield process
+
+
+def run_soak(args: argparse.Namespace) -> None:
+    with server(args, "--max-batch-size", str(args.soak_clients)) as process:
+        with load.sampled_memory(process.process.pid, every_s=0.5) as samples:
+            report = asyncio.run(load.soak(process.url, args.soak_clients, args.soak_seconds, chars=200))
+        wait_until(lambda: load.idle(process.url), timeout=30)
+        active, queued = load.engine_counts(process.url)
+    quarter = max(1, len(samples) // 4)
+    first, last = sum(samples[:quarter]) / quarter, sum(samples[-quarter:]) / quarter
+    print(f"soak: {args.soak_clients} clients for {report.seconds:.0f} s: {report.streams} streams, "
+          f"{report.chars} chars ({report.chars / report.seconds:,.0f}/s), {len(report.errors)} errors; "
+          f"after: {active} active, {queued} queued; RSS {first / 1024:.1f} -> {last / 1024:.1f} MiB "
+          f"({(last / first - 1) * 100:+.2f}%)")
+    for error in report.errors[:5]:
+        print("  error:", error)
+
+
+def run_storm(args: argparse.Namespace) -> None:
+    flags = ("--max-batch-size", "32", "--max-queued", str(args.droppers + 64), "--max-new-tokens", str(load.FOREVER))
+    with server(args, *flags) as process:
+        before = load.cancelled(process.url)
+        report = asyncio.run(load.disconnect_storm(process.url, args.droppers, list(range(16)), chars=100))
+        wait_until(lambda: load.idle(process.url), timeout=60)
+        active, queued = load.engine_counts(process.url)
+        counted = load.cancelled(process.url) - before
+    print(f"storm: {args.droppers} droppers ({report.ways_out}) among 16 seeded survivors in {report.seconds:.1f} s: "
+          f"cancelled counted {counted:.0f}; after: {active} active, {queued} queued; "
+          f"survivors identical to the calm run: {report.stormy == report.baseline}")
+
+
+def run_overload(args: argparse.Namespace) -> None:
+    with server(args, "--max-batch-size", "8", "--max-queued", "32") as process:
+        started = time.monotonic()
+        report = asyncio.run(asyncio.wait_for(load.overload(process.url, args.burst, chars=200), timeout=600))
+        seconds = time.monotonic() - started
+    print(f"overload: burst of {args.burst} against capacity 40 (8 running + 32 queued): {report.completed} served "
+          f"in full, {report.refused} refused with 429 + Retry-After, {len(report.problems)} other in {seconds:.1f} s")
+    for problem in report.problems[:5]:
+        print("  problem:", problem)
+
+
+def run_fuzz(args: argparse.Namespace) -> None:
+    env = {**os.environ, "CHARLM_FUZZ_EXAMPLES": str(args.fuzz_examples)}
+    started = time.monotonic()
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/service/test_fuzz_schema.py"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-500:]
+    print(f"fuzz: {args.fuzz_examples} examples per route and phase: {summary} ({time.monotonic() - started:.0f} s)")
+
+
+SCENARIOS = {"soak": run_soak, "storm": run_storm, "overload": run_overload, "fuzz": run_fuzz}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", nargs="?", default="all", choices=[*SCENARIOS, "all"])
+    parser.add_argument("--models-dir", default=str(ROOT / "models"))
+    parser.add_argument("--model", default="shakespeare-gpt")
+    parser.add_argument("--soak-seconds", type=float, default=120)
+    parser.add_argument("--soak-clients", type=int, default=64)
+    parser.add_argument("--droppers", type=int, default=1000)
+    parser.add_argument("--burst", type=int, default=500)
+    parser.add_argument("--fuzz-examples", type=int, default=1000)
+    args = parser.parse_args()
+    for name, run in SCENARIOS.items():
+        if args.scenario in (name, "all"):
+            run(args)
+
+
+if __name__ == "__main__":
+    main()
