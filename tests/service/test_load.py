@@ -28,6 +28,7 @@ def tiny_server(models: Path, *flags: str) -> Iterator[ServerProcess]:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc for resident memory")
 def test_soak_64_streams_without_errors_or_memory_growth(tiny_models):
     with tiny_server(tiny_models, "--max-batch-size", "64") as server:
+        asyncio.run(load.soak(server.url, clients=64, seconds=3, chars=60))  # the allocator finds its working set
         with load.sampled_memory(server.process.pid) as rss:
             report = asyncio.run(load.soak(server.url, clients=64, seconds=12, chars=60))
         assert report.errors == [] and report.streams >= 64
