@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 # `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the large CUDA build.
 TORCH_INDEX ?=
 
-.PHONY: install test lint typecheck unit serve sample bench clean
+.PHONY: install test lint typecheck unit serve sample bench reliability clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ sample: install
 
 bench: install
 	$(BIN)/python bench/train_throughput.py
+
+# Soak, disconnect storm, overload and fuzzing with long budgets (about 10 minutes); docs/reliability.md.
+reliability: install
+	$(BIN)/python bench/reliability.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
