@@ -23,7 +23,8 @@ export class OutputPanel {
     };
     this.errorBox = part("output-error");
     this.count = 0;
-    this.statsPending = false;
+    this.pending = "";  // characters not on the page yet
+    this.framePending = false;
     container.appendChild(this.element);
   }
 
@@ -38,7 +39,10 @@ export class OutputPanel {
     this.stats.status.textContent = status;
   }
 
-  /** Append streamed characters; the statistics are redrawn at most once per frame. */
+  /**
+   * Take streamed characters; they reach the page once per frame, with the statistics. Touching
+   * the page per character would lay out the whole text each time, slower as it grows.
+   */
   add(text) {
     const now = performance.now();
     if (this.count === 0) {
@@ -47,18 +51,22 @@ export class OutputPanel {
     }
     this.lastAt = now;
     this.count += 1;
-    const following = this.textBox.scrollTop + this.textBox.clientHeight >= this.textBox.scrollHeight - 4;
-    this.generated.appendData(text);
-    if (following) this.textBox.scrollTop = this.textBox.scrollHeight;
-    if (!this.statsPending) {
-      this.statsPending = true;
-      requestAnimationFrame(() => this.drawStats());
+    this.pending += text;
+    if (!this.framePending) {
+      this.framePending = true;
+      requestAnimationFrame(() => this.draw());
     }
   }
 
-  drawStats() {
-    this.statsPending = false;
+  /** Show the characters received since the last frame, and the statistics. */
+  draw() {
+    this.framePending = false;
     if (this.count === 0) return;
+    const box = this.textBox;
+    const following = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+    this.generated.appendData(this.pending);
+    this.pending = "";
+    if (following) box.scrollTop = box.scrollHeight;
     this.stats.first.textContent = `${Math.round(this.firstAt - this.sentAt)} ms`;
     const perSecond = rate(this.count, this.firstAt, this.lastAt);
     this.stats.rate.textContent = perSecond === null ? "" : perSecond.toFixed(0);
@@ -67,7 +75,7 @@ export class OutputPanel {
 
   /** The stream's last event: finish reason, seed and the server's character count. */
   finish(details, seed) {
-    this.drawStats();
+    this.draw();
     this.stats.finish.textContent = details.finish_reason;
     this.stats.seed.textContent = seed ?? String(details.seed);
     this.stats.count.textContent = String(details.generated_tokens);
@@ -75,13 +83,13 @@ export class OutputPanel {
   }
 
   stopped() {
-    this.drawStats();
+    this.draw();
     this.stats.finish.textContent = "stopped by you";
     this.setStatus("stopped");
   }
 
   fail(message) {
-    this.drawStats();
+    this.draw();
     this.errorBox.textContent = message;
     this.errorBox.hidden = false;
     this.setStatus("failed");
