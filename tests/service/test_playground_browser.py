@@ -35,7 +35,7 @@ def server(tiny_models: Path) -> Iterator[tuple[str, Any]]:
 @pytest.fixture(scope="module")
 def guarded_server(tiny_models: Path) -> Iterator[tuple[str, Any]]:
     """An API key, and room for one sequence per model: a second one is refused (429)."""
-    with live_server(tiny_models, api_key=KEY, max_batch_size=1, max_queued=0) as running:
+    with live_server(tiny_models, api_key=KEY, max_batch_size=1, max_queued=0, max_new_tokens=LONG) as running:
         yield running
 
 
@@ -244,14 +244,17 @@ def test_the_api_key_field_unlocks_a_guarded_server(browser, guarded_server):
 
 
 def test_a_full_queue_is_reported_below_the_buttons(browser, guarded_server):
-    with open_page(browser, guarded_server[0], models_state="failed") as page:
+    base, _ = guarded_server
+    body = {"inputs": "the", "parameters": {"max_new_tokens": LONG}}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with open_page(browser, base, models_state="failed") as page, httpx.Client(timeout=60) as client:
         page.fill("#api-key", KEY)
         page.press("#api-key", "Tab")
         page.wait_for_selector("body[data-models=loaded]")
-        page.check("#compare")
-        page.select_option("#model-b", "tiny-gpt")  # two sequences for a model with room for one
-        page.fill("#max-new-tokens", "5")
-        page.click("#generate")
-        panels = wait_for_outputs(page, 2, "finished", "failed")
-        assert sorted(p.get_attribute("data-status") for p in panels) == ["failed", "finished"]
+        with client.stream("POST", f"{base}/generate_stream", json=body, headers=headers) as occupying:
+            lines = occupying.iter_lines()  # kept: a closed iterator would close the stream
+            assert next(line for line in lines if line.startswith("data:"))
+            page.click("#generate")  # the model's one row is taken and its queue holds none
+            wait_for_outputs(page, 1, "failed")
         assert "too many requests" in page.text_content("#generate-error")
+        assert page.is_hidden("#prompt-error")
