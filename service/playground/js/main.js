@@ -103,7 +103,8 @@ async function generate(event) {
   const compare = list.length > 1;
   setRunning(true);
   try {
-    await Promise.all(list.map((request) => runStream(new OutputPanel(outputs, request.model), request, apiKey, compare)));
+    const panels = list.map((request) => new OutputPanel(outputs, request.model));
+    await Promise.all(list.map((request, index) => runStream(panels[index], request, apiKey, compare)));
   } finally {
     running = [];
     setRunning(false);
