@@ -17,7 +17,7 @@ from service.metrics import ServiceMetrics
 from service.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
 from service.openapi import openapi_with_limits
 from service.registry import NoModelsError, Registry
-from service.routes import openai, system, tgi
+from service.routes import openai, playground, system, tgi
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(tgi.router)
     app.include_router(openai.router)
+    playground.install(app)
     app.add_middleware(
         RequestContextMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
     )

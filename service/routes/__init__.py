@@ -1,1 +1,1 @@
-"""One router per concern: TGI, OpenAI, and system routes (health, info, metrics)."""
+"""One router per concern: TGI, OpenAI, system routes (health, info, metrics) and the playground page."""

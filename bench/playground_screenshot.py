@@ -1,0 +1,119 @@
+"""Screenshot of the playground after a finished generation with the bundled default model.
+
+    python bench/playground_screenshot.py [--out docs/playground.png] [--chars 600] [--seed 1]
+
+Starts `charlm serve` on the bundled models (a free loopback port), opens the page in Debian's
+headless Chromium through Playwright, generates from "ROMEO:" and saves the page as a PNG. Prints
+what the page showed (time to first character, characters per second) next to the same request
+streamed straight from the server, to see what the browser's share of the time is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import Page, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run",
+]
+PROMPT = "ROMEO:"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def spawned_server() -> Iterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "charlm", "serve", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def poll(page: Page, expression: str, timeout: float = 300) -> None:
+    """Poll a script on the page (its Content-Security-Policy rules out wait_for_function)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(expression)
+        page.wait_for_timeout(50)
+
+
+def direct_stream(url: str, chars: int, seed: int) -> tuple[float, float]:
+    """Time to first character (ms) and characters per second of the same request, without a browser."""
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": chars, "temperature": 0.8, "top_k": 0,
+                                             "top_p": 1, "seed": seed}}
+    sent = time.perf_counter()
+    first = last = None
+    count = 0
+    with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=300) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:") and not json.loads(line[5:])["token"]["special"]:
+                last = time.perf_counter()
+                first = first or last
+                count += 1
+    assert first is not None and last is not None
+    return (first - sent) * 1000, (count - 1) / (last - first)
+
+
+def screenshot(url: str, out: Path, chars: int, seed: int) -> dict[str, str]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 820})
+        page.goto(url)
+        poll(page, "document.body.dataset.models === 'loaded'")
+        page.fill("#prompt", PROMPT)
+        page.fill("#max-new-tokens", str(chars))
+        page.fill("#seed", str(seed))
+        page.click("#generate")
+        poll(page, "document.querySelector('.output')?.dataset.status === 'finished'")
+        page.focus("#generate")
+        page.screenshot(path=str(out))
+        stats = {name: page.text_content(f".output .stat-{name}") or "" for name in ("first", "rate", "count")}
+        browser.close()
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "playground.png")
+    parser.add_argument("--chars", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    with spawned_server() as url:
+        stats = screenshot(url, args.out, args.chars, args.seed)
+        first_ms, rate = direct_stream(url, args.chars, args.seed)
+    print(f"saved {args.out}")
+    print(f"page:   first character {stats['first']}, {stats['rate']} characters/s, {stats['count']} characters")
+    print(f"direct: first character {first_ms:.0f} ms, {rate:.0f} characters/s")
+
+
+if __name__ == "__main__":
+    main()

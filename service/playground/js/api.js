@@ -1,0 +1,72 @@
+// Talking to the charlm server: the model list, and a TGI stream read event by event.
+import { sseData } from "./sse.js";
+
+/** A refusal or failure from the server: its HTTP status (0: no answer) and message. */
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function headers(apiKey, json) {
+  const result = json ? { "Content-Type": "application/json" } : {};
+  if (apiKey) result.Authorization = `Bearer ${apiKey}`;
+  return result;
+}
+
+/** The error message of a failed response, in either protocol's shape. */
+async function errorOf(response) {
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    const error = body.error;
+    message = typeof error === "string" ? error : (error?.message ?? message);
+  } catch {
+    // not JSON: the status line says what there is to say
+  }
+  return new ApiError(response.status, message);
+}
+
+async function send(path, init) {
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (exc) {
+    if (exc.name === "AbortError") throw exc;
+    throw new ApiError(0, `the server cannot be reached (${exc.message})`);
+  }
+  if (!response.ok) throw await errorOf(response);
+  return response;
+}
+
+/** `GET /v1/models` and `GET /info` (for the default model and the limits). */
+export async function loadModels(apiKey) {
+  const models = await (await send("/v1/models", { headers: headers(apiKey) })).json();
+  let info = null;
+  try {
+    info = await (await send("/info", { headers: headers(apiKey) })).json();
+  } catch {
+    // the page works without it: no default model marked, no limits shown
+  }
+  return { models: models.data, info };
+}
+
+/** Start a `/generate_stream` request; refusals (4xx) throw an ApiError before any event. */
+export function openStream(bodyJson, apiKey, signal) {
+  return send("/generate_stream", { method: "POST", headers: headers(apiKey, true), body: bodyJson, signal });
+}
+
+/**
+ * The stream's events as {text, special, details, seed}; an error event throws.
+ * The seed is taken from the raw JSON as digits: random seeds go up to 2^63, past what a
+ * JavaScript number holds exactly, and a seed shown to the user must reproduce the text.
+ */
+export async function* streamEvents(response) {
+  for await (const data of sseData(response)) {
+    const event = JSON.parse(data);
+    if (event.error !== undefined) throw new ApiError(500, event.error);
+    const seed = event.details ? (/"seed":\s*(\d+)/.exec(data)?.[1] ?? null) : null;
+    yield { text: event.token.text, special: event.token.special, details: event.details, seed };
+  }
+}

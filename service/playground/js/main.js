@@ -1,0 +1,145 @@
+// The playground page: wires the form to the server and the output panels.
+import { ApiError, loadModels, openStream, streamEvents } from "./api.js";
+import { FieldError, clearErrors, readParameters, showError, showServerError } from "./form.js";
+import { OutputPanel } from "./output.js";
+
+const $ = (id) => document.getElementById(id);
+const MODEL_CONTROLS = ["model", "model-b"];
+let models = [];
+let running = [];  // AbortControllers of the streams in flight
+
+function describe(model) {
+  const context = model.context_length === null ? "unbounded context" : `context ${model.context_length}`;
+  return `${model.architecture} · ${model.parameters.toLocaleString("en")} parameters · `
+    + `${model.vocab_size} characters · ${context}`;
+}
+
+function showModelInfo(controlId) {
+  const model = models.find((m) => m.id === $(controlId).value);
+  $(`${controlId}-info`).textContent = model ? describe(model) : "";
+}
+
+function fillPickers(info) {
+  for (const [index, controlId] of MODEL_CONTROLS.entries()) {
+    const select = $(controlId);
+    const previous = select.value;
+    select.replaceChildren(...models.map((model) => new Option(`${model.id} (${model.architecture})`, model.id)));
+    const fallback = index === 0 ? info?.default_model : models[1]?.id;
+    const chosen = [previous, fallback].find((name) => models.some((m) => m.id === name));
+    if (chosen) select.value = chosen;
+    showModelInfo(controlId);
+  }
+  if (info?.limits) $("max-new-tokens").max = info.limits.max_new_tokens;
+}
+
+async function refreshModels() {
+  clearErrors();
+  try {
+    const answer = await loadModels($("api-key").value.trim());
+    models = answer.models;
+    fillPickers(answer.info);
+    document.body.dataset.models = "loaded";
+  } catch (exc) {
+    models = [];
+    fillPickers(null);
+    const status = exc instanceof ApiError ? exc.status : 0;
+    showServerError(status, `cannot list the models: ${exc.message}`, "model");
+    document.body.dataset.models = "failed";
+  }
+}
+
+/** One request per model; in compare mode both share the seed, drawn here when none is given. */
+function requests() {
+  const request = readParameters();
+  const names = [$("model").value];
+  if ($("compare").checked) {
+    names.push($("model-b").value);
+    request.parameters.seed ??= String(Math.floor(Math.random() * 2 ** 31));
+  }
+  return names.map((model, index) => ({ model, control: MODEL_CONTROLS[index], body: { ...request, model } }));
+}
+
+async function runStream(panel, request, apiKey, compare) {
+  const controller = new AbortController();
+  running.push(controller);
+  panel.start(request.body.inputs);
+  try {
+    const response = await openStream(JSON.stringify(request.body), apiKey, controller.signal);
+    let finished = false;
+    for await (const event of streamEvents(response)) {
+      if (!event.special) panel.add(event.text);
+      if (event.details) {
+        panel.finish(event.details, event.seed);
+        finished = true;
+      }
+    }
+    if (!finished) throw new ApiError(0, "the stream ended before its last event");
+  } catch (exc) {
+    if (controller.signal.aborted) {
+      panel.stopped();
+      return;
+    }
+    const status = exc instanceof ApiError ? exc.status : 0;
+    panel.fail(exc.message);
+    showServerError(status, exc.message, request.control, compare ? `${request.model}: ` : "");
+  }
+}
+
+async function generate(event) {
+  event.preventDefault();
+  if (running.length) return;
+  clearErrors();
+  let list;
+  try {
+    list = requests();
+  } catch (exc) {
+    if (!(exc instanceof FieldError)) throw exc;
+    showError(exc.controlId, exc.message);
+    return;
+  }
+  const outputs = $("outputs");
+  outputs.replaceChildren();
+  const apiKey = $("api-key").value.trim();
+  const compare = list.length > 1;
+  setRunning(true);
+  try {
+    const panels = list.map((request) => new OutputPanel(outputs, request.model));
+    await Promise.all(list.map((request, index) => runStream(panels[index], request, apiKey, compare)));
+  } finally {
+    running = [];
+    setRunning(false);
+  }
+}
+
+function setRunning(isRunning) {
+  const [from, to] = isRunning ? [$("generate"), $("stop-button")] : [$("stop-button"), $("generate")];
+  to.disabled = false;
+  if (document.activeElement === from) to.focus();  // a keyboard user keeps a focused button
+  from.disabled = true;
+  document.body.dataset.running = String(isRunning);
+}
+
+function stop() {
+  for (const controller of running) controller.abort();
+}
+
+function start() {
+  $("controls").addEventListener("submit", generate);
+  $("stop-button").addEventListener("click", stop);
+  $("compare").addEventListener("change", () => { $("compare-field").hidden = !$("compare").checked; });
+  for (const controlId of MODEL_CONTROLS) $(controlId).addEventListener("change", () => showModelInfo(controlId));
+  $("api-key").addEventListener("change", refreshModels);
+  $("prompt").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      $("controls").requestSubmit();
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && running.length) stop();
+  });
+  setRunning(false);
+  refreshModels();
+}
+
+start();

@@ -1,0 +1,36 @@
+"""The playground: `GET /` serves a page to try the models in a browser; its assets are under
+`/playground/`. Plain files shipped in the package, no build step, nothing fetched from elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "playground"
+ASSETS_PATH = "/playground"
+# The page talks only to this server: a browser refuses any script, style or request elsewhere.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+router = APIRouter(tags=["playground"])
+
+
+@router.get("/", include_in_schema=False)
+async def playground() -> FileResponse:
+    """The playground page (`POST /` is TGI's generation route)."""
+    return FileResponse(PLAYGROUND_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+
+def install(app: FastAPI) -> None:
+    """Add the page and its assets to the app."""
+    app.include_router(router)
+    app.mount(ASSETS_PATH, StaticFiles(directory=PLAYGROUND_DIR), name="playground")
