@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "playground"
@@ -24,7 +24,7 @@ PAGE_HEADERS = {
 router = APIRouter(tags=["playground"])
 
 
-@router.get("/", include_in_schema=False)
+@router.get("/", response_class=HTMLResponse)  # listed, so that GET / is a documented method of "/"
 async def playground() -> FileResponse:
     """The playground page (`POST /` is TGI's generation route)."""
     return FileResponse(PLAYGROUND_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
