@@ -37,8 +37,8 @@ export function stopStrings(text) {
 }
 
 /**
- * The generation parameters from the controls, without the model. The seed goes as text: the
- * server reads it as an integer, exactly, even past 2^53 where a JavaScript number would round it.
+ * The generation parameters from the controls, without the model. The seed stays text here
+ * (see requestJson).
  */
 export function readParameters() {
   const parameters = {
@@ -53,6 +53,18 @@ export function readParameters() {
     if (value === null) delete parameters[name];
   }
   return { inputs: $("prompt").value, parameters };
+}
+
+/**
+ * The request as JSON text, with a seed of digits written as a JSON integer: the server wants a
+ * number, and JSON.stringify of a JavaScript number would round one past 2^53. Anything else
+ * typed as a seed goes as text, for the server to refuse by name.
+ */
+export function requestJson(body) {
+  const text = JSON.stringify(body);
+  const seed = body.parameters.seed;
+  if (seed === undefined || !/^\d+$/.test(seed)) return text;
+  return text.replace(`"seed":${JSON.stringify(seed)}`, `"seed":${seed}`);
 }
 
 /** Which control a server error concerns; null when it concerns the request as a whole. */

@@ -1,6 +1,6 @@
 // The playground page: wires the form to the server and the output panels.
 import { ApiError, loadModels, openStream, streamEvents } from "./api.js";
-import { FieldError, clearErrors, readParameters, showError, showServerError } from "./form.js";
+import { FieldError, clearErrors, readParameters, requestJson, showError, showServerError } from "./form.js";
 import { OutputPanel } from "./output.js";
 
 const $ = (id) => document.getElementById(id);
@@ -64,7 +64,7 @@ async function runStream(panel, request, apiKey, compare) {
   running.push(controller);
   panel.start(request.body.inputs);
   try {
-    const response = await openStream(JSON.stringify(request.body), apiKey, controller.signal);
+    const response = await openStream(requestJson(request.body), apiKey, controller.signal);
     let finished = false;
     for await (const event of streamEvents(response)) {
       if (!event.special) panel.add(event.text);
