@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -80,3 +83,25 @@ def live_server(models_dir: Path, **overrides: Any) -> Iterator[tuple[str, FastA
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextlib.contextmanager
+def serve_process(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`charlm serve` as a process on a free loopback port; killed on exit if still running."""
+    port = free_port()
+    command = [sys.executable, "-m", "charlm", "serve", "--port", str(port), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+
+
+def healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.service.helpers import LONG, engine_of, free_port, live_server, wait_until
+from tests.service.helpers import LONG, engine_of, healthy, live_server, serve_process, wait_until
 
 
 def cancelled_count(base: str) -> float:
@@ -52,27 +47,6 @@ def test_a_disconnected_non_streaming_request_is_cancelled(tiny_models):
             httpx.post(f"{base}/generate", json=body, timeout=0.5)
         assert wait_until(lambda: engine.active == 0)
         assert cancelled_count(base) == 1
-
-
-@contextlib.contextmanager
-def serve_process(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = free_port()
-    command = [sys.executable, "-m", "charlm", "serve", "--port", str(port), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
-
-
-def healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_charlm_serve_streams_and_drains_on_sigterm(tiny_models):
