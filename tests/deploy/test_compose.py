@@ -106,7 +106,7 @@ def test_ports_agree_across_compose_and_nginx():
 
 
 @pytest.mark.parametrize("directive", [
-    "least_conn;", "proxy_buffering off;", "proxy_read_timeout 600s;", "proxy_http_version 1.1;",
+    "least_conn;", "proxy_buffering off;", "gzip off;", "proxy_read_timeout 600s;", "proxy_http_version 1.1;",
     "proxy_set_header X-Request-Id $charlm_request_id;", "proxy_next_upstream error timeout http_502 http_503",
     "max_fails=1 fail_timeout=10s",
 ])
