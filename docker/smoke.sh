@@ -12,6 +12,8 @@
 #   CHARLM_CA_BUNDLE    extra CA bundle for pip/apt behind a TLS-intercepting proxy (default: the
 #                       system bundle), passed as a build secret, never stored in the image
 #   CHARLM_SMOKE_PORT   loopback port to publish the container on (default 18000)
+#
+# Exit status: 0 passed, 77 skipped (a prerequisite is missing: says which), anything else failed.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +30,28 @@ ULIMITS=(--ulimit nofile=20000:20000 --ulimit nproc=32768:32768)
 
 log() { echo "smoke: $*" >&2; }
 
+skip() {
+    log "SKIPPED: $*"
+    exit 77
+}
+
+local_cpu_torch() {
+    [ -d "$WHEELS_DIR" ] && compgen -G "$WHEELS_DIR/torch-*+cpu-*.whl" >/dev/null
+}
+
+check_prerequisites() {
+    local tool
+    for tool in podman runc debootstrap curl; do
+        command -v "$tool" >/dev/null || skip "$tool is not installed"
+    done
+    podman "${RUNTIME[@]}" info >/dev/null 2>&1 || skip "podman cannot run here: $(podman info 2>&1 | tail -n 1)"
+    if ! local_cpu_torch; then
+        # The build's pip then needs PyTorch's CPU index (pip's default index has CUDA builds only).
+        curl -sfo /dev/null --max-time 20 https://download.pytorch.org/whl/cpu/torch/ \
+            || skip "no CPU torch wheel in CHARLM_WHEELS_DIR, and PyTorch's CPU index is unreachable"
+    fi
+}
+
 ensure_base_image() {
     if podman image exists "$BASE_TAG"; then
         return
@@ -38,7 +62,7 @@ ensure_base_image() {
         mkdir -p "$CACHE_DIR"
         local rootfs
         rootfs=$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")
-        debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$CACHE_DIR/debootstrap.log"
+        debootstrap --variant=minbase bookworm "$rootfs" >"$CACHE_DIR/debootstrap.log"
         tar -C "$rootfs" -cf "$tarball.partial" .
         mv "$tarball.partial" "$tarball"
         rm -rf "$rootfs"
@@ -52,9 +76,9 @@ build_image() {
                 --build-arg "BASE_IMAGE=$BASE_TAG" --build-arg TORCH_FLAVOUR=cpu
                 -f "$REPO/docker/Dockerfile" -t "$IMAGE_TAG")
     # docker: HEALTHCHECK exists only in Docker's image format, not in OCI's.
-    if [ -d "$WHEELS_DIR" ] && compgen -G "$WHEELS_DIR/torch-*+cpu-*.whl" >/dev/null; then
-        log "torch from $WHEELS_DIR, other packages from PyPI"
-        args+=(--build-context "wheels=$WHEELS_DIR" --build-arg TORCH_INDEX_URL=https://pypi.org/simple)
+    if local_cpu_torch; then
+        log "torch from $WHEELS_DIR, other packages from pip's default index"
+        args+=(--build-context "wheels=$WHEELS_DIR" --build-arg TORCH_INDEX_URL=)
     fi
     if [ -f "$CA_BUNDLE" ]; then
         args+=(--secret "id=ca_bundle,src=$CA_BUNDLE")
@@ -102,9 +126,7 @@ cleanup() {
 }
 
 main() {
-    for tool in podman runc debootstrap curl; do
-        command -v "$tool" >/dev/null || { log "FAILED: $tool is not installed"; exit 1; }
-    done
+    check_prerequisites
     ensure_base_image
     build_image
     trap cleanup EXIT
