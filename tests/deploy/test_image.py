@@ -80,12 +80,15 @@ def test_the_healthcheck_is_exec_form_and_asks_a_real_route_on_the_served_port()
     assert url.group(2) in served_paths()
 
 
-def test_every_package_install_can_trust_the_proxy_ca_secret():
-    installs = [i.arguments for i in instructions_named("RUN") if re.search(r"\b(pip|apt-get) install\b", i.arguments)]
-    assert installs
-    for arguments in installs:
+def test_every_download_can_trust_the_proxy_ca_secret():
+    fetches = re.compile(r"\b(pip install|pip wheel|apt-get update)\b")
+    downloads = [i.arguments for i in instructions_named("RUN")
+                 if fetches.search(i.arguments) and "--no-index" not in i.arguments]
+    assert len(downloads) >= 4
+    for arguments in downloads:
         assert "--mount=type=secret,id=ca_bundle" in arguments, arguments
-        assert re.search(r"with-extra-ca (pip|apt-get) install", arguments), arguments
+        for command in re.findall(r"\S+ (?:pip (?:install|wheel)|apt-get (?:update|install))", arguments):
+            assert command.startswith("with-extra-ca "), f"{command}: without the proxy CA"
 
 
 def test_torch_is_pinned_with_its_flavour_from_build_arguments():
