@@ -11,7 +11,7 @@
 #                       wheel there, torch comes from PyTorch's CPU index.
 #   CHARLM_CA_BUNDLE    extra CA bundle for pip/apt behind a TLS-intercepting proxy (default: the
 #                       system bundle), passed as a build secret, never stored in the image
-#   CHARLM_SMOKE_PORT   loopback port to publish the container on (default 18000)
+#   CHARLM_SMOKE_PORT   loopback port to publish the container on (default: a free one)
 #
 # Exit status: 0 passed, 77 skipped (a prerequisite is missing: says which), anything else failed.
 set -euo pipefail
@@ -21,7 +21,7 @@ CACHE_DIR=${CHARLM_SMOKE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/charlm-deploy}
 BASE_TAG=localhost/charlm-base:debian12-minbase
 IMAGE_TAG=localhost/charlm:smoke-cpu
 CONTAINER=charlm-smoke-$$
-PORT=${CHARLM_SMOKE_PORT:-18000}
+PORT=${CHARLM_SMOKE_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 WHEELS_DIR=${CHARLM_WHEELS_DIR:-${PIP_FIND_LINKS:-}}
 CA_BUNDLE=${CHARLM_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 # crun fails on some cgroup setups; runc works on them all.
@@ -72,10 +72,10 @@ ensure_base_image() {
 }
 
 build_image() {
+    # --format docker: HEALTHCHECK exists only in Docker's image format, not in OCI's.
     local args=(--format docker "${RUNTIME[@]}" "${ULIMITS[@]}" --layers
                 --build-arg "BASE_IMAGE=$BASE_TAG" --build-arg TORCH_FLAVOUR=cpu
                 -f "$REPO/docker/Dockerfile" -t "$IMAGE_TAG")
-    # docker: HEALTHCHECK exists only in Docker's image format, not in OCI's.
     if local_cpu_torch; then
         log "torch from $WHEELS_DIR, other packages from pip's default index"
         args+=(--build-context "wheels=$WHEELS_DIR" --build-arg TORCH_INDEX_URL=)
@@ -86,6 +86,8 @@ build_image() {
     local started=$SECONDS
     podman build "${args[@]}" "$REPO"
     log "image built in $((SECONDS - started)) s"
+    # Earlier builds' images, untagged by this one, would otherwise pile up run after run.
+    podman image prune -f >/dev/null
 }
 
 health_status() {
