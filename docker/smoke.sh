@@ -86,8 +86,6 @@ build_image() {
     local started=$SECONDS
     podman build "${args[@]}" "$REPO"
     log "image built in $((SECONDS - started)) s"
-    # Earlier builds' images, untagged by this one, would otherwise pile up run after run.
-    podman image prune -f >/dev/null
 }
 
 health_status() {
