@@ -1,0 +1,108 @@
+"""docker/Dockerfile and .dockerignore: hadolint, then what the image promises, read from the files."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from tests.deploy.helpers import (
+    DOCKERFILE,
+    REPO,
+    build_stages,
+    hadolint_binary,
+    in_build_context,
+    instructions_named,
+    served_paths,
+)
+
+
+def runtime_stage() -> list:
+    return build_stages()[-1]
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile():
+    hadolint = hadolint_binary()
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the dev extra installs it on Linux x86-64)")
+    result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_copy_source_exists_and_reaches_the_build_context():
+    copies = [i for i in instructions_named("COPY") if "--from=" not in i.arguments]
+    assert copies
+    for copy in copies:
+        words = [w for w in shlex.split(copy.arguments) if not w.startswith("--")]
+        for source in words[:-1]:
+            assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"
+            assert in_build_context(source), f"COPY {source}: excluded by .dockerignore"
+
+
+def test_dockerignore_keeps_tests_git_venvs_and_caches_out():
+    for path in [".git", "tests/conftest.py", ".venv/bin/python", "bench/serve.py", "docs",
+                 "service/__pycache__/app.cpython-311.pyc", "models/shakespeare-gpt/training_state.pt"]:
+        assert not in_build_context(path), f"{path} would be sent to the build"
+    for path in ["service/app.py", "models/shakespeare-gpt/model.safetensors", "pyproject.toml"]:
+        assert in_build_context(path), f"{path} would be missing from the build"
+
+
+def test_the_runtime_runs_as_a_numeric_non_root_user():
+    users = [i.arguments for i in runtime_stage() if i.keyword == "USER"]
+    assert users, "the runtime stage sets no USER"
+    user, _, group = users[-1].partition(":")
+    assert user.isdigit() and int(user) != 0, f"USER {users[-1]} is not a numeric non-root user"
+    assert not group or (group.isdigit() and int(group) != 0)
+    created = [i for i in runtime_stage() if i.keyword == "RUN" and "useradd" in i.arguments]
+    assert created and f"--uid {user}" in created[0].arguments, "the numeric user has no account (no home)"
+
+
+def test_the_entrypoint_starts_charlm_serve_on_all_interfaces_port_8000():
+    stage = runtime_stage()
+    entrypoint = [i.exec_form() for i in stage if i.keyword == "ENTRYPOINT"][-1]
+    command = [i.exec_form() for i in stage if i.keyword == "CMD"][-1]
+    assert entrypoint == ["charlm"] and command == ["serve"], "ENTRYPOINT/CMD must be exec form: charlm serve"
+    environment = " ".join(i.arguments for i in stage if i.keyword == "ENV")
+    assert "CHARLM_HOST=0.0.0.0" in environment and "CHARLM_PORT=8000" in environment
+    assert [i.arguments for i in stage if i.keyword == "EXPOSE"] == ["8000"]
+
+
+def test_the_healthcheck_is_exec_form_and_asks_a_real_route_on_the_served_port():
+    checks = [i for i in runtime_stage() if i.keyword == "HEALTHCHECK"]
+    assert len(checks) == 1
+    command = checks[0].exec_form()
+    assert command is not None and command[0] == "python", "HEALTHCHECK must be exec form, with no curl"
+    url = re.search(r"http://127\.0\.0\.1:\{[^}]*'(\d+)'\)\}(/\w+)", command[-1])
+    assert url, f"no health URL in {command[-1]}"
+    assert url.group(1) == "8000"
+    assert url.group(2) in served_paths()
+
+
+def test_every_download_can_trust_the_proxy_ca_secret():
+    fetches = re.compile(r"\b(pip install|pip wheel|apt-get update)\b")
+    downloads = [i.arguments for i in instructions_named("RUN")
+                 if fetches.search(i.arguments) and "--no-index" not in i.arguments]
+    assert len(downloads) >= 4
+    for arguments in downloads:
+        assert "--mount=type=secret,id=ca_bundle" in arguments, arguments
+        for command in re.findall(r"\S+ (?:pip (?:install|wheel)|apt-get (?:update|install))", arguments):
+            assert command.startswith("with-extra-ca "), f"{command}: without the proxy CA"
+
+
+def test_torch_is_pinned_with_its_flavour_from_build_arguments():
+    arguments = {i.arguments.split("=")[0] for i in instructions_named("ARG")}
+    assert {"BASE_IMAGE", "TORCH_VERSION", "TORCH_FLAVOUR", "TORCH_INDEX_URL"} <= arguments
+    torch = [i.arguments for i in instructions_named("RUN") if "torch==" in i.arguments]
+    assert len(torch) == 1 and '"torch==${TORCH_VERSION}+${TORCH_FLAVOUR}"' in torch[0]
+    assert '--index-url "${TORCH_INDEX_URL}"' in torch[0]
+
+
+def test_the_bundled_models_are_the_default_models_directory():
+    stage = runtime_stage()
+    copies = [i.arguments for i in stage if i.keyword == "COPY"]
+    assert "models ./models" in copies
+    workdir = [i.arguments for i in stage if i.keyword == "WORKDIR"][-1]
+    environment = " ".join(i.arguments for i in stage if i.keyword == "ENV")
+    assert f"CHARLM_MODELS_DIR={workdir}/models" in environment
