@@ -11,17 +11,13 @@ streamed straight from the server, to see what the browser's share of the time i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 from playwright.sync_api import Page, sync_playwright
+from spawned import spawned_server  # bench/, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -30,31 +26,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update", "--no-first-run",
 ]
 PROMPT = "ROMEO:"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def spawned_server() -> Iterator[str]:
-    port = free_port()
-    command = [sys.executable, "-m", "charlm", "serve", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(60)
 
 
 def poll(page: Page, expression: str, timeout: float = 300) -> None:

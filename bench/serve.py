@@ -15,12 +15,8 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from httpx_sse import aconnect_sse
+from spawned import spawned_server  # bench/, beside this script
 
 DEFAULT_PLOT = Path(__file__).resolve().parents[1] / "docs" / "serve_bench.png"
 
@@ -93,32 +90,6 @@ async def run_level(url: str, concurrency: int, rounds: int, chars: int, model: 
     return level
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def spawned_server(max_batch: int) -> Iterator[str]:
-    port = free_port()
-    command = [sys.executable, "-m", "charlm", "serve", "--port", str(port), "--max-batch-size", str(max_batch),
-               "--max-queued", "4096", "--log-level", "warning"]
-    process = subprocess.Popen(command)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(60)
-
-
 def plot(levels: list[Level], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     xs = [lv.concurrency for lv in levels]
@@ -145,7 +116,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     args = parser.parse_args()
-    server = contextlib.nullcontext(args.url) if args.url else spawned_server(max(args.levels))
+    flags = ("--max-batch-size", str(max(args.levels)), "--max-queued", "4096")
+    server = contextlib.nullcontext(args.url) if args.url else spawned_server(*flags)
     levels = []
     with server as url:
         asyncio.run(run_level(url, 1, 1, 20, args.model))  # warm the connection path
