@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ class Cluster:
     nginx: str
     replicas: list[str]
     access_log: Path
+    processes: list[subprocess.Popen]
 
 
 def nginx_binary() -> str | None:
@@ -50,13 +52,13 @@ def nginx_process(conf: Path, prefix: Path) -> Iterator[subprocess.Popen]:
         process.wait(30)
 
 
-@pytest.fixture(scope="module")
-def cluster(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def running_cluster(models: Path, prefix: Path, *flags: str) -> Iterator[Cluster]:
+    """Two replicas on the tiny models and nginx in front of them, with the project's configuration."""
     if nginx_binary() is None:
         pytest.skip("nginx is not installed (Debian: apt-get install nginx; .ci/deploy-checks does)")
-    prefix = tmp_path_factory.mktemp("nginx")
-    args = ("--models-dir", str(tiny_models), "--default-model", "tiny-gpt", "--max-batch-size", str(BATCH),
-            "--max-new-tokens", str(LONG), "--sse-keepalive-s", "0.1", "--log-level", "warning")
+    args = ("--models-dir", str(models), "--default-model", "tiny-gpt", "--max-batch-size", str(BATCH),
+            "--max-new-tokens", str(LONG), "--sse-keepalive-s", "0.1", "--log-level", "warning", *flags)
     with contextlib.ExitStack() as stack:
         replicas = [stack.enter_context(serve_process(*args)) for _ in range(2)]
         bases = [replica.url for replica in replicas]
@@ -70,14 +72,13 @@ def cluster(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         front = f"http://127.0.0.1:{listen}"
         up = wait_until(lambda: healthy(front) or nginx.poll() is not None, timeout=30) and nginx.poll() is None
         assert up, (prefix / "error.log").read_text()
-        yield Cluster(front, bases, prefix / "access.log")
+        yield Cluster(front, bases, prefix / "access.log", [replica.process for replica in replicas])
 
 
-def served_streams(base: str) -> float:
-    """The replica's own count of /generate_stream answers with status 200."""
-    pattern = re.compile(r'^charlm_requests_total\{route="/generate_stream",status="200"\} (\S+)$', re.MULTILINE)
-    found = pattern.search(httpx.get(f"{base}/metrics").text)
-    return float(found.group(1)) if found else 0.0
+@pytest.fixture(scope="module")
+def cluster(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tiny_models, tmp_path_factory.mktemp("nginx")) as running:
+        yield running
 
 
 def stream_through(base: str, seed: int) -> list[dict]:
@@ -88,14 +89,14 @@ def stream_through(base: str, seed: int) -> list[dict]:
 
 
 def test_concurrent_streams_through_nginx_all_complete_and_both_replicas_serve(cluster):
-    before = [served_streams(base) for base in cluster.replicas]
+    before = [served_count(base, "/generate_stream") for base in cluster.replicas]
     with ThreadPoolExecutor(STREAMS) as pool:
         streams = list(pool.map(lambda seed: stream_through(cluster.nginx, seed), range(STREAMS)))
     for events in streams:
         assert len(events) == CHARS
         assert events[-1]["details"]["finish_reason"] == "length"
         assert "".join(e["token"]["text"] for e in events) == events[-1]["generated_text"]
-    served = [served_streams(base) - b for base, b in zip(cluster.replicas, before, strict=True)]
+    served = [served_count(base, "/generate_stream") - b for base, b in zip(cluster.replicas, before, strict=True)]
     assert sum(served) == STREAMS
     assert all(count > 0 for count in served), f"streams per replica: {served}"
 
@@ -144,3 +145,30 @@ def test_a_stream_reaches_the_client_through_nginx_before_its_generation_has_eve
             blockers.close()  # the endless streams go away, and the waiting one gets its turn
             events = [json.loads(line.removeprefix("data:")) for line in lines if line.startswith("data:")]
     assert len(events) == 8 and events[-1]["details"]["finish_reason"] == "length"
+
+
+def test_a_draining_replica_hands_new_requests_to_the_other(tiny_models, tmp_path):
+    """A rolling restart: one replica gets SIGTERM while it still serves a stream, so it drains
+    (503 to anything new) for as long as that stream lasts. nginx must send every new request,
+    POSTs included, to the other replica, so no client sees the 503."""
+    endless = {"inputs": "the", "parameters": {"max_new_tokens": LONG}}
+    body = {"inputs": "the", "parameters": {"max_new_tokens": 4}}
+    with running_cluster(tiny_models, tmp_path, "--shutdown-grace-s", "120") as cluster, \
+            httpx.Client(timeout=60) as client:
+        draining, other = cluster.replicas
+        with client.stream("POST", f"{draining}/generate_stream", json=endless) as held:
+            assert held.status_code == 200
+            cluster.processes[0].send_signal(signal.SIGTERM)
+            assert wait_until(lambda: httpx.get(f"{draining}/health").status_code == 503, timeout=10)
+            before = served_count(other, "/generate")
+            statuses = [client.post(f"{cluster.nginx}/generate", json=body).status_code for _ in range(10)]
+            assert statuses == [200] * 10
+            assert served_count(other, "/generate") - before == 10
+        retried = "upstream_status=503, 200"  # nginx's log of a request the draining replica refused
+        assert wait_until(lambda: retried in cluster.access_log.read_text(), timeout=10), "no request was retried"
+
+
+def served_count(base: str, route: str) -> float:
+    pattern = re.compile(rf'^charlm_requests_total{{route="{route}",status="200"}} (\S+)$', re.MULTILINE)
+    found = pattern.search(httpx.get(f"{base}/metrics").text)
+    return float(found.group(1)) if found else 0.0
