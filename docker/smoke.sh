@@ -126,6 +126,7 @@ cleanup() {
 }
 
 main() {
+    mkdir -p "$CACHE_DIR"
     check_prerequisites
     ensure_base_image
     build_image
