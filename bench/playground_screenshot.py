@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,11 +21,9 @@ from playwright.sync_api import Page, sync_playwright
 from spawned import spawned_server  # bench/, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run",
-]
+sys.path.insert(0, str(ROOT))
+from tests.service.browser import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402 (the tests' browser settings)
+
 PROMPT = "ROMEO:"
 
 

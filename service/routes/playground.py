@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "playground"
 ASSETS_PATH = "/playground"
@@ -30,7 +32,17 @@ async def playground() -> FileResponse:
     return FileResponse(PLAYGROUND_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
 
 
+class RevalidatedFiles(StaticFiles):
+    """The page's assets, revalidated on every load like the page itself (by ETag: cheap), so a
+    browser never runs old modules under a new page after an upgrade."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def install(app: FastAPI) -> None:
     """Add the page and its assets to the app."""
     app.include_router(router)
-    app.mount(ASSETS_PATH, StaticFiles(directory=PLAYGROUND_DIR), name="playground")
+    app.mount(ASSETS_PATH, RevalidatedFiles(directory=PLAYGROUND_DIR), name="playground")

@@ -31,6 +31,7 @@ async def test_every_asset_the_page_names_is_served(client):
         assert response.status_code == 200, asset
         kind = "javascript" if asset.endswith(".js") else "css"
         assert kind in response.headers["content-type"], asset
+        assert response.headers["cache-control"] == "no-cache", asset  # never stale after an upgrade
 
 
 async def test_no_asset_refers_to_another_host():

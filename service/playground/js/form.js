@@ -64,7 +64,7 @@ export function requestJson(body) {
   const text = JSON.stringify(body);
   const seed = body.parameters.seed;
   if (seed === undefined || !/^\d+$/.test(seed)) return text;
-  return text.replace(`"seed":${JSON.stringify(seed)}`, `"seed":${seed}`);
+  return text.replace(`"seed":${JSON.stringify(seed)}`, `"seed":${BigInt(seed)}`);  // BigInt: no leading zeros
 }
 
 /** Which control a server error concerns; null when it concerns the request as a whole. */
@@ -78,6 +78,7 @@ export function controlFor(status, message, modelControl) {
     const named = message.startsWith(field) && /^[\s:.]/.test(message.slice(field.length));
     if (named && (best === null || field.length > best.length)) best = field;
   }
+  if (best === "model") return modelControl;  // in compare mode, the picker of the failing request
   return best === null ? null : FIELD_CONTROLS[best];
 }
 

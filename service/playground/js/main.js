@@ -71,6 +71,7 @@ async function runStream(panel, request, apiKey, compare) {
       if (event.details) {
         panel.finish(event.details, event.seed);
         finished = true;
+        break;  // the last event: a Stop pressed from now on must not relabel a finished panel
       }
     }
     if (!finished) throw new ApiError(0, "the stream ended before its last event");

@@ -73,12 +73,12 @@ export class OutputPanel {
     this.stats.count.textContent = String(this.count);
   }
 
-  /** The stream's last event: finish reason, seed and the server's character count. */
+  /** The stream's last event: finish reason and seed. The count stays the characters shown (the
+   * server's generated_tokens also counts a matched stop string, which is not shown). */
   finish(details, seed) {
     this.draw();
     this.stats.finish.textContent = details.finish_reason;
     this.stats.seed.textContent = seed ?? String(details.seed);
-    this.stats.count.textContent = String(details.generated_tokens);
     this.setStatus("finished");
   }
 
