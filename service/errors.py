@@ -85,6 +85,12 @@ def describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     return "; ".join(parts) or "invalid request", next(iter(params), None)
 
 
+def is_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this media type as JSON."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
 def unparsable_body(cause: BaseException | None) -> str:
     """Why the JSON decoder refused a body that is not simply malformed JSON."""
     if isinstance(cause, UnicodeDecodeError):
@@ -106,7 +112,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
-        if request.method == "POST" and not content_type.startswith("application/json"):
+        if request.method == "POST" and not is_json(content_type):  # FastAPI then left the body unread
             message = f"send the body as JSON with 'Content-Type: application/json' (got {content_type!r})"
             return error_response(request, ServiceError(422, message, param="body"))
         message, param = describe_validation(exc)

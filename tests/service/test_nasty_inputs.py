@@ -66,6 +66,10 @@ async def test_a_body_that_is_not_json_is_refused_by_content_type(client):
     for headers in ({"content-type": "text/plain"}, {}):
         response = await client.post("/generate", content=b'{"inputs": "the"}', headers=headers)
         assert_tgi_error(response, 422, "Content-Type: application/json")
+    for content_type in ("Application/JSON; charset=utf-8", "application/vnd.api+json"):  # JSON, as FastAPI reads it
+        body = b'{"inputs": "the", "parameters": {"top_k": -1}}'
+        response = await client.post("/generate", content=body, headers={"content-type": content_type})
+        assert_tgi_error(response, 422, "parameters.top_k: Input should be greater than or equal to 0")
 
 
 async def test_limits_on_prompt_length_tokens_and_sequences(serve):
