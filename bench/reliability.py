@@ -87,7 +87,7 @@ def run_fuzz(args: argparse.Namespace) -> None:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/service/test_fuzz_schema.py"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-500:]
-    print(f"fuzz: {args.fuzz_examples} examples per route and phase: {summary} ({time.monotonic() - started:.0f} s)")
+    print(f"fuzz: {args.fuzz_examples} examples per route: {summary} ({time.monotonic() - started:.0f} s)")
 
 
 SCENARIOS = {"soak": run_soak, "storm": run_storm, "overload": run_overload, "fuzz": run_fuzz}
