@@ -27,15 +27,14 @@ sys.path.insert(0, str(ROOT))  # the scenarios live beside the tests that run th
 
 
 from tests.service import load  # noqa: E402
-from tests.service.helpers import ServerProcess, healthy, serve_process, wait_until  # noqa: E402
+from tests.service.helpers import ServerProcess, serve_process, wait_until  # noqa: E402
 
 
 @contextlib.contextmanager
 def server(args: argparse.Namespace, *flags: str) -> Iterator[ServerProcess]:
     common = ("--models-dir", args.models_dir, "--default-model", args.model, "--log-level", "warning")
     with serve_process(*common, *flags) as process:
-        if not wait_until(lambda: healthy(process.url), timeout=300):
-            raise SystemExit(f"server did not start:\n{process.output()}")
+        process.wait_healthy(timeout=300)
         yield process
 
 

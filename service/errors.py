@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.schemas.errors import OpenAIError, OpenAIErrorDetail, TGIError
+
 logger = logging.getLogger(__name__)
 
 # Our kinds of error -> OpenAI's error "type" (TGI's "error_type" is the kind itself).
@@ -49,10 +51,11 @@ def is_openai(request: Request) -> bool:
 
 def error_body(error: ServiceError, openai: bool) -> dict[str, Any]:
     if openai:
-        return {"error": {"message": error.message, "type": OPENAI_TYPES.get(error.kind, "server_error"),
-                          "param": error.param, "code": error.code}}
+        detail = OpenAIErrorDetail(message=error.message, type=OPENAI_TYPES.get(error.kind, "server_error"),
+                                   param=error.param, code=error.code)
+        return OpenAIError(error=detail).model_dump()
     kind = "validation" if error.kind == "unknown_characters" else error.kind
-    return {"error": error.message, "error_type": kind}
+    return TGIError(error=error.message, error_type=kind).model_dump()
 
 
 def error_response(request: Request, error: ServiceError) -> JSONResponse:

@@ -63,7 +63,7 @@ def running_cluster(models: Path, prefix: Path, *flags: str) -> Iterator[Cluster
         replicas = [stack.enter_context(serve_process(*args)) for _ in range(2)]
         bases = [replica.url for replica in replicas]
         for replica in replicas:
-            assert wait_until(lambda url=replica.url: healthy(url), timeout=180), replica.output()
+            replica.wait_healthy()
         ports = [int(base.rsplit(":", 1)[1]) for base in bases]
         conf = prefix / "nginx.conf"
         listen = free_port()

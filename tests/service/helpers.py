@@ -96,6 +96,10 @@ class ServerProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_healthy(self, timeout: float = 180) -> None:
+        """Until /health answers 200; fails with the server's output if it never does."""
+        assert wait_until(lambda: healthy(self.url), timeout=timeout), self.output()
+
 
 @contextlib.contextmanager
 def serve_process(*args: str, prefix: tuple[str, ...] = ()) -> Iterator[ServerProcess]:

@@ -14,14 +14,14 @@ import httpx
 import pytest
 
 from tests.service import load
-from tests.service.helpers import ServerProcess, healthy, serve_process, wait_until
+from tests.service.helpers import ServerProcess, serve_process, wait_until
 
 
 @contextlib.contextmanager
 def tiny_server(models: Path, *flags: str) -> Iterator[ServerProcess]:
     args = ("--models-dir", str(models), "--default-model", "tiny-gpt", "--log-level", "warning", *flags)
     with serve_process(*args) as server:
-        assert wait_until(lambda: healthy(server.url), timeout=120), server.output()
+        server.wait_healthy()
         yield server
 
 

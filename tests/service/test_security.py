@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.helpers import healthy, serve_process, wait_until
+from tests.service.helpers import serve_process
 from tests.service.test_errors import assert_openai_error, assert_tgi_error
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +19,7 @@ KEY = "sk-charlm-test-9f8e7d6c5b4a"
 def test_the_api_key_guards_generation_but_never_reaches_the_logs(tiny_models):
     args = ("--models-dir", str(tiny_models), "--default-model", "tiny-gpt", "--api-key", KEY, "--log-level", "debug")
     with serve_process(*args) as server:
-        assert wait_until(lambda: healthy(server.url), timeout=120), server.output()
+        server.wait_healthy()
         body = {"inputs": "the", "parameters": {"max_new_tokens": 3}}
         good, wrong = {"authorization": f"Bearer {KEY}"}, {"authorization": f"Bearer {KEY[:-1]}x"}
         assert httpx.post(f"{server.url}/generate", json=body, headers=good).status_code == 200

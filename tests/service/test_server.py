@@ -9,14 +9,8 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.service.helpers import LONG, engine_of, healthy, live_server, serve_process, wait_until
-
-
-def cancelled_count(base: str) -> float:
-    for line in httpx.get(f"{base}/metrics").text.splitlines():
-        if line.startswith('charlm_requests_cancelled_total{model="tiny-gpt"}'):
-            return float(line.split()[-1])
-    return 0.0
+from tests.service import load
+from tests.service.helpers import LONG, engine_of, live_server, serve_process, wait_until
 
 
 def long_stream(base: str, client: httpx.Client):
@@ -36,7 +30,7 @@ def test_disconnected_streams_leave_the_batch_running_or_queued(tiny_models):
                 assert wait_until(lambda: engine.queued == 1)
             assert wait_until(lambda: engine.queued == 0), "queued request not dropped"
         assert wait_until(lambda: engine.active == 0), "running request not dropped"
-        assert cancelled_count(base) == 2
+        assert load.cancelled(base) == 2
 
 
 def test_a_disconnected_non_streaming_request_is_cancelled(tiny_models):
@@ -46,14 +40,14 @@ def test_a_disconnected_non_streaming_request_is_cancelled(tiny_models):
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{base}/generate", json=body, timeout=0.5)
         assert wait_until(lambda: engine.active == 0)
-        assert cancelled_count(base) == 1
+        assert load.cancelled(base) == 1
 
 
 def test_charlm_serve_streams_and_drains_on_sigterm(tiny_models):
     args = ("--models-dir", str(tiny_models), "--default-model", "tiny-lstm", "--shutdown-grace-s", "30")
     with serve_process(*args) as server:
         base, process = server.url, server.process
-        assert wait_until(lambda: healthy(base), timeout=120), server.output()
+        server.wait_healthy()
         with httpx.Client(timeout=30) as client:
             body = {"inputs": "the king", "parameters": {"max_new_tokens": 20, "seed": 1, "do_sample": True}}
             with connect_sse(client, "POST", f"{base}/generate_stream", json=body) as source:

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from charlm.vocab import Vocab
-from tests.service.helpers import healthy, serve_process, wait_until
+from tests.service.helpers import serve_process
 
 # Root reads any file whatever its mode; without these capabilities it obeys permissions too.
 DROP_FILE_OVERRIDE = ("setpriv", "--inh-caps=-dac_override,-dac_read_search",
@@ -81,7 +81,7 @@ def test_the_good_models_are_served_and_each_bad_one_reported(broken_models, tin
     shutil.copytree(tiny_models / "tiny-lstm", broken_models / "good")
     args = ("--models-dir", str(broken_models), "--default-model", "good")
     with serve_process(*args, prefix=server_prefix()) as server:
-        assert wait_until(lambda: healthy(server.url), timeout=120), server.output()
+        server.wait_healthy()
         models = httpx.get(f"{server.url}/health").json()["models"]
         assert models["good"]["status"] == "ready"
         for name, (_, message) in FAULTS.items():
