@@ -1,18 +1,26 @@
 """In-process decode throughput of the batching engine, against the naive re-run-the-context loop.
 
-    python bench/engine.py [--model models/shakespeare-gpt] [--chars 300] [--batches 1 8 32 64]
+    python bench/engine.py [--models models/shakespeare-gpt random:gpt-baby] [--device auto]
+                           [--dtypes float32 bfloat16] [--batches 1 8 32 64] [--chars 300]
+                           [--threads N] [--no-graphs] [--results results.jsonl]
 
-For each batch size B, B seeded requests of --chars characters are submitted at once to an
-engine with max_batch_size B; characters per second is B * chars / wall time. The naive loop is
-how the inspirations' `generate` works: for every character, run the whole context (cropped to
-block_size) through `forward` and sample from the last position. Prints a Markdown table.
+For each model, dtype and batch size B, B seeded requests of --chars characters are submitted at
+once to an engine with max_batch_size B; characters per second is B * chars / wall time. The naive
+loop is how the inspirations' `generate` works, batched: for every character, run the whole
+context (cropped to block_size) of all B rows through `forward` and sample from the last position
+(on the device, no host synchronisation per character; attention without cuDNN's, as the engine's).
+Recurrent models have no cropped context to re-run: their loop is left out. `random:gpt-baby` is
+a randomly initialised model of the gpt-baby preset's size with tinyshakespeare's 65 characters.
+Prints a Markdown table; with --results, appends one JSON line per measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
+import string
 import time
 from pathlib import Path
 
@@ -20,12 +28,26 @@ import torch
 
 from charlm.checkpoint import load_model
 from charlm.generation import prompt_ids
-from charlm.models import CharModel
-from charlm.sampling import SamplingBatch, SamplingParams, make_generator, sample
+from charlm.models import CharModel, build_model
+from charlm.models.base import decode_attention
+from charlm.sampling import SamplingParams, SamplingRows, sample
+from charlm.vocab import Vocab
 from service.engine import Engine
+from service.registry import DTYPES
 from service.sequences import Finished, GenerationRequest
 
 PROMPT = "ROMEO:\n"
+GPT_BABY = {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.0}
+
+
+def load(spec: str, device: torch.device, dtype: torch.dtype) -> tuple[str, CharModel, Vocab]:
+    if spec == "random:gpt-baby":
+        vocab = Vocab(sorted(set(string.ascii_letters + " \n!$&',-.3:;?")))  # tinyshakespeare's 65
+        torch.manual_seed(0)
+        model = build_model("gpt", {"vocab_size": len(vocab), **GPT_BABY}).to(device=device, dtype=dtype).eval()
+        return "gpt-baby size (random)", model, vocab
+    loaded = load_model(spec, device=device, dtype=dtype)
+    return Path(spec).name, loaded.model, loaded.vocab
 
 
 def engine_rate(engine: Engine, ids: list[int], batch: int, chars: int) -> float:
@@ -36,59 +58,87 @@ def engine_rate(engine: Engine, ids: list[int], batch: int, chars: int) -> float
         if isinstance(events[-1], Finished):
             done.put(events[-1])
 
+    requests = [GenerationRequest(ids, chars, SamplingParams(temperature=0.8, seed=seed), on_events)
+                for seed in range(batch)]
     start = time.perf_counter()
-    for seed in range(batch):
-        engine.submit(GenerationRequest(ids, chars, SamplingParams(temperature=0.8, seed=seed), on_events))
+    engine.submit_all(requests)
     ends = [done.get(timeout=600) for _ in range(batch)]
     elapsed = time.perf_counter() - start
-    assert all(end.generated_tokens == chars for end in ends)
+    assert all(end.generated_tokens == chars for end in ends), [end.error for end in ends]
     return batch * chars / elapsed
 
 
 @torch.inference_mode()
-def naive_rate(model: CharModel, ids: list[int], chars: int) -> float:
-    """One sequence, the whole cropped context re-run for every character."""
-    block = model.context_size or 256
-    idx = torch.tensor([ids])
-    generator, _ = make_generator(0)
-    params = SamplingBatch.of([SamplingParams(temperature=0.8)], "cpu")
+def naive_rate(model: CharModel, ids: list[int], batch: int, chars: int) -> float:
+    """`batch` sequences, the whole cropped context re-run for every character."""
+    device = next(model.parameters()).device
+    block = model.context_size
+    assert block is not None
+    idx = torch.tensor([ids] * batch, device=device)  # (B, T)
+    rows = SamplingRows.of([SamplingParams(temperature=0.8)] * batch, device, list(range(batch)))
+    synchronize(device)
     start = time.perf_counter()
-    for _ in range(chars):
-        logits, _ = model(idx[:, -block:])
-        next_id, _ = sample(logits[:, -1], params, [generator])
-        idx = torch.cat([idx, next_id[:, None]], dim=1)
-    return chars / (time.perf_counter() - start)
+    with decode_attention(device):
+        for _ in range(chars):
+            logits, _ = model(idx[:, -block:])  # (B, T, V)
+            idx = torch.cat([idx, sample(logits[:, -1], rows).ids[:, None]], dim=1)
+    synchronize(device)
+    return batch * chars / (time.perf_counter() - start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(args: argparse.Namespace, spec: str, device: torch.device, dtype_name: str) -> None:
+    name, model, vocab = load(spec, device, DTYPES[dtype_name])
+    ids = prompt_ids(vocab, PROMPT)
+    for batch in args.batches:
+        engine = Engine(name, model, vocab, batch, max_queued=batch, cuda_graphs=not args.no_graphs)
+        engine.start()
+        engine_rate(engine, ids, batch, min(args.chars, 20))  # first-use costs out of the way
+        rate = engine_rate(engine, ids, batch, args.chars)
+        graphs = engine.cuda_graphed
+        engine.close()
+        engine.join()
+        naive = naive_rate(model, ids, batch, args.chars) if model.context_size and not args.no_naive else None
+        loop = "—" if naive is None else f"{naive:,.0f}"
+        ratio = "—" if naive is None else f"{rate / naive:.1f}"
+        print(f"| {name} | {dtype_name} | {batch} | {rate:,.0f} | {1000 * batch / rate:.3f} | {loop} | {ratio} |",
+              flush=True)
+        if args.results:
+            row = {"bench": "engine", "model": name, "device": str(device), "dtype": dtype_name, "batch": batch,
+                   "chars_per_s": rate, "ms_per_step": 1000 * batch / rate, "loop_chars_per_s": naive,
+                   "cuda_graphs": graphs}
+            with args.results.open("a") as out:
+                out.write(json.dumps(row) + "\n")
 
 
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
-    parser.add_argument("--model", type=Path, default=Path("models/shakespeare-gpt"))
-    parser.add_argument("--chars", type=int, default=300)
+    parser.add_argument("--models", nargs="+", default=["models/shakespeare-gpt"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=sorted(DTYPES))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads (all cores)")
+    parser.add_argument("--chars", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU intra-op threads")
+    parser.add_argument("--no-graphs", action="store_true", help="decode eagerly on CUDA")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    parser.add_argument("--results", type=Path, help="append one JSON line per measurement to this file")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # the engine thread is then the only one with an OpenMP team
-    loaded = load_model(args.model)
-    ids = prompt_ids(loaded.vocab, PROMPT)
-    torch.set_num_threads(args.threads)
-    rates = {}
-    for batch in args.batches:
-        engine = Engine(args.model.name, loaded.model, loaded.vocab, batch, max_queued=batch)
-        engine.start()
-        engine_rate(engine, ids, batch, min(args.chars, 20))  # first-use costs out of the way
-        rates[batch] = engine_rate(engine, ids, batch, args.chars)
-        engine.close()
-        engine.join()
-    naive = naive_rate(loaded.model, ids, args.chars)  # last: its thread's OpenMP team would compete
-    print(f"{args.model.name}: {loaded.model.architecture}, {loaded.model.num_parameters():,} parameters, "
-          f"context {loaded.model.context_size}; torch {torch.__version__}, {args.threads} threads, "
-          f"{args.chars} characters per sequence")
-    print("| batch | characters / s | ms / step | x naive single stream |")
-    print("|---:|---:|---:|---:|")
-    print(f"| naive loop, 1 | {naive:,.0f} | {1000 / naive:.2f} | 1.0 |")
-    for batch, rate in rates.items():
-        print(f"| {batch} | {rate:,.0f} | {1000 * batch / rate:.2f} | {rate / naive:.1f} |")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
+    torch.set_num_threads(1)  # loading: the engine thread is then the only one with an OpenMP team
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    print(f"{hardware}; torch {torch.__version__}; {args.chars} characters per sequence")
+    print("| model | dtype | batch | engine characters / s | ms / step | naive loop characters / s | x loop |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for spec in args.models:
+        for dtype_name in args.dtypes:
+            torch.set_num_threads(args.threads)
+            measure(args, spec, device, dtype_name)
 
 
 if __name__ == "__main__":

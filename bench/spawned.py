@@ -25,6 +25,13 @@ def free_port() -> int:
 @contextlib.contextmanager
 def spawned_server(*flags: str, startup_s: float = 300) -> Iterator[str]:
     """The base URL of a `charlm serve` process with `flags`, once /health answers 200."""
+    with spawned_process(*flags, startup_s=startup_s) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def spawned_process(*flags: str, startup_s: float = 300) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`spawned_server`, with the process too (to read its CPU time)."""
     port = free_port()
     command = [sys.executable, "-m", "charlm", "serve", "--port", str(port), "--log-level", "warning", *flags]
     process = subprocess.Popen(command, cwd=ROOT)
@@ -35,7 +42,7 @@ def spawned_server(*flags: str, startup_s: float = 300) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"charlm serve did not start (exit status {process.poll()})")
             time.sleep(0.2)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(60)

@@ -9,6 +9,7 @@ same alphabet size. Prints a Markdown table (docs/benchmarks.md holds the result
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--results", type=Path, help="append one JSON line per preset to this file")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     print("| preset | parameters | characters / iteration | ms / iteration | characters / s |")
@@ -74,6 +76,11 @@ def main() -> None:
                                              args.compile)
             print(f"| {preset} | {params:,} | {chars:,} | {seconds * 1000:,.0f} | {chars / seconds:,.0f} |",
                   flush=True)
+            if args.results:
+                row = {"bench": "train", "preset": preset, "device": args.device, "compile": args.compile,
+                       "ms_per_iter": seconds * 1000, "chars_per_s": chars / seconds}
+                with args.results.open("a") as out:
+                    out.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -141,6 +141,10 @@ def _load(directory: Path, device: torch.device | str, dtype: torch.dtype | None
     _check_agreement(directory, info, metadata, model, vocab)
     _load_tensors(directory / WEIGHTS_FILE, model, tensors)
     model.to(device=device, dtype=dtype).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.RNNBase):
+            # Moving a cuDNN LSTM scatters its weights; cuDNN would otherwise compact them at every call.
+            module.flatten_parameters()
     return LoadedModel(directory.name, directory, model, vocab, info)
 
 

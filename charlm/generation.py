@@ -1,7 +1,7 @@
-"""A simple one-sequence decoding loop over `step` and `sample`, for the command line.
+"""A one-sequence decoding loop for the command line, over the same decoder the service uses.
 
-The service batches many sequences with the same two calls; this loop is the
-reference it must agree with.
+The service batches many sequences in a `SlotDecoder`; this loop drives one with a
+single row, and is the reference the service must agree with.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 import torch
 
+from charlm.decoding import SlotDecoder
 from charlm.models import CharModel
-from charlm.sampling import SamplingBatch, SamplingParams, make_generator, sample
+from charlm.sampling import SamplingParams, resolve_seed
 from charlm.vocab import Vocab
 
 
@@ -40,14 +41,10 @@ def generate(
 
     Raises UnknownCharactersError before generating when the prompt cannot be encoded.
     """
-    device = next(model.parameters()).device
-    tokens = torch.tensor([prompt_ids(vocab, prompt)], device=device)  # (1, T)
-    generator, _ = make_generator(params.seed)
-    batch = SamplingBatch.of([params], device)
-    state = None
+    ids = prompt_ids(vocab, prompt)
+    decoder = SlotDecoder(model, 1, graphs=False)
+    decoder.add(ids, params, resolve_seed(params.seed))
     for _ in range(max_new_tokens):
-        logits, state = model.step(tokens, state)
-        ids, logprobs = sample(logits, batch, [generator])
-        char_id = int(ids[0])
-        yield GeneratedChar(vocab.chars[char_id], char_id, float(logprobs[0]))
-        tokens = ids[:, None]  # (1, 1)
+        result = decoder.launch().result()
+        char_id = result.ids[0]
+        yield GeneratedChar(vocab.chars[char_id], char_id, result.logprobs[0])

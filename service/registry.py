@@ -59,6 +59,11 @@ def cpu_threads(engines: int) -> int:
     return max(1, ((os.cpu_count() or 1) - 1) // max(1, engines))
 
 
+def resolve_batch_size(setting: int, device: torch.device) -> int:
+    """0 means the device's default: a GPU step costs about the same for 1 row as for 256."""
+    return setting or (256 if device.type == "cuda" else 32)
+
+
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -69,11 +74,13 @@ class Registry:
     """The models this process serves, by name."""
 
     def __init__(
-        self, entries: list[ModelEntry], default_model: str, device: torch.device, dtype: torch.dtype
+        self, entries: list[ModelEntry], default_model: str, device: torch.device, dtype: torch.dtype,
+        max_batch_size: int,
     ):
         self.entries = {entry.name: entry for entry in entries}
         self.device = device
         self.dtype = dtype
+        self.max_batch_size = max_batch_size
         ready = [e.name for e in entries if e.status == "ready"]
         if not ready:
             problems = "; ".join(f"{e.name}: {e.error}" for e in entries) or "no model directories"
@@ -94,10 +101,11 @@ class Registry:
         paths = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
         if device.type == "cpu":
             torch.set_num_threads(1)  # loading needs no more; the engine threads compute
-        entries = [load_entry(path, settings, metrics, device, dtype) for path in paths]
+        batch_size = resolve_batch_size(settings.max_batch_size, device)
+        entries = [load_entry(path, settings, metrics, device, dtype, batch_size) for path in paths]
         if device.type == "cpu":
             torch.set_num_threads(settings.torch_threads or cpu_threads(len(paths)))
-        return cls(entries, settings.default_model, device, dtype)
+        return cls(entries, settings.default_model, device, dtype, batch_size)
 
     @property
     def ready(self) -> list[ModelEntry]:
@@ -148,7 +156,8 @@ class Registry:
 
 
 def load_entry(
-    path: Path, settings: Settings, metrics: ServiceMetrics, device: torch.device, dtype: torch.dtype
+    path: Path, settings: Settings, metrics: ServiceMetrics, device: torch.device, dtype: torch.dtype,
+    max_batch_size: int,
 ) -> ModelEntry:
     entry = ModelEntry(path.name, path)
     try:
@@ -158,8 +167,8 @@ def load_entry(
         logger.error("model %s failed to load: %s", path.name, exc)
         return entry
     loaded = entry.loaded
-    entry.engine = Engine(path.name, loaded.model, loaded.vocab, settings.max_batch_size, settings.max_queued,
-                          metrics.for_model(path.name))
+    entry.engine = Engine(path.name, loaded.model, loaded.vocab, max_batch_size, settings.max_queued,
+                          metrics.for_model(path.name), cuda_graphs=settings.cuda_graphs)
     logger.info("model %s: %s, %s parameters, %d characters, on %s (%s)", path.name,
                 loaded.model.architecture, f"{loaded.model.num_parameters():,}", len(loaded.vocab), device,
                 str(dtype).removeprefix("torch."))

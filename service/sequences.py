@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from charlm.sampling import SamplingParams, make_generator
+from charlm.sampling import SamplingParams, resolve_seed
 from charlm.vocab import Vocab
 from service.stopping import FinishReason, StopMatcher
 
@@ -99,8 +99,12 @@ class Row:
     def __init__(self, request: GenerationRequest, vocab: Vocab, admitted_at: float):
         self.request = request
         self.vocab = vocab
-        self.generator, self.seed = make_generator(request.params.seed)
+        self.seed = resolve_seed(request.params.seed)
+        self.slot = -1  # its row in the decoder, once admitted
+        self.done = False
         self.matcher: StopMatcher[GeneratedToken] = StopMatcher(request.stop)
+        self.chars = vocab.chars
+        self.max_new_tokens = request.max_new_tokens
         self.admitted_at = admitted_at
         self.last_char_at: float | None = None
         self.first_char_s: float | None = None
@@ -111,20 +115,30 @@ class Row:
     def advance(
         self, char_id: int, logprob: float, top: tuple[Alternative, ...], now: float, metrics: EngineMetrics
     ) -> FinishReason | None:
-        """Take the next sampled character; returns why the sequence ends, if it does."""
-        if self.last_char_at is None:
+        """Take the next sampled character; returns why the sequence ends, if it does.
+
+        It runs for every character of every sequence on the engine thread: the common
+        case (no stop strings) takes a short path.
+        """
+        last = self.last_char_at
+        if last is None:
             self.first_char_s = now - self.request.submitted_at
             metrics.first_char(self.first_char_s)
         else:
-            metrics.inter_char(now - self.last_char_at)
+            metrics.inter_char(now - last)
         self.last_char_at = now
-        self.produced += 1
-        token = GeneratedToken(self.produced, char_id, self.vocab.chars[char_id], logprob, top)
-        released, stopped = self.matcher.push(token.text, token)
-        self.emit(released)
-        if stopped:
-            return FinishReason.STOP
-        if self.produced >= self.request.max_new_tokens:
+        produced = self.produced = self.produced + 1
+        text = self.chars[char_id]
+        token = GeneratedToken(produced, char_id, text, logprob, top)
+        if self.matcher.stops:
+            released, stopped = self.matcher.push(text, token)
+            self.emit(released)
+            if stopped:
+                return FinishReason.STOP
+        else:
+            self.text.append(text)
+            self.outbox.append(token)
+        if produced >= self.max_new_tokens:
             return FinishReason.LENGTH
         return None
 
@@ -134,6 +148,7 @@ class Row:
 
     def finish(self, reason: FinishReason, now: float, error: str | None = None) -> None:
         """End the sequence: held-back characters are released unless a stop string matched."""
+        self.done = True
         if reason is not FinishReason.STOP:
             self.emit(self.matcher.flush())
         self.outbox.append(Finished(
@@ -150,9 +165,10 @@ class Row:
 
     def deliver(self) -> None:
         """Hand this step's events to the request; a failing callback cancels only its request."""
-        if not self.outbox:
+        events = self.outbox
+        if not events:
             return
-        events, self.outbox = self.outbox, []
+        self.outbox = []
         try:
             self.request.on_events(events)
         except Exception:

@@ -20,7 +20,10 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    max_batch_size: int = Field(32, ge=1, le=4096, description="sequences stepped together per model")
+    max_batch_size: int = Field(
+        0, ge=0, le=4096, description="sequences stepped together per model; 0: 256 on CUDA, 32 on CPU"
+    )
+    cuda_graphs: bool = Field(True, description="on CUDA, replay each model's decode step as a CUDA graph")
     max_queued: int = Field(256, ge=0, description="requests waiting per model before 429")
     max_new_tokens: int = Field(4096, ge=1, description="upper limit of max_new_tokens / max_tokens")
     max_prompt_chars: int = Field(8192, ge=1, description="longest prompt accepted, in characters")

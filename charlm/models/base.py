@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -11,17 +12,31 @@ from typing import Any, ClassVar, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 S = TypeVar("S", bound="DecodeState")
 
 
+# Decoding attention never goes through cuDNN's: it plans anew for every key length, and its
+# host time per call (about 10 ms measured on an H200) exceeded a whole decode step tenfold.
+DECODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def decode_attention(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """The scaled dot-product attention backends allowed while decoding on `device`
+    (`DECODE_SDPA_BACKENDS` on CUDA; a CPU has no cuDNN, and entering the context costs time)."""
+    return sdpa_kernel(DECODE_SDPA_BACKENDS) if device.type == "cuda" else contextlib.nullcontext()
+
+
 @dataclasses.dataclass
 class DecodeState:
-    """Per-sequence decoding state, held as rows of tensors.
+    """Decoding state of a fixed number of rows (slots), held as rows of tensors.
 
-    Every field is a tensor with one row per sequence along `batch_dims[field]`,
-    so an engine can drop finished sequences (`select`) and admit new ones
-    (`concat`) between steps without knowing which architecture it drives.
+    Every field is a tensor with one row per sequence along `batch_dims[field]`.
+    An engine allocates it once and reuses the rows: views of a range of rows
+    (`narrow`) are decoded in place, a row is cleared for a new sequence
+    (`zero_`) or copied over another (`copy_row`), without knowing which
+    architecture it drives.
     """
 
     batch_dims: ClassVar[dict[str, int]] = {}
@@ -34,20 +49,31 @@ class DecodeState:
         name, dim = next(iter(self.batch_dims.items()))
         return int(getattr(self, name).size(dim))
 
-    def select(self: S, rows: Tensor) -> S:
-        """A state holding only `rows` (int64 indices), in that order."""
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    def narrow(self: S, start: int, length: int) -> S:
+        """Views of rows [start, start + length): writes to them land in this state."""
         return type(self)(**{
-            name: t.index_select(self.batch_dims[name], rows) for name, t in self._tensors().items()
+            name: t.narrow(self.batch_dims[name], start, length) for name, t in self._tensors().items()
         })
 
-    @classmethod
-    def concat(cls: type[S], states: list[S]) -> S:
-        """One state holding the rows of all `states`, in order."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{
-            name: torch.cat([getattr(s, name) for s in states], dim=cls.batch_dims[name])
-            for name in names
-        })
+    def zero_(self) -> None:
+        """Every row back to the state of a sequence that has seen nothing."""
+        for t in self._tensors().values():
+            t.zero_()
+
+    def copy_(self, other: DecodeState) -> None:
+        """Take the values of `other`, a state of the same shape (for example a fresh result)."""
+        for name, t in self._tensors().items():
+            t.copy_(getattr(other, name))
+
+    def copy_row(self, source: int, target: int) -> None:
+        """Row `target` becomes a copy of row `source`."""
+        for name, t in self._tensors().items():
+            dim = self.batch_dims[name]
+            t.select(dim, target).copy_(t.select(dim, source))
 
     def detach(self: S) -> S:
         """The same values cut from the autograd graph (truncated backpropagation)."""
@@ -60,10 +86,12 @@ class DecodeState:
 class CharModel(nn.Module):
     """The contract of the three architectures.
 
-    `forward(idx, targets)` scores whole sequences for training and evaluation;
-    `step(tokens, state)` decodes incrementally: it consumes `tokens` (B, T) —
-    a whole prompt (prefill) or one new character per row — and returns the
-    logits for the character that follows each row, with the updated state.
+    `forward(idx, targets)` scores whole sequences for training and evaluation.
+    Decoding works on a state of fixed rows (`init_state`): `prefill(tokens, state)`
+    feeds each row a chunk of characters (a prompt; eager, any length) and
+    `step(tokens, state)` one character per row with shapes that never change
+    and no host synchronisation, so that it can be captured as a CUDA graph.
+    Both return the logits of the character that follows each row.
     """
 
     architecture: ClassVar[str]
@@ -77,11 +105,36 @@ class CharModel(nn.Module):
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
-    def step(self, tokens: Tensor, state: DecodeState | None = None) -> tuple[Tensor, DecodeState]:
+    def init_state(self, batch_size: int, device: torch.device | str) -> DecodeState:
+        """A state of `batch_size` empty rows."""
         raise NotImplementedError
 
-    def init_state(self, batch_size: int, device: torch.device | str) -> DecodeState:
+    def prefill(self, tokens: Tensor, state: DecodeState) -> Tensor:
+        """Feed tokens (B, T) to the rows of `state`, in place; logits (B, V) for what follows."""
         raise NotImplementedError
+
+    def step(self, tokens: Tensor, state: DecodeState, filled: int | None = None) -> Tensor:
+        """Feed one character per row, tokens (B,), in place; logits (B, V) for what follows.
+
+        `filled`, when given, bounds the characters any row holds after this step (the
+        caller tracks it), so a model may skip work beyond it; None means the whole window.
+        A model with a `decode_window` requires that no row is full (`reencode` first).
+        """
+        raise NotImplementedError
+
+    @property
+    def decode_window(self) -> int | None:
+        """How many characters a row can hold before `reencode` must make room (None: no limit)."""
+        return None
+
+    @property
+    def reencoded_length(self) -> int:
+        """How many characters a row holds after `reencode`."""
+        raise NotImplementedError(f"{self.architecture} never re-encodes")
+
+    def reencode(self, state: DecodeState, rows: Tensor) -> None:
+        """Make room in the full rows `rows` (R,) int64, in place."""
+        raise NotImplementedError(f"{self.architecture} never re-encodes")
 
     def forward_carry(
         self, idx: Tensor, targets: Tensor | None, state: DecodeState | None

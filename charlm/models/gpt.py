@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from charlm.models.base import (
     CharModel,
     DecodeState,
+    decode_attention,
     init_normal,
     require,
     scaled_init_std,
@@ -165,6 +166,14 @@ class GPT(CharModel):
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         return logits, sequence_loss(logits, targets)
 
+    @property
+    def decode_window(self) -> int:
+        return self.config.block_size
+
+    @property
+    def reencoded_length(self) -> int:
+        return self.config.block_size // 2
+
     def init_state(self, batch_size: int, device: torch.device | str) -> GPTState:
         c = self.config
         dtype = self.wte.weight.dtype
@@ -176,37 +185,52 @@ class GPT(CharModel):
             length=torch.zeros(batch_size, dtype=torch.long, device=device),
         )
 
-    def step(self, tokens: Tensor, state: DecodeState | None = None) -> tuple[Tensor, GPTState]:
-        """Append tokens (B, T) to each row's window; logits (B, V) for the next character.
+    def prefill(self, tokens: Tensor, state: DecodeState) -> Tensor:
+        """Append tokens (B, T) to each row's window, re-encoding rows that overflow; logits (B, V).
 
-        Updates `state` in place and returns it.
+        Eager: it reads the rows' lengths on the host.
         """
-        if state is None:
-            state = self.init_state(tokens.size(0), tokens.device)
         assert isinstance(state, GPTState)
         size = self.config.block_size
         tokens = tokens[:, -size:]  # older characters would be re-encoded away anyway
-        longest = int(state.length.max()) + tokens.size(1)  # the one host sync of a step
+        longest = int(state.length.max()) + tokens.size(1)
         if longest > size:
             overflow = (state.length + tokens.size(1) > size).nonzero().squeeze(1)
             self._reencode(state, overflow, keep=min(size // 2, size - tokens.size(1)))
             longest = int(state.length.max()) + tokens.size(1)
-        return self._advance(tokens, state, longest), state
+        positions = state.length[:, None] + torch.arange(tokens.size(1), device=tokens.device)  # (B, T)
+        return self._advance(tokens, state, positions, longest)
 
-    def _advance(self, tokens: Tensor, state: GPTState, span: int) -> Tensor:
-        """Run tokens (B, T) through the model on top of the cache, whose rows fill at most
-        `span` slots afterwards; logits (B, V)."""
-        T = tokens.size(1)
-        positions = state.length[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
+    def step(self, tokens: Tensor, state: DecodeState, filled: int | None = None) -> Tensor:
+        """One character per row at position `length`; rows are never full here (see `reencode`).
+
+        Idle rows of a fixed-shape batch may run on past the window: their position is clamped,
+        so every index stays in range whatever they hold.
+        """
+        assert isinstance(state, GPTState)
+        size = self.config.block_size
+        positions = state.length.clamp(max=size - 1)[:, None]  # (B, 1)
+        return self._advance(tokens[:, None], state, positions, size if filled is None else min(filled, size))
+
+    def _advance(self, tokens: Tensor, state: GPTState, positions: Tensor, span: int) -> Tensor:
+        """Run tokens (B, T) at `positions` (B, T) on top of the cache, whose rows fill at most
+        `span` slots afterwards; logits (B, V) after each row's last token."""
         slots = torch.arange(span, device=tokens.device)  # (span,)
         mask = (slots[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (B, 1, T, span)
         x = self.wte(tokens) + self.wpe(positions)  # (B, T, C)
-        for layer, block in enumerate(cast(list[Block], self.blocks)):
-            x = block.forward_cached(x, state.kv[layer], positions, mask)
-        rows = torch.arange(tokens.size(0), device=tokens.device)[:, None]
+        with decode_attention(tokens.device):
+            for layer, block in enumerate(cast(list[Block], self.blocks)):
+                x = block.forward_cached(x, state.kv[layer], positions, mask)
+        rows = torch.arange(tokens.size(0), device=tokens.device)[:, None]  # (B, 1)
         state.tokens[rows, positions] = tokens
-        state.length += T
+        state.length += tokens.size(1)
         return self.lm_head(self.ln_f(x[:, -1]))  # (B, V)
+
+    def reencode(self, state: DecodeState, rows: Tensor) -> None:
+        """Restart the full windows of `rows` from their most recent half. No host synchronisation:
+        a fixed number of rows can be captured as a CUDA graph."""
+        assert isinstance(state, GPTState)
+        self._reencode(state, rows, keep=self.reencoded_length)
 
     def _reencode(self, state: GPTState, rows: Tensor, keep: int) -> None:
         """Restart the windows of `rows` from their last `keep` characters."""
@@ -214,10 +238,12 @@ class GPT(CharModel):
             state.length[rows] = 0
             return
         lengths = state.length[rows]  # (R,)
-        offsets = lengths[:, None] - keep + torch.arange(keep, device=lengths.device)  # (R, keep)
+        # Clamped: a padding row of a fixed-size batch may hold fewer than `keep` characters.
+        offsets = (lengths[:, None] - keep + torch.arange(keep, device=lengths.device)).clamp(min=0)  # (R, keep)
         recent = state.tokens[rows[:, None], offsets]  # (R, keep)
         fresh = self.init_state(rows.numel(), recent.device)
-        self._advance(recent, fresh, keep)
+        positions = torch.arange(keep, device=recent.device).expand(rows.numel(), keep)  # (R, keep)
+        self._advance(recent, fresh, positions, keep)
         state.kv[:, :, rows] = fresh.kv
         state.tokens[rows] = fresh.tokens
         state.length[rows] = fresh.length

@@ -58,6 +58,22 @@ def stacked_lstm(input_size: int, hidden_size: int, n_layer: int, dropout: float
                    batch_first=True)
 
 
+def lstm_step(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor) -> Tensor:
+    """One time step of `lstm` (in eval mode) for inputs x (B, I); updates h, c (L, B, H) in place
+    and returns the last layer's output (B, H).
+
+    Layer by layer with the fused LSTM cell: a few kernels with fixed shapes, where cuDNN's
+    sequence kernel would plan each call.
+    """
+    for layer in range(lstm.num_layers):
+        weights = [getattr(lstm, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        h_new, c_new = torch.lstm_cell(x, (h[layer], c[layer]), *weights)  # 2 x (B, H)
+        h[layer].copy_(h_new)
+        c[layer].copy_(c_new)
+        x = h_new
+    return x
+
+
 class LSTM(RecurrentCharModel):
     architecture = "lstm"
     config_class = LSTMConfig
@@ -91,7 +107,14 @@ class LSTM(RecurrentCharModel):
             torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
         )
 
-    def step(self, tokens: Tensor, state: DecodeState | None = None) -> tuple[Tensor, LSTMState]:
-        assert state is None or isinstance(state, LSTMState)
-        out, state = self._run(tokens, state)
-        return self.head(out[:, -1]), state  # (B, V)
+    def prefill(self, tokens: Tensor, state: DecodeState) -> Tensor:
+        assert isinstance(state, LSTMState)
+        # cuDNN wants whole tensors; the state may be a view of some rows of a larger one.
+        out, new = self._run(tokens, LSTMState(state.h.contiguous(), state.c.contiguous()))
+        state.copy_(new)
+        return self.head(out[:, -1])  # (B, V)
+
+    def step(self, tokens: Tensor, state: DecodeState, filled: int | None = None) -> Tensor:
+        assert isinstance(state, LSTMState)
+        out = lstm_step(self.lstm, self.input(tokens, self.head.weight.dtype), state.h, state.c)  # (B, H)
+        return self.head(out)  # (B, V)

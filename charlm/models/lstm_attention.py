@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from charlm.models.base import DecodeState, RecurrentCharModel, require, sequence_loss
-from charlm.models.lstm import CharInput, stacked_lstm
+from charlm.models.base import DecodeState, RecurrentCharModel, decode_attention, require, sequence_loss
+from charlm.models.lstm import CharInput, lstm_step, stacked_lstm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,20 @@ class LSTMAttention(RecurrentCharModel):
             n_past=torch.zeros(batch_size, dtype=torch.long, device=device),
         )
 
-    def step(self, tokens: Tensor, state: DecodeState | None = None) -> tuple[Tensor, LSTMAttentionState]:
-        logits, _, state = self.forward_carry(tokens, None, state)
-        return logits[:, -1], state  # (B, V)
+    def prefill(self, tokens: Tensor, state: DecodeState) -> Tensor:
+        assert isinstance(state, LSTMAttentionState)
+        contiguous = LSTMAttentionState(state.h.contiguous(), state.c.contiguous(), state.past, state.n_past)
+        with decode_attention(tokens.device):
+            logits, _, new = self.forward_carry(tokens, None, contiguous)
+        state.copy_(new)
+        return logits[:, -1]  # (B, V)
 
+    def step(self, tokens: Tensor, state: DecodeState, filled: int | None = None) -> Tensor:
+        assert isinstance(state, LSTMAttentionState)
+        out = lstm_step(self.lstm, self.input(tokens, self.head.weight.dtype), state.h, state.c)[:, None]  # (B, 1, H)
+        with decode_attention(tokens.device):
+            logits = self.head(self._attend(out, state.past, state.n_past))[:, -1]  # (B, V)
+        if state.past.size(1):  # a window of 1 keeps no past
+            state.past.copy_(torch.cat([state.past[:, 1:], out.to(state.past.dtype)], dim=1))  # (B, P, H)
+            state.n_past.add_(1).clamp_(max=state.past.size(1))
+        return logits

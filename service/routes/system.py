@@ -16,7 +16,8 @@ from service.state import ServiceState, check_api_key, service_state
 router = APIRouter(tags=["system"])
 
 
-def model_statuses(state: ServiceState) -> dict[str, dict[str, Any]]:
+def model_statuses(state: ServiceState, memory: bool = False) -> dict[str, dict[str, Any]]:
+    """Each model's status; with `memory`, what its engine took at startup too."""
     if state.registry is None:
         return {}
     statuses: dict[str, dict[str, Any]] = {}
@@ -25,6 +26,8 @@ def model_statuses(state: ServiceState) -> dict[str, dict[str, Any]]:
             statuses[name] = {"status": "failed", "error": entry.error}
         else:
             statuses[name] = {"status": "ready", "active": entry.engine.active, "queued": entry.engine.queued}
+            if memory:
+                statuses[name].update(entry.engine.memory)
     return statuses
 
 
@@ -47,7 +50,7 @@ async def info(request: Request, state: Annotated[ServiceState, Depends(service_
         "dtype": None if registry is None else str(registry.dtype).removeprefix("torch."),
         "default_model": None if registry is None else registry.default_model,
         "limits": {
-            "max_batch_size": settings.max_batch_size,
+            "max_batch_size": settings.max_batch_size if registry is None else registry.max_batch_size,
             "max_queued": settings.max_queued,
             "max_new_tokens": settings.max_new_tokens,
             "max_prompt_chars": settings.max_prompt_chars,
@@ -55,7 +58,7 @@ async def info(request: Request, state: Annotated[ServiceState, Depends(service_
             "max_body_bytes": settings.max_body_bytes,
             "request_timeout_s": settings.request_timeout_s,
         },
-        "models": model_statuses(state),
+        "models": model_statuses(state, memory=True),
     }
 
 

@@ -14,6 +14,12 @@ class ModelStatus(BaseModel):
     queued: int | None = Field(None, description="sequences waiting for a batch slot")
 
 
+class ModelInfo(ModelStatus):
+    decode_state_bytes: int | None = Field(None, description="decode state taken at startup for max_batch_size rows")
+    device_bytes: int | None = Field(None, description="CUDA memory the engine reserved at startup (state, graphs)")
+    cuda_graphs: bool | None = Field(None, description="whether the decode step replays as a CUDA graph")
+
+
 class Health(BaseModel):
     status: Literal["starting", "ready", "draining"]
     models: dict[str, ModelStatus]
@@ -25,7 +31,7 @@ class Info(BaseModel):
     dtype: str | None
     default_model: str | None
     limits: dict[str, int | float]
-    models: dict[str, ModelStatus]
+    models: dict[str, ModelInfo]
 
 
 HEALTH_RESPONSES: dict[int | str, dict[str, object]] = {

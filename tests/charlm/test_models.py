@@ -27,6 +27,15 @@ def reference_logits(model, history: torch.Tensor, state) -> torch.Tensor:
     return model(history)[0][:, -1]
 
 
+def step_with_room(model, tokens: torch.Tensor, state) -> torch.Tensor:
+    """`step`, after re-encoding the rows whose window is full, as a decoder does."""
+    if model.decode_window is not None:
+        full = (state.length >= model.decode_window).nonzero().squeeze(1)
+        if full.numel():
+            model.reencode(state, full)
+    return model.step(tokens, state)
+
+
 def test_registry_has_the_three_architectures():
     assert set(ARCHITECTURES) == {"gpt", "lstm", "lstm_attention"}
 
@@ -42,28 +51,42 @@ def test_forward_returns_logits_and_loss(architecture):
 
 
 @pytest.mark.parametrize("architecture", sorted(CONFIGS))
-def test_cached_step_decoding_equals_full_forward(architecture):
-    """Prefill a prompt, then feed one character at a time, far past block_size."""
+def test_prefill_then_fixed_shape_steps_equal_full_forward(architecture):
+    """Prefill a prompt, then feed one character at a time with `step`, far past block_size."""
     model = make(architecture)
     history = torch.randint(0, V, (3, 30))
     with torch.no_grad():
-        logits, state = model.step(history[:, :4])
+        state = model.init_state(3, "cpu")
+        logits = model.prefill(history[:, :4], state)
         for t in range(4, history.size(1)):
             expected = reference_logits(model, history[:, :t], state)
             torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
-            logits, state = model.step(history[:, t : t + 1], state)
+            logits = step_with_room(model, history[:, t], state)
+
+
+@pytest.mark.parametrize("architecture", sorted(CONFIGS))
+def test_step_equals_a_one_character_prefill(architecture):
+    model = make(architecture)
+    prompt, nxt = torch.randint(0, V, (2, 5)), torch.randint(0, V, (2,))
+    with torch.no_grad():
+        by_step, by_prefill = model.init_state(2, "cpu"), model.init_state(2, "cpu")
+        model.prefill(prompt, by_step)
+        model.prefill(prompt, by_prefill)
+        torch.testing.assert_close(model.step(nxt, by_step), model.prefill(nxt[:, None], by_prefill),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_gpt_window_slides_by_reencoding_its_most_recent_half():
     model = make("gpt")  # block_size 8
     history = torch.randint(0, V, (1, 20))
     with torch.no_grad():
-        _, state = model.step(history[:, :8])
+        state = model.init_state(1, "cpu")
+        model.prefill(history[:, :8], state)
         assert state.window(0).tolist() == history[0, :8].tolist()
-        _, state = model.step(history[:, 8:9], state)  # full: keep the last 4, then append
+        step_with_room(model, history[:, 8], state)  # full: keep the last 4, then append
         assert state.window(0).tolist() == history[0, 4:9].tolist()
         for t in range(9, 20):
-            _, state = model.step(history[:, t : t + 1], state)
+            step_with_room(model, history[:, t], state)
             window = state.window(0).tolist()
             assert 4 < len(window) <= 8 and window == history[0, t + 1 - len(window) : t + 1].tolist()
 
@@ -72,26 +95,43 @@ def test_gpt_prefill_longer_than_block_size_keeps_the_last_block():
     model = make("gpt")
     history = torch.randint(0, V, (2, 19))
     with torch.no_grad():
-        logits, state = model.step(history)
+        state = model.init_state(2, "cpu")
+        logits = model.prefill(history, state)
         assert state.window(1).tolist() == history[1, -8:].tolist()
         torch.testing.assert_close(logits, model(history[:, -8:])[0][:, -1], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("architecture", sorted(CONFIGS))
 def test_rows_of_different_lengths_decode_as_if_alone(architecture):
-    """States prefilled separately, concatenated, stepped together, then split again."""
+    """Rows prefilled separately into one state (views of its rows), stepped together with an
+    idle row, then moved: each row's logits are those of its sequence alone."""
     model = make(architecture)
     prompts = [torch.randint(0, V, (1, n)) for n in (2, 6, 11)]
+    nxt = torch.randint(0, V, (4,))
     with torch.no_grad():
-        alone = [model.step(p) for p in prompts]
-        batch_state = type(alone[0][1]).concat([model.step(p)[1] for p in prompts])
-        nxt = torch.randint(0, V, (3, 1))
-        batched_logits, batch_state = model.step(nxt, batch_state)
-        for row, (_, state) in enumerate(alone):
-            single, _ = model.step(nxt[row : row + 1], state)
-            torch.testing.assert_close(batched_logits[row : row + 1], single, rtol=1e-4, atol=1e-5)
-        kept = batch_state.select(torch.tensor([2, 0]))
-        assert kept.batch_size == 2
+        batch = model.init_state(4, "cpu")  # row 3 stays idle
+        for row, prompt in enumerate(prompts):
+            model.prefill(prompt, batch.narrow(row, 1))
+        batched = step_with_room(model, nxt, batch)
+        for row, prompt in enumerate(prompts):
+            alone = model.init_state(1, "cpu")
+            model.prefill(prompt, alone)
+            single = step_with_room(model, nxt[row : row + 1], alone)
+            torch.testing.assert_close(batched[row : row + 1], single, rtol=1e-4, atol=1e-5)
+            if row == 2:  # the last row moved into the first keeps decoding as itself
+                batch.copy_row(2, 0)
+                moved = step_with_room(model, nxt[:1].expand(4), batch)[0]
+                torch.testing.assert_close(moved, step_with_room(model, nxt[:1], alone)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_idle_rows_of_a_fixed_batch_may_run_past_the_window():
+    """An idle row is stepped with the rest but never re-encoded: every index stays in range."""
+    model = make("gpt")
+    state = model.init_state(2, "cpu")
+    with torch.no_grad():
+        for _ in range(3 * model.config.block_size):
+            logits = model.step(torch.zeros(2, dtype=torch.long), state)
+    assert torch.isfinite(logits).all()
 
 
 def test_gpt_ties_input_and_output_embeddings():

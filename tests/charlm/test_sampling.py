@@ -1,15 +1,22 @@
 import pytest
 import torch
 
-from charlm.sampling import SamplingBatch, SamplingParams, filtered_sorted_probs, make_generator, sample
+from charlm.sampling import (
+    SamplingParams,
+    SamplingRows,
+    filtered_sorted_probs,
+    mix32,
+    noise_key,
+    sample,
+    uniform_noise,
+)
 
 V = 50
 
 
 def draw(logits, params, seeds):
-    batch = SamplingBatch.of(params, logits.device)
-    generators = [make_generator(seed)[0] for seed in seeds]
-    return sample(logits, batch, generators)
+    result = sample(logits, SamplingRows.of(params, logits.device, list(seeds)))
+    return result.ids, result.logprobs
 
 
 def random_logits(rows: int, seed: int = 0) -> torch.Tensor:
@@ -32,7 +39,7 @@ def test_top_k_never_picks_outside_the_k_best():
 
 def test_top_p_keeps_the_smallest_prefix_reaching_the_mass():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    batch = SamplingBatch.of([SamplingParams(top_p=0.75)], "cpu")
+    batch = SamplingRows.of([SamplingParams(top_p=0.75)], "cpu")
     probs, order = filtered_sorted_probs(logits, batch)
     assert order[0].tolist() == [0, 1, 2, 3]
     torch.testing.assert_close(probs[0], torch.tensor([0.625, 0.375, 0.0, 0.0]))
@@ -40,7 +47,7 @@ def test_top_p_keeps_the_smallest_prefix_reaching_the_mass():
 
 def test_top_p_always_keeps_the_most_likely_character():
     logits = torch.log(torch.tensor([[0.9, 0.1]]))
-    probs, _ = filtered_sorted_probs(logits, SamplingBatch.of([SamplingParams(top_p=0.01)], "cpu"))
+    probs, _ = filtered_sorted_probs(logits, SamplingRows.of([SamplingParams(top_p=0.01)], "cpu"))
     assert probs[0].tolist() == [1.0, 0.0]
 
 
@@ -59,13 +66,39 @@ def test_same_seed_gives_the_same_draw_alone_or_inside_a_batch():
         assert alone.item() == batched[row].item()
 
 
-def test_a_generator_keeps_drawing_the_same_sequence_for_a_seed():
+def test_a_seed_draws_the_same_sequence_every_time_and_the_draws_vary():
     logits = random_logits(1) / 6  # flat enough that 30 draws differ
     params = [SamplingParams(temperature=1.0)]
-    first, second = make_generator(42)[0], make_generator(42)[0]
-    run_a = [sample(logits, SamplingBatch.of(params, "cpu"), [first])[0].item() for _ in range(30)]
-    run_b = [sample(logits, SamplingBatch.of(params, "cpu"), [second])[0].item() for _ in range(30)]
+    first, second = SamplingRows.of(params, "cpu", [42]), SamplingRows.of(params, "cpu", [42])
+    run_a = [sample(logits, first).ids.item() for _ in range(30)]
+    run_b = [sample(logits, second).ids.item() for _ in range(30)]
     assert run_a == run_b and len(set(run_a)) > 1
+    assert first.drawn.item() == 30  # each draw moves the row's noise counter
+
+
+def test_noise_is_uniform_and_exact():
+    keys = torch.tensor([noise_key(seed) for seed in range(64)]).repeat_interleave(1000)
+    counters = torch.arange(1000).repeat(64)
+    u = uniform_noise(keys, counters)
+    assert u.dtype == torch.float32 and bool(((u >= 0) & (u < 1)).all())
+    assert bool(((u * 2**24).round() == u * 2**24).all())  # 24-bit values: the same on every device
+    counts = torch.histc(u, bins=16, min=0, max=1)
+    expected = u.numel() / 16
+    chi_square = float(((counts - expected) ** 2 / expected).sum())
+    assert chi_square < 50  # 15 degrees of freedom: p < 1e-5 that a uniform source exceeds it
+    lag_1 = torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1]
+    assert abs(float(lag_1)) < 0.02
+
+
+def test_noise_streams_of_neighbouring_seeds_differ():
+    counters = torch.arange(200)
+    streams = [uniform_noise(torch.full((200,), noise_key(seed)), counters) for seed in (7, 8, 2**40 + 7)]
+    assert not torch.equal(streams[0], streams[1]) and not torch.equal(streams[0], streams[2])
+
+
+def test_the_hash_agrees_on_python_ints_and_tensors():
+    values = [0, 1, 12345, 2**31, 2**32 - 1]
+    assert mix32(torch.tensor(values)).tolist() == [mix32(v) for v in values]
 
 
 def test_sampled_frequencies_follow_the_distribution():
@@ -91,7 +124,7 @@ def test_a_tiny_temperature_behaves_like_greedy():
 
 def test_top_p_of_one_keeps_every_character():
     logits = torch.zeros(1, 1000)  # a sum of many equal probabilities rounds above 1
-    probs, _ = filtered_sorted_probs(logits, SamplingBatch.of([SamplingParams(top_p=1.0)], "cpu"))
+    probs, _ = filtered_sorted_probs(logits, SamplingRows.of([SamplingParams(top_p=1.0)], "cpu"))
     assert bool((probs > 0).all())
 
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from charlm.sampling import MAX_TOP_K, SamplingBatch, SamplingParams, filtered_sorted_probs, sample
+from charlm.sampling import MAX_TOP_K, SamplingParams, SamplingRows, filtered_sorted_probs, sample
 
 logit_rows = st.lists(st.floats(-30, 30, allow_nan=False), min_size=2, max_size=24)
 temperatures = st.floats(0.05, 5.0)
@@ -16,8 +16,8 @@ top_ps = st.floats(0.01, 1.0)
 
 
 def filtered(logits: list[float], temperature: float, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = SamplingBatch.of([SamplingParams(temperature, top_k, top_p)], "cpu")
-    probs, order = filtered_sorted_probs(torch.tensor([logits]), batch)
+    rows = SamplingRows.of([SamplingParams(temperature, top_k, top_p)], "cpu")
+    probs, order = filtered_sorted_probs(torch.tensor([logits]), rows)
     return probs[0], order[0]
 
 
@@ -44,19 +44,19 @@ def test_top_k_and_top_p_keep_the_smallest_sufficient_prefix(logits, temperature
         assert mass_before_last_kept < top_p + 1e-5  # no kept character was unnecessary
 
 
-@given(logit_rows, temperatures, top_ks, top_ps, st.integers(0, 2**32))
+@given(logit_rows, temperatures, top_ks, top_ps, st.integers(0, 2**63 - 1))
 def test_a_drawn_character_is_one_the_filters_kept(logits, temperature, top_k, top_p, seed):
     probs, order = filtered(logits, temperature, top_k, top_p)
     allowed = set(order[probs > 0].tolist())
-    batch = SamplingBatch.of([SamplingParams(temperature, top_k, top_p)], "cpu")
-    ids, logprobs = sample(torch.tensor([logits]), batch, [torch.Generator().manual_seed(seed)])
-    assert ids.item() in allowed and logprobs.item() <= 0
+    rows = SamplingRows.of([SamplingParams(temperature, top_k, top_p)], "cpu", [seed])
+    result = sample(torch.tensor([logits]), rows)
+    assert result.ids.item() in allowed and result.logprobs.item() <= 0
 
 
 @given(logit_rows)
 def test_temperature_zero_is_argmax(logits):
     row = torch.tensor([logits])  # float32, as the models produce
-    ids, _ = sample(row, SamplingBatch.of([SamplingParams(0.0)], "cpu"), [torch.Generator().manual_seed(0)])
+    ids = sample(row, SamplingRows.of([SamplingParams(0.0)], "cpu", [0])).ids
     assert row[0, ids.item()] == row.max()
 
 

@@ -98,14 +98,14 @@ def test_the_queue_is_bounded_and_a_closed_engine_refuses(trained_dir):
 
 
 def test_a_failing_prefill_ends_only_its_own_request(engine, monkeypatch):
-    step = engine.model.step
+    prefill = engine.model.prefill
 
-    def fail_on_long_prompts(tokens, state=None):  # fault injection: the model itself is real
-        if state is None and tokens.size(1) > 5:
+    def fail_on_long_prompts(tokens, state):  # fault injection: the model itself is real
+        if tokens.size(1) > 5:
             raise RuntimeError("out of memory")
-        return step(tokens, state)
+        return prefill(tokens, state)
 
-    monkeypatch.setattr(engine.model, "step", fail_on_long_prompts)
+    monkeypatch.setattr(engine.model, "prefill", fail_on_long_prompts)
     vocab = engine.vocab
     ends = run_requests(engine, [(prompt_ids(vocab, "the"), SamplingParams(seed=1), 20),
                                  (prompt_ids(vocab, "the king and"), SamplingParams(seed=2), 20)])
@@ -117,11 +117,11 @@ def test_the_engine_recovers_after_a_failed_step(engine, monkeypatch):
     step = engine.model.step
     calls = {"n": 0}
 
-    def fail_once_mid_generation(tokens, state=None):
+    def fail_once_mid_generation(tokens, state, filled=None):
         calls["n"] += 1
         if calls["n"] == 5:
             raise RuntimeError("device lost")
-        return step(tokens, state)
+        return step(tokens, state, filled)
 
     monkeypatch.setattr(engine.model, "step", fail_once_mid_generation)
     ids = prompt_ids(engine.vocab, "the")

@@ -1,0 +1,249 @@
+"""Fixed-shape decoding over slots: the decode state of a batch, allocated once.
+
+A `SlotDecoder` holds the state of `slots` sequences. Active sequences occupy rows
+[0, active): a new one is prefilled into the next free row, and when one leaves,
+the last active row moves into its place, so the active rows stay a prefix.
+`launch` advances every active row by one character (the model's `step`, then
+`sample`) and copies the results to the host in one packed transfer.
+
+On CUDA every step covers all `slots` rows, so its shapes never change: it is
+captured as a CUDA graph, and a row's arithmetic does not depend on the other
+rows (batch invariance). On a CPU a step covers the active rows only.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from charlm.graphs import try_capture
+from charlm.models import CharModel, DecodeState
+from charlm.sampling import SamplingParams, SamplingRows, sample
+
+logger = logging.getLogger(__name__)
+
+TOP_ALTERNATIVES = 10  # the most likely characters reported at each step, at most
+REENCODE_ROWS = 8  # rows re-encoded together on CUDA: a fixed shape, padded with the scratch row
+HOST_BUFFERS = 3  # results of steps in flight (pipelined engines run one step ahead)
+
+
+class DecoderMemoryError(Exception):
+    """The decode state for the requested number of rows does not fit the device."""
+
+
+class StepResult:
+    """The host copy of one step for rows [0, n): the drawn ids and log-probabilities, and
+    each row's `TOP_ALTERNATIVES` most likely characters (read before the buffer is reused)."""
+
+    def __init__(self, values: np.ndarray, top_k: int):
+        self.ids: list[int] = values[:, 0].astype(np.int64).tolist()
+        self.logprobs: list[float] = values[:, 1].tolist()
+        self._values = values
+        self._top_k = top_k
+
+    def top(self, row: int, n: int) -> list[tuple[int, float]]:
+        """The `n` most likely characters of `row` at this step, as (id, log-probability)."""
+        k = self._top_k
+        ids = self._values[row, 2 : 2 + min(n, k)].astype(np.int64).tolist()
+        return list(zip(ids, self._values[row, 2 + k : 2 + k + min(n, k)].tolist(), strict=True))
+
+
+class PendingStep:
+    """A launched step; `result()` waits for it."""
+
+    def __init__(self, host: Tensor, rows: int, top_k: int, event: torch.cuda.Event | None):
+        self.host, self.rows, self.top_k, self.event = host, rows, top_k, event
+
+    def result(self) -> StepResult:
+        if self.event is not None:
+            self.event.synchronize()
+        return StepResult(self.host[: self.rows].numpy(), self.top_k)
+
+
+class SlotDecoder:
+    """The decode state, sampling rows and step of up to `slots` sequences of one model.
+
+    Not thread-safe: one thread (an engine's) drives it.
+    """
+
+    def __init__(self, model: CharModel, slots: int, *, graphs: bool = True, name: str = "model"):
+        self.model, self.slots, self.name = model, slots, name
+        self.device = next(model.parameters()).device
+        self.fixed = self.device.type == "cuda"  # every step covers all rows
+        self.window = model.decode_window
+        self.scratch = slots  # an extra row that padding writes into
+        self.state = allocate_state(model, slots + 1, self.device)
+        self.sampling = SamplingRows.zeros(slots + 1, self.device)
+        self.tokens = torch.zeros(slots + 1, dtype=torch.long, device=self.device)  # each row's next input
+        self.top_k = min(TOP_ALTERNATIVES, model.config.vocab_size)
+        self.output = torch.zeros(slots, 2 + 2 * self.top_k, device=self.device)  # packed results of a step
+        self.host = [torch.zeros(self.output.shape, pin_memory=self.fixed) for _ in range(HOST_BUFFERS)]
+        self.reencode_rows = torch.full((REENCODE_ROWS,), self.scratch, dtype=torch.long, device=self.device)
+        self.reencode_staging = torch.zeros(HOST_BUFFERS, slots // REENCODE_ROWS + 1, REENCODE_ROWS,
+                                            dtype=torch.long, pin_memory=self.fixed)
+        self.filled = [0] * (slots + 1)  # characters each row's window holds (models with a window)
+        self.wants_top = [False] * (slots + 1)  # rows that report alternatives (always computed on CUDA)
+        self.active = 0
+        self.launched = 0
+        self.use_graphs = graphs and self.fixed
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.reencode_graph: torch.cuda.CUDAGraph | None = None
+
+    @property
+    def state_bytes(self) -> int:
+        return self.state.nbytes
+
+    def warm_up(self, prompt: list[int]) -> None:
+        """Run every path once at full size, capturing the graphs on CUDA, so that the first
+        requests meet no one-time costs. Leaves no row active."""
+        if self.use_graphs:
+            self.graph = try_capture(f"{self.name} step", lambda: self._step(self.slots, None))
+            if self.window is not None:
+                rows, model = self.reencode_rows, self.model
+                self.reencode_graph = try_capture(f"{self.name} re-encode", lambda: model.reencode(self.state, rows))
+        self.add(prompt, SamplingParams(), 0)
+        self.active = self.slots  # the other rows hold empty sequences: a valid state
+        if self.window is not None:
+            self.filled[0] = self.window  # the re-encoding path too
+        for _ in range(3):
+            self.launch().result()
+        self.active = 0
+
+    @property
+    def graphed(self) -> bool:
+        return self.graph is not None
+
+    def add(self, prompt: list[int], params: SamplingParams, seed: int, top: bool = False) -> int:
+        """Prefill a new sequence (prompt non-empty) into the next free row and return that row.
+
+        All but the prompt's last character are prefilled; the last is the first input of
+        `launch`, which draws the first new character. `top`: the row reports its most
+        likely characters at each step. If prefill fails the row stays free.
+        """
+        if self.active == self.slots:
+            raise RuntimeError(f"all {self.slots} rows are in use")
+        row = self.active
+        ids = prompt[-self.window :] if self.window is not None else prompt
+        head = ids[:-1]
+        state = self.state.narrow(row, 1)
+        state.zero_()
+        if head:
+            self.model.prefill(torch.tensor([head], device=self.device), state)  # (1, T)
+        self.tokens[row] = ids[-1]
+        self.sampling.set_row(row, params, seed)
+        self.filled[row] = len(head)
+        self.wants_top[row] = top
+        self.active += 1
+        return row
+
+    def remove(self, row: int) -> int | None:
+        """Free `row`: the last active row moves into it. Returns the moved row's old index."""
+        last = self.active - 1
+        self.active -= 1
+        if row == last:
+            return None
+        self.state.copy_row(last, row)
+        self.sampling.copy_row(last, row)
+        self.tokens[row] = self.tokens[last]
+        self.filled[row] = self.filled[last]
+        self.wants_top[row] = self.wants_top[last]
+        return last
+
+    def clear(self) -> None:
+        """Forget every active row (after a failure: their state is not trusted)."""
+        self.active = 0
+
+    def launch(self) -> PendingStep:
+        """Advance every active row by one character; returns without waiting on CUDA."""
+        n = self.active
+        self._make_room(n)
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.fixed:
+            self._step(self.slots, None)
+        else:
+            filled = max(self.filled[:n]) + 1 if self.window is not None else None
+            self._step(n, filled, top=any(self.wants_top[:n]))
+        if self.window is not None:
+            self.filled[:n] = [f + 1 for f in self.filled[:n]]
+        host = self.host[self.launched % HOST_BUFFERS]
+        self.launched += 1
+        host[:n].copy_(self.output[:n], non_blocking=self.fixed)
+        event = None
+        if self.fixed:
+            event = torch.cuda.Event()
+            event.record()
+        return PendingStep(host, n, self.top_k, event)
+
+    def _step(self, rows: int, filled: int | None, top: bool = True) -> None:
+        """The step proper, over rows [0, rows): model, sampling, packed results (the top
+        alternatives only when `top`). Fixed shapes for a fixed `rows`, no host
+        synchronisation: this is what the CUDA graph records."""
+        logits = self.model.step(self.tokens[:rows], self.state.narrow(0, rows), filled)  # (rows, V)
+        draw = sample(logits, self.sampling.narrow(rows))
+        self.tokens[:rows] = draw.ids
+        packed = [draw.ids[:, None].float(), draw.logprobs[:, None]]
+        if top:
+            top_logprobs, top_ids = draw.log_softmax.topk(self.top_k, dim=-1)  # (rows, K)
+            packed += [top_ids.float(), top_logprobs]
+        packed_rows = torch.cat(packed, dim=1)  # (rows, 2 or 2 + 2K)
+        self.output[:rows, : packed_rows.size(1)] = packed_rows
+
+    def _make_room(self, n: int) -> None:
+        """Re-encode the active rows whose window is full, before they take another character."""
+        if self.window is None:
+            return
+        full = [row for row in range(n) if self.filled[row] >= self.window]
+        if not full:
+            return
+        if not self.fixed:
+            self.model.reencode(self.state, torch.tensor(full))
+        else:  # fixed chunks, padded with the scratch row: each row's arithmetic is the same alone
+            staging = self.reencode_staging[self.launched % HOST_BUFFERS]
+            for index, start in enumerate(range(0, len(full), REENCODE_ROWS)):
+                chunk = full[start : start + REENCODE_ROWS]
+                staging[index] = torch.tensor(chunk + [self.scratch] * (REENCODE_ROWS - len(chunk)))
+                self.reencode_rows.copy_(staging[index], non_blocking=True)
+                if self.reencode_graph is not None:
+                    self.reencode_graph.replay()
+                else:
+                    self.model.reencode(self.state, self.reencode_rows)
+        for row in full:
+            self.filled[row] = self.model.reencoded_length
+
+
+def allocate_state(model: CharModel, rows: int, device: torch.device) -> DecodeState:
+    """`model.init_state(rows)` on `device`, or DecoderMemoryError saying what did not fit."""
+    needed = model.init_state(rows, "meta").nbytes
+    free = free_memory(device)
+    problem = None
+    if free is not None and needed > free:
+        problem = f"only {gib(free)} is free"
+    else:
+        try:
+            return model.init_state(rows, device)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            problem = str(exc).splitlines()[0]
+    raise DecoderMemoryError(f"{rows - 1} rows of decode state need {gib(needed)} on {device}, but {problem}; "
+                             "lower the maximum batch size")
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on `device`, when known."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def gib(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB"

@@ -1,0 +1,111 @@
+"""The running batch of one engine: sequences in the rows of a `SlotDecoder`.
+
+Touched only by the engine thread. `admit` prefills each new request into the
+decoder's next free row. `step` launches one decode step for every row, then
+processes the results of an earlier step: each row takes its character, and the
+rows that finished leave at once (the decoder moves the last row into the hole,
+and `rows` follows). On CUDA the results are processed one step late, so the
+GPU computes a step while the host handles the previous one.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+from charlm.decoding import PendingStep, SlotDecoder, StepResult
+from charlm.vocab import Vocab
+from service.sequences import Alternative, EngineMetrics, GenerationRequest, Row
+from service.stopping import FinishReason
+
+logger = logging.getLogger(__name__)
+
+
+class RunningBatch:
+    def __init__(self, decoder: SlotDecoder, vocab: Vocab, metrics: EngineMetrics):
+        self.decoder = decoder
+        self.vocab = vocab
+        self.metrics = metrics
+        self.rows: list[Row] = []  # rows[i] is in the decoder's row i
+        # Launched steps whose results wait, with the rows they advanced (in row order).
+        self.pending: collections.deque[tuple[PendingStep, list[Row]]] = collections.deque()
+        self.depth = 1 if decoder.fixed else 0  # steps launched ahead of the one processed
+        self.max_batch_seen = 0  # largest batch stepped together, for tests and benchmarks
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.rows or self.pending)
+
+    def admit(self, requests: list[GenerationRequest]) -> None:
+        """Prefill each request into a free row; a failing prefill ends only its own request."""
+        for request in requests:
+            now = time.monotonic()
+            row = Row(request, self.vocab, now)
+            if request.max_new_tokens == 0:
+                row.finish(FinishReason.LENGTH, now)
+                row.deliver()
+                continue
+            try:
+                row.slot = self.decoder.add(request.prompt_ids, request.params, row.seed, top=request.top_n > 0)
+            except Exception as exc:
+                logger.exception("request %s: prefill failed", request.request_id)
+                row.finish(FinishReason.ERROR, now, f"prefill failed: {exc}")
+                row.deliver()
+                continue
+            self.rows.append(row)
+
+    def step(self) -> None:
+        """Drop the rows that ended early, launch a step, and process what is due."""
+        now = time.monotonic()
+        for row in [r for r in self.rows if r.request.ended_early(now)]:
+            self._retire(row, row.request.ended_early(now) or FinishReason.CANCELLED, now)
+            row.deliver()
+        if self.rows:
+            self.pending.append((self.decoder.launch(), list(self.rows)))
+            self.max_batch_seen = max(self.max_batch_seen, len(self.rows))
+        while self.pending and (len(self.pending) > self.depth or not self.rows):
+            step, rows = self.pending.popleft()
+            self._process(step.result(), rows)
+
+    def _process(self, result: StepResult, rows: list[Row]) -> None:
+        """Each row takes its character; finished rows leave; every row's events go out."""
+        now = time.monotonic()
+        ids, logprobs, metrics = result.ids, result.logprobs, self.metrics
+        advanced = 0
+        for i, row in enumerate(rows):
+            if row.done:  # finished after this step was launched: its character is not wanted
+                continue
+            top = self._alternatives(result, i, row.request.top_n) if row.request.top_n else ()
+            reason = row.advance(ids[i], logprobs[i], top, now, metrics)
+            advanced += 1
+            if reason is not None:
+                self._retire(row, reason, now)
+        metrics.chars(advanced)
+        for row in rows:
+            row.deliver()
+
+    def _alternatives(self, result: StepResult, index: int, n: int) -> tuple[Alternative, ...]:
+        chars = self.vocab.chars
+        return tuple(Alternative(i, chars[i], lp) for i, lp in result.top(index, n))
+
+    def _retire(self, row: Row, reason: FinishReason, now: float, error: str | None = None) -> None:
+        """Finish `row` and free its decoder row; the last row moves into it."""
+        if reason is FinishReason.CANCELLED:
+            self.metrics.cancelled()
+        row.finish(reason, now, error)
+        moved = self.decoder.remove(row.slot)
+        last = self.rows.pop()
+        if moved is not None:
+            self.rows[row.slot] = last
+            last.slot = row.slot
+
+    def retire_all(self, reason: FinishReason, error: str | None = None) -> None:
+        """End every sequence (shutdown, or a failed step whose state is not trusted)."""
+        now = time.monotonic()
+        for row in self.rows:
+            row.finish(reason, now, error)
+            row.deliver()
+        self.rows = []
+        self.pending.clear()
+        self.decoder.clear()

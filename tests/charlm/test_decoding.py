@@ -1,0 +1,120 @@
+"""The slot decoder: rows join, leave and move, and every sequence comes out as if decoded alone."""
+
+import pytest
+import torch
+
+from charlm.checkpoint import load_model
+from charlm.decoding import DecoderMemoryError, SlotDecoder
+from charlm.generation import generate, prompt_ids
+from charlm.models import build_model
+from charlm.sampling import SamplingParams
+
+LONG_PROMPT = "the king and the queen shall speak of love and war, my lord, at night"  # past every window
+
+
+def decode_alone(model, prompt: list[int], params: SamplingParams, seed: int, chars: int):
+    decoder = SlotDecoder(model, 1)
+    decoder.add(prompt, params, seed)
+    ids, logprobs = [], []
+    for _ in range(chars):
+        result = decoder.launch().result()
+        ids.append(result.ids[0])
+        logprobs.append(result.logprobs[0])
+    return ids, logprobs
+
+
+@torch.inference_mode()
+def test_rows_joining_and_leaving_mid_stream_decode_as_if_alone(trained_dir):
+    """Four rows; sequences join at different steps, one with a prompt longer than the window,
+    and leave before the others (the last row moves into the hole). Past the tiny gpt's window."""
+    loaded = load_model(trained_dir)
+    vocab, model = loaded.vocab, loaded.model
+    plan = {  # name: (joins at step, characters, prompt, params)
+        "a": (0, 12, "the", SamplingParams(temperature=1.0, seed=1)),
+        "b": (2, 45, LONG_PROMPT, SamplingParams(temperature=0.8, top_k=5, seed=2)),
+        "c": (3, 30, "", SamplingParams(temperature=1.2, top_p=0.9, seed=3)),
+        "d": (13, 25, "my lord", SamplingParams(temperature=0.0, seed=4)),
+        "e": (14, 20, "war", SamplingParams(temperature=1.0, top_k=3, top_p=0.8, seed=5)),
+    }
+    decoder = SlotDecoder(model, 4)
+    rows: list[str] = []  # rows[i]: the sequence in decoder row i
+    produced: dict[str, list[int]] = {name: [] for name in plan}
+    for step in range(80):
+        for name, (start, _, prompt, params) in plan.items():
+            if start == step:
+                assert decoder.add(prompt_ids(vocab, prompt), params, params.seed) == len(rows)
+                rows.append(name)
+        if not rows:
+            break
+        result = decoder.launch().result()
+        for row, name in enumerate(list(rows)):
+            produced[name].append(result.ids[row])
+        for name in [n for n in rows if len(produced[n]) == plan[n][1]]:
+            row = rows.index(name)
+            moved = decoder.remove(row)
+            last = rows.pop()
+            if moved is not None:
+                rows[row] = last
+    for name, (_, chars, prompt, params) in plan.items():
+        alone, _ = decode_alone(model, prompt_ids(vocab, prompt), params, params.seed, chars)
+        assert produced[name] == alone, name
+
+
+@pytest.mark.parametrize("architecture", ["lstm", "lstm_attention", "gpt"])
+@torch.inference_mode()
+def test_decoded_logprobs_are_those_of_forward(architecture):
+    """Prefill of all but the last prompt character, then the step: the reported log-probability
+    of each drawn character is what `forward` gives it after the whole history."""
+    torch.manual_seed(0)
+    config = {"vocab_size": 11, "block_size": 64} if architecture == "gpt" else {"vocab_size": 11}
+    if architecture == "lstm_attention":
+        config["block_size"] = 6
+    model = build_model(architecture, config).eval()
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    ids, logprobs = decode_alone(model, prompt, SamplingParams(temperature=1.0), 7, 20)
+    history = torch.tensor([prompt + ids])
+    expected = model(history)[0][0, len(prompt) - 1 : -1].log_softmax(-1)  # (20, V)
+    torch.testing.assert_close(torch.tensor(logprobs), expected[torch.arange(20), torch.tensor(ids)],
+                               rtol=1e-4, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_the_command_line_loop_and_a_full_decoder_agree(trained_dir):
+    loaded = load_model(trained_dir)
+    params = SamplingParams(temperature=0.9, seed=11)
+    text = "".join(c.char for c in generate(loaded.model, loaded.vocab, "the", 30, params))
+    decoder = SlotDecoder(loaded.model, 8)
+    for seed in range(7):  # other rows around it
+        decoder.add(prompt_ids(loaded.vocab, "war"), SamplingParams(temperature=1.0), seed)
+    row = decoder.add(prompt_ids(loaded.vocab, "the"), params, 11)
+    ids = [decoder.launch().result().ids[row] for _ in range(30)]
+    assert "".join(loaded.vocab.chars[i] for i in ids) == text
+
+
+@torch.inference_mode()
+def test_top_alternatives_are_the_most_likely_characters(trained_dir):
+    loaded = load_model(trained_dir)
+    decoder = SlotDecoder(loaded.model, 2)
+    decoder.add(prompt_ids(loaded.vocab, "the"), SamplingParams(temperature=0.0), 1, top=True)
+    result = decoder.launch().result()
+    top = result.top(0, 5)
+    assert len(top) == 5 and [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+    assert (result.ids[0], result.logprobs[0]) == top[0]  # greedy takes the most likely
+
+
+def test_a_batch_that_does_not_fit_is_refused_before_allocating():
+    model = build_model("gpt", {"vocab_size": 5, "block_size": 4096, "n_layer": 8, "n_head": 8, "n_embd": 512})
+    with pytest.raises(DecoderMemoryError, match=r"4096 rows of decode state need \d+\.\d+ GiB on cpu"):
+        SlotDecoder(model, 4096)
+
+
+@torch.inference_mode()
+def test_warm_up_leaves_no_row_active_and_decoding_works_after(trained_dir):
+    loaded = load_model(trained_dir)
+    decoder = SlotDecoder(loaded.model, 4)
+    decoder.warm_up([loaded.vocab.start_id] * 8)
+    assert decoder.active == 0
+    params = SamplingParams(temperature=0.7, seed=3)
+    decoder.add(prompt_ids(loaded.vocab, "the"), params, 3)
+    ids = [decoder.launch().result().ids[0] for _ in range(25)]
+    assert ids == decode_alone(loaded.model, prompt_ids(loaded.vocab, "the"), params, 3, 25)[0]

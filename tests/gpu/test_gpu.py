@@ -1,0 +1,150 @@
+"""The decode path on a CUDA GPU: graphs, bf16, batch invariance, the server. Skipped without CUDA."""
+
+from __future__ import annotations
+
+import json
+import queue
+import warnings
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from charlm.checkpoint import LoadedModel, load_model
+from charlm.decoding import SlotDecoder
+from charlm.generation import prompt_ids
+from charlm.sampling import SamplingParams, noise_key, uniform_noise
+from service.engine import Engine
+from service.sequences import Finished, GenerationRequest
+from tests.service.helpers import live_server
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs these)"),
+]
+CUDA = torch.device("cuda")
+
+
+def on_gpu(path: Path, dtype: torch.dtype = torch.bfloat16) -> LoadedModel:
+    return load_model(path, device=CUDA, dtype=dtype)
+
+
+@torch.inference_mode()
+def decode(decoder: SlotDecoder, row: int, chars: int) -> tuple[list[int], list[float]]:
+    ids, logprobs = [], []
+    for _ in range(chars):
+        result = decoder.launch().result()
+        ids.append(result.ids[row])
+        logprobs.append(result.logprobs[row])
+    return ids, logprobs
+
+
+@torch.inference_mode()
+def fill(decoder: SlotDecoder, loaded: LoadedModel, others: int, target_seed: int, prompt: str = "the") -> int:
+    """`others` seeded rows around one target row (added in the middle); returns the target's row."""
+    for seed in range(others // 2):
+        decoder.add(prompt_ids(loaded.vocab, "war and"), SamplingParams(temperature=1.0), 1000 + seed)
+    row = decoder.add(prompt_ids(loaded.vocab, prompt), SamplingParams(temperature=0.9, top_k=20), target_seed)
+    for seed in range(others - others // 2):
+        decoder.add(prompt_ids(loaded.vocab, "my lord"), SamplingParams(temperature=1.2), 2000 + seed)
+    return row
+
+
+def test_graph_replay_equals_eager(trained_dir):
+    loaded = on_gpu(trained_dir)
+    graphed, eager = SlotDecoder(loaded.model, 16), SlotDecoder(loaded.model, 16, graphs=False)
+    graphed.warm_up([loaded.vocab.start_id] * 4)
+    assert graphed.graphed and not eager.graphed
+    rows = [fill(decoder, loaded, 9, target_seed=5) for decoder in (graphed, eager)]
+    assert decode(graphed, rows[0], 40) == decode(eager, rows[1], 40)  # bit for bit, past the window
+
+
+def test_a_seeded_row_alone_equals_the_same_row_in_a_full_batch_of_255_others(trained_dir):
+    loaded = on_gpu(trained_dir)
+    alone, full = SlotDecoder(loaded.model, 256), SlotDecoder(loaded.model, 256)
+    for decoder in (alone, full):
+        decoder.warm_up([loaded.vocab.start_id] * 4)
+    with torch.inference_mode():
+        alone_row = alone.add(prompt_ids(loaded.vocab, "the"), SamplingParams(temperature=0.9, top_k=20), 77)
+    full_row = fill(full, loaded, 255, target_seed=77)
+    assert full.active == 256 and full_row != alone_row
+    assert decode(alone, alone_row, 60) == decode(full, full_row, 60)
+
+
+def test_bf16_decoding_agrees_with_float32_forward(trained_dir):
+    bf16, fp32 = on_gpu(trained_dir), on_gpu(trained_dir, torch.float32)
+    decoder = SlotDecoder(bf16.model, 8)
+    prompt = prompt_ids(bf16.vocab, "the")
+    with torch.inference_mode():
+        decoder.add(prompt, SamplingParams(temperature=1.0), 3)
+        ids, logprobs = decode(decoder, 0, 12)  # within every tiny model's window
+        history = torch.tensor([prompt + ids], device=CUDA)
+        expected = fp32.model(history)[0][0, len(prompt) - 1 : -1].float().log_softmax(-1)
+    expected = expected[torch.arange(12), torch.tensor(ids)].cpu()
+    torch.testing.assert_close(torch.tensor(logprobs), expected, atol=0.15, rtol=0.05)
+
+
+def test_decode_attention_never_runs_cudnn(tiny_models):
+    loaded = on_gpu(tiny_models / "tiny-gpt")
+    decoder = SlotDecoder(loaded.model, 4, graphs=False)
+    with torch.inference_mode():
+        decoder.add(prompt_ids(loaded.vocab, "the king"), SamplingParams(), 1)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            decoder.launch().result()
+    names = {event.name for event in profile.events()}
+    assert any("scaled_dot_product" in name for name in names)
+    assert not any("cudnn_attention" in name for name in names), sorted(names)
+
+
+def test_lstm_weights_stay_one_cudnn_chunk_in_bf16(tiny_models):
+    loaded = on_gpu(tiny_models / "tiny-lstm")
+    decoder = SlotDecoder(loaded.model, 2, graphs=False)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("error")  # "RNN module weights are not part of single contiguous chunk"
+        decoder.add(prompt_ids(loaded.vocab, "the king and the queen"), SamplingParams(), 1)
+        decode(decoder, 0, 3)
+
+
+def test_noise_is_the_same_on_cpu_and_gpu():
+    keys = torch.tensor([noise_key(seed) for seed in (0, 1, 2**40, 2**63 - 1)]).repeat_interleave(500)
+    counters = torch.arange(500).repeat(4)
+    assert torch.equal(uniform_noise(keys, counters), uniform_noise(keys.to(CUDA), counters.to(CUDA)).cpu())
+
+
+def test_a_failed_capture_falls_back_to_eager(trained_dir, monkeypatch, caplog):
+    loaded = on_gpu(trained_dir)
+    step = loaded.model.step
+
+    def syncing_step(tokens, state, filled=None):  # fault injection: a host sync cannot be captured
+        if torch.cuda.is_current_stream_capturing():
+            tokens.sum().item()
+        return step(tokens, state, filled)
+
+    monkeypatch.setattr(loaded.model, "step", syncing_step)
+    engine = Engine("tiny", loaded.model, loaded.vocab, max_batch_size=8, max_queued=8)
+    engine.start()
+    try:
+        assert engine.memory["cuda_graphs"] is False and "capture failed" in caplog.text
+        done: queue.Queue[Finished] = queue.Queue()
+        ids = prompt_ids(loaded.vocab, "the")
+        engine.submit(GenerationRequest(ids, 30, SamplingParams(seed=1), lambda events: [
+            done.put(e) for e in events if isinstance(e, Finished)]))
+        end = done.get(timeout=60)
+        assert end.reason.value == "length" and end.generated_tokens == 30
+    finally:
+        engine.close()
+        engine.join(30)
+
+
+def test_a_server_on_cuda_streams(tiny_models):
+    with live_server(tiny_models, device="cuda", max_batch_size=32) as (base, _):
+        info = httpx.get(f"{base}/info").json()
+        assert info["device"].startswith("cuda") and info["dtype"] == "bfloat16"
+        assert all(m["cuda_graphs"] for m in info["models"].values())
+        body = {"inputs": "the", "parameters": {"max_new_tokens": 50, "seed": 3, "do_sample": True}}
+        with httpx.stream("POST", f"{base}/generate_stream", json=body, timeout=60) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        assert response.status_code == 200 and len(events) == 50
+        whole = httpx.post(f"{base}/generate", json=body, timeout=60).json()["generated_text"]
+        assert json.loads(events[-1].removeprefix("data:"))["generated_text"] == whole
