@@ -9,7 +9,8 @@ once to an engine with max_batch_size B; characters per second is B * chars / wa
 loop is how the inspirations' `generate` works, batched: for every character, run the whole
 context (cropped to block_size) of all B rows through `forward` and sample from the last position
 (on the device, no host synchronisation per character; attention without cuDNN's, as the engine's).
-Recurrent models have no cropped context to re-run: their loop is left out. `random:gpt-baby` is
+Recurrent models have no cropped context to re-run: their loop is left out. "step alone" is the
+decoder's step with every row active and none of the engine's per-character bookkeeping. `random:gpt-baby` is
 a randomly initialised model of the gpt-baby preset's size with tinyshakespeare's 65 characters.
 Prints a Markdown table; with --results, appends one JSON line per measurement.
 """
@@ -86,6 +87,24 @@ def naive_rate(model: CharModel, ids: list[int], batch: int, chars: int) -> floa
     return batch * chars / (time.perf_counter() - start)
 
 
+@torch.inference_mode()
+def decoder_step_ms(model: CharModel, ids: list[int], batch: int, graphs: bool, steps: int = 200) -> float:
+    """The decode step alone, every row active, without the engine's bookkeeping: ms per step
+    with the host waiting for each result, as the engine does."""
+    from charlm.decoding import SlotDecoder
+
+    decoder = SlotDecoder(model, batch, graphs=graphs)
+    decoder.warm_up(ids)
+    for seed in range(batch):
+        decoder.add(ids, SamplingParams(temperature=0.8), seed)
+    for _ in range(10):
+        decoder.launch().result()
+    start = time.perf_counter()
+    for _ in range(steps):
+        decoder.launch().result()
+    return (time.perf_counter() - start) / steps * 1000
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -103,13 +122,15 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device, dtype_nam
         engine.close()
         engine.join()
         naive = naive_rate(model, ids, batch, args.chars) if model.context_size and not args.no_naive else None
+        step_ms = decoder_step_ms(model, ids, batch, not args.no_graphs)
         loop = "—" if naive is None else f"{naive:,.0f}"
         ratio = "—" if naive is None else f"{rate / naive:.1f}"
-        print(f"| {name} | {dtype_name} | {batch} | {rate:,.0f} | {1000 * batch / rate:.3f} | {loop} | {ratio} |",
-              flush=True)
+        print(f"| {name} | {dtype_name} | {batch} | {rate:,.0f} | {1000 * batch / rate:.3f} | {step_ms:.3f} "
+              f"| {loop} | {ratio} |", flush=True)
         if args.results:
             row = {"bench": "engine", "model": name, "device": str(device), "dtype": dtype_name, "batch": batch,
-                   "chars_per_s": rate, "ms_per_step": 1000 * batch / rate, "loop_chars_per_s": naive,
+                   "chars_per_s": rate, "ms_per_step": 1000 * batch / rate, "step_alone_ms": step_ms,
+                   "loop_chars_per_s": naive,
                    "cuda_graphs": graphs}
             with args.results.open("a") as out:
                 out.write(json.dumps(row) + "\n")
@@ -133,8 +154,9 @@ def main() -> None:
     torch.set_num_threads(1)  # loading: the engine thread is then the only one with an OpenMP team
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"{hardware}; torch {torch.__version__}; {args.chars} characters per sequence")
-    print("| model | dtype | batch | engine characters / s | ms / step | naive loop characters / s | x loop |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| model | dtype | batch | engine characters / s | ms / step | step alone (ms) | naive loop characters / s "
+          "| x loop |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for spec in args.models:
         for dtype_name in args.dtypes:
             torch.set_num_threads(args.threads)

@@ -38,13 +38,14 @@ def steps_section(out: Path) -> list[str]:
 
 
 def engine_section(rows: list[Row]) -> list[str]:
-    lines = ["| model | dtype | batch | engine characters / s | ms / step | naive loop characters / s | x loop "
-             "| CUDA graph |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| model | dtype | batch | engine characters / s | ms / step | step alone (ms) "
+             "| naive loop characters / s | x loop | CUDA graph |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in (r for r in rows if r["bench"] == "engine"):
         loop = r.get("loop_chars_per_s")
         ratio = "—" if not loop else f"{r['chars_per_s'] / loop:.1f}"
         lines.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | {number(r['chars_per_s'])} "
-                     f"| {r['ms_per_step']:.3f} | {number(loop)} | {ratio} | {'yes' if r['cuda_graphs'] else 'no'} |")
+                     f"| {r['ms_per_step']:.3f} | {r['step_alone_ms']:.3f} | {number(loop)} | {ratio} "
+                     f"| {'yes' if r['cuda_graphs'] else 'no'} |")
     return lines
 
 
