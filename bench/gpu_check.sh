@@ -2,14 +2,15 @@
 # One command that proves the GPU path on a CUDA machine, within about 8 minutes:
 #   the gpu-marked tests; bench/engine.py (engine against the batched naive loop, batch 1/32/256,
 #   bf16 and fp32, every bundled model and a random gpt-baby-size model); bench/serve.py at
-#   1/32/256 streams; gpt-baby training throughput, eager then compiled, and a gpt-baby training
-#   run on tinyshakespeare; then docs/benchmarks-gpu.md (bench/gpu_report.py), naming the card.
+#   1/32/256 streams; where a decode step's GPU time goes (bench/gpu_profile.py); gpt-baby
+#   training throughput, eager then compiled; then docs/benchmarks-gpu.md (bench/gpu_report.py),
+#   naming the card.
 #
 #   bench/gpu_check.sh [--wheels DIR] [--data FILE] [--out DIR]
 #
 # --wheels: a folder of wheels to install what this Python lacks (the GPU machines have CUDA torch
-# but not the web stack). --data: tinyshakespeare.txt (default ../shared/data/tinyshakespeare.txt);
-# without it the training step is skipped. --out: where logs, results and the trained model go
+# but not the web stack). --data: the training text (default ../shared/data/tinyshakespeare.txt;
+# without it the training benchmark uses a generated text of the same alphabet). --out: where logs, results and the trained model go
 # (default /tmp/charlm-gpu-check). Every step is bounded in time; a step that fails or cannot run
 # is reported and the others go on. Results are written as they are measured.
 set -uo pipefail
@@ -73,13 +74,7 @@ step engine-eager 60 $PY bench/engine.py --device cuda --dtypes bfloat16 --batch
     --models models/shakespeare-gpt --results "$OUT_DIR/eager.jsonl"
 step serve 100 $PY bench/serve.py --device cuda --levels 1 32 256 --procs 8 --plot "$OUT_DIR/serve.png" \
     --results "$RESULTS"
-if [ -f "$DATA" ]; then  # the recipe of models/shakespeare-gpt-large, bundled when validation <= 1.47
-    step train 150 $PY -m charlm train --data "$DATA" --out "$OUT_DIR/shakespeare-gpt-large" \
-        --preset gpt-baby --device cuda --no-progress --overwrite \
-        --set max_iters=2500 --set lr_decay_iters=2500 --set bias=false
-else
-    say "training skipped: no data file at $DATA (--data)"
-fi
+step profile 120 $PY bench/gpu_profile.py --model random:gpt-baby --batch 256 --compile
 step train-throughput 45 $PY bench/train_throughput.py --presets gpt-baby --device cuda --iters 30 \
     --data "$DATA" --results "$RESULTS"
 step train-throughput-compiled 120 $PY bench/train_throughput.py --presets gpt-baby --device cuda --iters 30 \

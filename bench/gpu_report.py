@@ -108,6 +108,16 @@ def training_section(rows: list[Row], out: Path) -> list[str]:
     return lines or ["- not measured"]
 
 
+def profile_lines(out: Path) -> list[str]:
+    """The profile's own report, without the warnings a run may print around it."""
+    path = out / "profile.log"
+    if not path.is_file():
+        return ["not measured"]
+    lines = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("random:") or ", batch " in line), 0)
+    return [line for line in lines[start:] if "Warning" not in line and not line.startswith("  warnings")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -128,6 +138,8 @@ def main() -> None:
         *engine_section(read_jsonl(args.out / "eager.jsonl")), "",
         "## Serving over HTTP: `bench/serve.py` (shakespeare-gpt, 300 characters per stream)", "",
         *serve_section(rows), "",
+        "## Where a decode step's time goes: `bench/gpu_profile.py`", "",
+        "```", *profile_lines(args.out), "```", "",
         "## Training", "", *training_section(rows, args.out), "",
         "## Steps of the run", "", *steps_section(args.out), "",
     ]

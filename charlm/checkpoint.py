@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from charlm.models import CharModel, build_model
+from charlm.models.lstm import compact_weights
 from charlm.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -143,8 +144,7 @@ def _load(directory: Path, device: torch.device | str, dtype: torch.dtype | None
     model.to(device=device, dtype=dtype).eval()
     for module in model.modules():
         if isinstance(module, torch.nn.RNNBase):
-            # Moving a cuDNN LSTM scatters its weights; cuDNN would otherwise compact them at every call.
-            module.flatten_parameters()
+            compact_weights(module)
     return LoadedModel(directory.name, directory, model, vocab, info)
 
 

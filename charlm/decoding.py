@@ -8,7 +8,9 @@ the last active row moves into its place, so the active rows stay a prefix.
 
 On CUDA every step covers all `slots` rows, so its shapes never change: it is
 captured as a CUDA graph, and a row's arithmetic does not depend on the other
-rows (batch invariance). On a CPU a step covers the active rows only.
+rows (batch invariance). Short prompts are fed through that step too
+(`charlm.prompt_feed`). On a CPU a step covers the active rows only, and
+prompts are prefilled in one call each.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from charlm.graphs import try_capture
 from charlm.models import CharModel, DecodeState
+from charlm.prompt_feed import PROMPT_FEED, PromptFeed
 from charlm.sampling import SamplingParams, SamplingRows, sample
 
 logger = logging.getLogger(__name__)
@@ -53,10 +56,12 @@ class StepResult:
 
 
 class PendingStep:
-    """A launched step; `result()` waits for it."""
+    """A launched step; `result()` waits for it. `drew[i]` says whether row i drew a character
+    (False while it still feeds its prompt); None when every row did."""
 
-    def __init__(self, host: Tensor, rows: int, top_k: int, event: torch.cuda.Event | None):
-        self.host, self.rows, self.top_k, self.event = host, rows, top_k, event
+    def __init__(self, host: Tensor, rows: int, top_k: int, event: torch.cuda.Event | None,
+                 drew: list[bool] | None):
+        self.host, self.rows, self.top_k, self.event, self.drew = host, rows, top_k, event, drew
 
     def result(self) -> StepResult:
         if self.event is not None:
@@ -70,26 +75,32 @@ class SlotDecoder:
     Not thread-safe: one thread (an engine's) drives it.
     """
 
-    def __init__(self, model: CharModel, slots: int, *, graphs: bool = True, name: str = "model"):
+    def __init__(self, model: CharModel, slots: int, *, graphs: bool = True, name: str = "model",
+                 fixed_shape: bool | None = None, feed_prompts: bool | None = None):
+        """`fixed_shape` (every step covers all rows) and `feed_prompts` (short prompts ride the
+        step) default to whether the model is on CUDA; tests set them to run those paths on a CPU."""
         self.model, self.slots, self.name = model, slots, name
         self.device = next(model.parameters()).device
-        self.fixed = self.device.type == "cuda"  # every step covers all rows
+        cuda = self.device.type == "cuda"
+        self.fixed = cuda if fixed_shape is None else fixed_shape
         self.window = model.decode_window
         self.scratch = slots  # an extra row that padding writes into
         self.state = allocate_state(model, slots + 1, self.device)
         self.sampling = SamplingRows.zeros(slots + 1, self.device)
         self.tokens = torch.zeros(slots + 1, dtype=torch.long, device=self.device)  # each row's next input
+        self.feed = PromptFeed(slots + 1, PROMPT_FEED if (cuda if feed_prompts is None else feed_prompts) else 0,
+                               self.device)
         self.top_k = min(TOP_ALTERNATIVES, model.config.vocab_size)
         self.output = torch.zeros(slots, 2 + 2 * self.top_k, device=self.device)  # packed results of a step
-        self.host = [torch.zeros(self.output.shape, pin_memory=self.fixed) for _ in range(HOST_BUFFERS)]
+        self.host = [torch.zeros(self.output.shape, pin_memory=cuda) for _ in range(HOST_BUFFERS)]
         self.reencode_rows = torch.full((REENCODE_ROWS,), self.scratch, dtype=torch.long, device=self.device)
         self.reencode_staging = torch.zeros(HOST_BUFFERS, slots // REENCODE_ROWS + 1, REENCODE_ROWS,
-                                            dtype=torch.long, pin_memory=self.fixed)
+                                            dtype=torch.long, pin_memory=cuda)
         self.filled = [0] * (slots + 1)  # characters each row's window holds (models with a window)
         self.wants_top = [False] * (slots + 1)  # rows that report alternatives (always computed on CUDA)
         self.active = 0
         self.launched = 0
-        self.use_graphs = graphs and self.fixed
+        self.use_graphs = graphs and cuda and self.fixed
         self.graph: torch.cuda.CUDAGraph | None = None
         self.reencode_graph: torch.cuda.CUDAGraph | None = None
 
@@ -97,6 +108,7 @@ class SlotDecoder:
     def state_bytes(self) -> int:
         return self.state.nbytes
 
+    @torch.no_grad()
     def warm_up(self, prompt: list[int]) -> None:
         """Run every path once at full size, capturing the graphs on CUDA, so that the first
         requests meet no one-time costs. Leaves no row active."""
@@ -117,29 +129,37 @@ class SlotDecoder:
     def graphed(self) -> bool:
         return self.graph is not None
 
+    @torch.no_grad()
     def add(self, prompt: list[int], params: SamplingParams, seed: int, top: bool = False) -> int:
         """Prefill a new sequence (prompt non-empty) into the next free row and return that row.
 
-        All but the prompt's last character are prefilled; the last is the first input of
-        `launch`, which draws the first new character. `top`: the row reports its most
-        likely characters at each step. If prefill fails the row stays free.
+        A prompt short enough is fed through the step (its row draws for real once the whole
+        prompt is in); a longer one is prefilled here but for its last character, which is
+        the first input of `launch`. `top`: the row reports its most likely characters at
+        each step. If prefill fails the row stays free.
         """
         if self.active == self.slots:
             raise RuntimeError(f"all {self.slots} rows are in use")
         row = self.active
         ids = prompt[-self.window :] if self.window is not None else prompt
-        head = ids[:-1]
         state = self.state.narrow(row, 1)
         state.zero_()
-        if head:
-            self.model.prefill(torch.tensor([head], device=self.device), state)  # (1, T)
-        self.tokens[row] = ids[-1]
+        if self.feed.fits(len(ids) - 1):
+            self.tokens[row] = ids[0]
+            self.feed.start(row, ids[1:])
+            self.filled[row] = 0
+        else:
+            if len(ids) > 1:
+                self.model.prefill(torch.tensor([ids[:-1]], device=self.device), state)  # (1, T)
+            self.tokens[row] = ids[-1]
+            self.feed.start(row, [])
+            self.filled[row] = len(ids) - 1
         self.sampling.set_row(row, params, seed)
-        self.filled[row] = len(head)
         self.wants_top[row] = top
         self.active += 1
         return row
 
+    @torch.no_grad()
     def remove(self, row: int) -> int | None:
         """Free `row`: the last active row moves into it. Returns the moved row's old index."""
         last = self.active - 1
@@ -149,6 +169,7 @@ class SlotDecoder:
         self.state.copy_row(last, row)
         self.sampling.copy_row(last, row)
         self.tokens[row] = self.tokens[last]
+        self.feed.copy_row(last, row)
         self.filled[row] = self.filled[last]
         self.wants_top[row] = self.wants_top[last]
         return last
@@ -157,9 +178,11 @@ class SlotDecoder:
         """Forget every active row (after a failure: their state is not trusted)."""
         self.active = 0
 
+    @torch.no_grad()
     def launch(self) -> PendingStep:
         """Advance every active row by one character; returns without waiting on CUDA."""
         n = self.active
+        drew = self.feed.advance(n)
         self._make_room(n)
         if self.graph is not None:
             self.graph.replay()
@@ -172,20 +195,26 @@ class SlotDecoder:
             self.filled[:n] = [f + 1 for f in self.filled[:n]]
         host = self.host[self.launched % HOST_BUFFERS]
         self.launched += 1
-        host[:n].copy_(self.output[:n], non_blocking=self.fixed)
+        cuda = self.device.type == "cuda"
+        host[:n].copy_(self.output[:n], non_blocking=cuda)
         event = None
-        if self.fixed:
+        if cuda:
             event = torch.cuda.Event()
             event.record()
-        return PendingStep(host, n, self.top_k, event)
+        return PendingStep(host, n, self.top_k, event, drew)
 
     def _step(self, rows: int, filled: int | None, top: bool = True) -> None:
         """The step proper, over rows [0, rows): model, sampling, packed results (the top
         alternatives only when `top`). Fixed shapes for a fixed `rows`, no host
         synchronisation: this is what the CUDA graph records."""
         logits = self.model.step(self.tokens[:rows], self.state.narrow(0, rows), filled)  # (rows, V)
-        draw = sample(logits, self.sampling.narrow(rows))
-        self.tokens[:rows] = draw.ids
+        if self.feed.limit:
+            feeding = self.feed.feeding(rows)  # (rows,) their draws do not count
+            draw = sample(logits, self.sampling.narrow(rows), ~feeding)
+            self.tokens[:rows] = self.feed.next_inputs(rows, draw.ids, feeding)
+        else:
+            draw = sample(logits, self.sampling.narrow(rows))
+            self.tokens[:rows] = draw.ids
         packed = [draw.ids[:, None].float(), draw.logprobs[:, None]]
         if top:
             top_logprobs, top_ids = draw.log_softmax.topk(self.top_k, dim=-1)  # (rows, K)

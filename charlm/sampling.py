@@ -157,8 +157,9 @@ class Draw:
     log_softmax: Tensor  # (B, V) float32, that distribution, for callers that report alternatives
 
 
-def sample(logits: Tensor, rows: SamplingRows) -> Draw:
-    """Draw one character per row from logits (B, V), and count the draw in `rows.drawn`.
+def sample(logits: Tensor, rows: SamplingRows, counts: Tensor | None = None) -> Draw:
+    """Draw one character per row from logits (B, V), and count the draw in `rows.drawn`
+    (only for the rows where `counts`, (B,) bool, is true, when given).
 
     No host synchronisation and no data-dependent shapes: safe inside a CUDA graph.
     """
@@ -169,5 +170,5 @@ def sample(logits: Tensor, rows: SamplingRows) -> Draw:
     drawn = order.gather(1, rank).squeeze(1)  # (B,)
     ids = torch.where(rows.temperature > 0, drawn, logits.argmax(dim=-1))
     log_softmax = logits.float().log_softmax(dim=-1)  # (B, V)
-    rows.drawn.add_(1)
+    rows.drawn.add_(1 if counts is None else counts)
     return Draw(ids, log_softmax.gather(1, ids[:, None]).squeeze(1), log_softmax)

@@ -66,15 +66,17 @@ class RunningBatch:
             self.max_batch_seen = max(self.max_batch_seen, len(self.rows))
         while self.pending and (len(self.pending) > self.depth or not self.rows):
             step, rows = self.pending.popleft()
-            self._process(step.result(), rows)
+            self._process(step.result(), rows, step.drew)
 
-    def _process(self, result: StepResult, rows: list[Row]) -> None:
+    def _process(self, result: StepResult, rows: list[Row], drew: list[bool] | None) -> None:
         """Each row takes its character; finished rows leave; every row's events go out."""
         now = time.monotonic()
         ids, logprobs, metrics = result.ids, result.logprobs, self.metrics
         advanced = 0
         for i, row in enumerate(rows):
             if row.done:  # finished after this step was launched: its character is not wanted
+                continue
+            if drew is not None and not drew[i]:  # still feeding its prompt
                 continue
             top = self._alternatives(result, i, row.request.top_n) if row.request.top_n else ()
             reason = row.advance(ids[i], logprobs[i], top, now, metrics)

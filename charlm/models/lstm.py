@@ -58,6 +58,28 @@ def stacked_lstm(input_size: int, hidden_size: int, n_layer: int, dropout: float
                    batch_first=True)
 
 
+def compact_weights(rnn: nn.RNNBase) -> None:
+    """Put the weights of `rnn` back into one contiguous cuDNN buffer after a move.
+
+    torch's own `flatten_parameters` skips bfloat16, which cuDNN then runs anyway,
+    compacting a fresh copy of the weights at every call (and warning each time):
+    this flattens them for bfloat16 too.
+    """
+    rnn.flatten_parameters()
+    weights = [w for w in rnn._flat_weights if isinstance(w, Tensor)]
+    if len(weights) != len(rnn._flat_weights) or not all(w.is_cuda for w in weights):
+        return
+    if len({w.untyped_storage().data_ptr() for w in weights}) == 1:
+        return
+    from torch.backends.cudnn import rnn as cudnn_rnn
+
+    with torch.no_grad():
+        torch._cudnn_rnn_flatten_weight(
+            weights, 4 if rnn.bias else 2, rnn.input_size, cudnn_rnn.get_cudnn_mode(rnn.mode), rnn.hidden_size,
+            rnn.proj_size, rnn.num_layers, rnn.batch_first, bool(rnn.bidirectional),
+        )
+
+
 def lstm_step(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor) -> Tensor:
     """One time step of `lstm` (in eval mode) for inputs x (B, I); updates h, c (L, B, H) in place
     and returns the last layer's output (B, H).

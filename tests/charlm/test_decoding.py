@@ -12,19 +12,28 @@ from charlm.sampling import SamplingParams
 LONG_PROMPT = "the king and the queen shall speak of love and war, my lord, at night"  # past every window
 
 
-def decode_alone(model, prompt: list[int], params: SamplingParams, seed: int, chars: int):
-    decoder = SlotDecoder(model, 1)
+# How the decoder runs on CUDA (every step covers all rows; short prompts ride the step), on a CPU.
+CUDA_LIKE = {"fixed_shape": True, "feed_prompts": True}
+MODES = pytest.mark.parametrize("mode", [{}, CUDA_LIKE], ids=["cpu", "cuda-like"])
+
+
+def decode_alone(model, prompt: list[int], params: SamplingParams, seed: int, chars: int, slots: int = 1,
+                 **mode):
+    decoder = SlotDecoder(model, slots, **mode)
     decoder.add(prompt, params, seed)
     ids, logprobs = [], []
-    for _ in range(chars):
-        result = decoder.launch().result()
-        ids.append(result.ids[0])
-        logprobs.append(result.logprobs[0])
+    while len(ids) < chars:
+        step = decoder.launch()
+        result = step.result()
+        if step.drew is None or step.drew[0]:
+            ids.append(result.ids[0])
+            logprobs.append(result.logprobs[0])
     return ids, logprobs
 
 
+@MODES
 @torch.inference_mode()
-def test_rows_joining_and_leaving_mid_stream_decode_as_if_alone(trained_dir):
+def test_rows_joining_and_leaving_mid_stream_decode_as_if_alone(trained_dir, mode):
     """Four rows; sequences join at different steps, one with a prompt longer than the window,
     and leave before the others (the last row moves into the hole). Past the tiny gpt's window."""
     loaded = load_model(trained_dir)
@@ -36,19 +45,23 @@ def test_rows_joining_and_leaving_mid_stream_decode_as_if_alone(trained_dir):
         "d": (13, 25, "my lord", SamplingParams(temperature=0.0, seed=4)),
         "e": (14, 20, "war", SamplingParams(temperature=1.0, top_k=3, top_p=0.8, seed=5)),
     }
-    decoder = SlotDecoder(model, 4)
+    decoder = SlotDecoder(model, 4, **mode)
     rows: list[str] = []  # rows[i]: the sequence in decoder row i
     produced: dict[str, list[int]] = {name: [] for name in plan}
-    for step in range(80):
+    for step in range(200):
         for name, (start, _, prompt, params) in plan.items():
             if start == step:
                 assert decoder.add(prompt_ids(vocab, prompt), params, params.seed) == len(rows)
                 rows.append(name)
-        if not rows:
+        if not rows and step > 14:
             break
-        result = decoder.launch().result()
+        if not rows:
+            continue
+        launched = decoder.launch()
+        result = launched.result()
         for row, name in enumerate(list(rows)):
-            produced[name].append(result.ids[row])
+            if launched.drew is None or launched.drew[row]:
+                produced[name].append(result.ids[row])
         for name in [n for n in rows if len(produced[n]) == plan[n][1]]:
             row = rows.index(name)
             moved = decoder.remove(row)
@@ -56,13 +69,14 @@ def test_rows_joining_and_leaving_mid_stream_decode_as_if_alone(trained_dir):
             if moved is not None:
                 rows[row] = last
     for name, (_, chars, prompt, params) in plan.items():
-        alone, _ = decode_alone(model, prompt_ids(vocab, prompt), params, params.seed, chars)
+        alone, _ = decode_alone(model, prompt_ids(vocab, prompt), params, params.seed, chars, 4, **mode)
         assert produced[name] == alone, name
 
 
+@MODES
 @pytest.mark.parametrize("architecture", ["lstm", "lstm_attention", "gpt"])
 @torch.inference_mode()
-def test_decoded_logprobs_are_those_of_forward(architecture):
+def test_decoded_logprobs_are_those_of_forward(architecture, mode):
     """Prefill of all but the last prompt character, then the step: the reported log-probability
     of each drawn character is what `forward` gives it after the whole history."""
     torch.manual_seed(0)
@@ -71,7 +85,7 @@ def test_decoded_logprobs_are_those_of_forward(architecture):
         config["block_size"] = 6
     model = build_model(architecture, config).eval()
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
-    ids, logprobs = decode_alone(model, prompt, SamplingParams(temperature=1.0), 7, 20)
+    ids, logprobs = decode_alone(model, prompt, SamplingParams(temperature=1.0), 7, 20, 3, **mode)
     history = torch.tensor([prompt + ids])
     expected = model(history)[0][0, len(prompt) - 1 : -1].log_softmax(-1)  # (20, V)
     torch.testing.assert_close(torch.tensor(logprobs), expected[torch.arange(20), torch.tensor(ids)],
@@ -100,6 +114,19 @@ def test_top_alternatives_are_the_most_likely_characters(trained_dir):
     top = result.top(0, 5)
     assert len(top) == 5 and [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
     assert (result.ids[0], result.logprobs[0]) == top[0]  # greedy takes the most likely
+
+
+@torch.inference_mode()
+def test_a_fed_prompt_draws_the_same_noise_as_a_prefilled_one(trained_dir):
+    """Whether a prompt rides the step or is prefilled, the first character drawn uses the
+    sequence's first noise value: greedy-free draws agree between the two paths."""
+    loaded = load_model(trained_dir)
+    prompt = prompt_ids(loaded.vocab, "the king")
+    params = SamplingParams(temperature=1.0, seed=9)
+    fed = decode_alone(loaded.model, prompt, params, 9, 10, 2, feed_prompts=True)
+    prefilled = decode_alone(loaded.model, prompt, params, 9, 10, 2, feed_prompts=False)
+    assert fed[0] == prefilled[0]
+    torch.testing.assert_close(torch.tensor(fed[1]), torch.tensor(prefilled[1]), rtol=1e-4, atol=1e-4)
 
 
 def test_a_batch_that_does_not_fit_is_refused_before_allocating():
