@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 # `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the large CUDA build.
 TORCH_INDEX ?=
 
-.PHONY: install test lint typecheck unit serve sample bench reliability clean
+.PHONY: install test lint typecheck unit serve sample bench reliability gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ bench: install
 # Soak, disconnect storm, overload and fuzzing with long budgets (about 10 minutes); docs/reliability.md.
 reliability: install
 	$(BIN)/python bench/reliability.py
+
+# On a machine with a CUDA GPU and its own CUDA torch (no .venv): bench/gpu_check.sh's header says more.
+# GPU_CHECK_ARGS="--wheels DIR --data FILE" for machines without the web stack or ../shared.
+gpu-check:
+	bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

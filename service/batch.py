@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 
 from charlm.decoding import PendingStep, SlotDecoder, StepResult
 from charlm.vocab import Vocab
@@ -23,10 +24,15 @@ logger = logging.getLogger(__name__)
 
 
 class RunningBatch:
-    def __init__(self, decoder: SlotDecoder, vocab: Vocab, metrics: EngineMetrics):
+    """`changed` is called whenever rows join or leave, before any of their events go out (so that
+    a client that has its answer never sees gauges from before it)."""
+
+    def __init__(self, decoder: SlotDecoder, vocab: Vocab, metrics: EngineMetrics,
+                 changed: Callable[[], None] = lambda: None):
         self.decoder = decoder
         self.vocab = vocab
         self.metrics = metrics
+        self.changed = changed
         self.rows: list[Row] = []  # rows[i] is in the decoder's row i
         # Launched steps whose results wait, with the rows they advanced (in row order).
         self.pending: collections.deque[tuple[PendingStep, list[Row]]] = collections.deque()
@@ -54,13 +60,19 @@ class RunningBatch:
                 row.deliver()
                 continue
             self.rows.append(row)
+        if requests:
+            self.changed()
 
     def step(self) -> None:
         """Drop the rows that ended early, launch a step, and process what is due."""
         now = time.monotonic()
-        for row in [r for r in self.rows if r.request.ended_early(now)]:
+        ended = [r for r in self.rows if r.request.ended_early(now)]
+        for row in ended:
             self._retire(row, row.request.ended_early(now) or FinishReason.CANCELLED, now)
-            row.deliver()
+        if ended:
+            self.changed()
+            for row in ended:
+                row.deliver()
         if self.rows:
             self.pending.append((self.decoder.launch(), list(self.rows)))
             self.max_batch_seen = max(self.max_batch_seen, len(self.rows))
@@ -72,7 +84,7 @@ class RunningBatch:
         """Each row takes its character; finished rows leave; every row's events go out."""
         now = time.monotonic()
         ids, logprobs, metrics = result.ids, result.logprobs, self.metrics
-        advanced = 0
+        advanced, retired = 0, False
         for i, row in enumerate(rows):
             if row.done:  # finished after this step was launched: its character is not wanted
                 continue
@@ -83,7 +95,10 @@ class RunningBatch:
             advanced += 1
             if reason is not None:
                 self._retire(row, reason, now)
+                retired = True
         metrics.chars(advanced)
+        if retired:
+            self.changed()
         for row in rows:
             row.deliver()
 
@@ -105,9 +120,10 @@ class RunningBatch:
     def retire_all(self, reason: FinishReason, error: str | None = None) -> None:
         """End every sequence (shutdown, or a failed step whose state is not trusted)."""
         now = time.monotonic()
-        for row in self.rows:
-            row.finish(reason, now, error)
-            row.deliver()
-        self.rows = []
+        rows, self.rows = self.rows, []
         self.pending.clear()
         self.decoder.clear()
+        self.changed()
+        for row in rows:
+            row.finish(reason, now, error)
+            row.deliver()

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from charlm.decoding import SlotDecoder
+from charlm.decoding import DecoderMemoryError, SlotDecoder
 from charlm.models import CharModel
 from charlm.vocab import Vocab
 from service.batch import RunningBatch
@@ -85,6 +85,8 @@ class Engine:
         EngineClosed with the reason when the warm-up failed."""
         self._thread.start()
         self._warm.wait()
+        if isinstance(self._warm_error, DecoderMemoryError):
+            raise EngineClosed(f"{self._warm_error} (CHARLM_MAX_BATCH_SIZE)")
         if self._warm_error is not None:
             raise EngineClosed(f"warm-up at batch size {self.max_batch_size} failed: {self._warm_error}")
 
@@ -133,7 +135,7 @@ class Engine:
             reserved = torch.cuda.memory_reserved(self.device) if self.device.type == "cuda" else 0
             decoder = SlotDecoder(self.model, self.max_batch_size, graphs=self.cuda_graphs, name=self.name)
             decoder.warm_up([self.vocab.start_id] * 8)
-            self._batch = RunningBatch(decoder, self.vocab, self.metrics)
+            self._batch = RunningBatch(decoder, self.vocab, self.metrics, self._batch_changed)
             self.memory = {"decode_state_bytes": decoder.state_bytes, "cuda_graphs": decoder.graphed}
             if self.device.type == "cuda":
                 self.memory["device_bytes"] = torch.cuda.memory_reserved(self.device) - reserved
@@ -148,7 +150,6 @@ class Engine:
             self._warm_up()
             batch = self._batch
             while batch is not None and (admitted := self._next_admissions(batch)) is not None:
-                before = len(batch.rows)
                 try:
                     try:
                         batch.admit(admitted)
@@ -158,11 +159,8 @@ class Engine:
                 except Exception as exc:  # a failed step must not kill the engine
                     logger.exception("engine %s: step failed", self.name)
                     batch.retire_all(FinishReason.ERROR, f"generation failed: {exc}")
-                if len(batch.rows) != before or admitted:
-                    self.metrics.batch_changed(len(batch.rows), len(self._waiting))
             if batch is not None:
                 batch.retire_all(FinishReason.CANCELLED)
-                self.metrics.batch_changed(0, len(self._waiting))
 
     def _next_admissions(self, batch: RunningBatch) -> list[GenerationRequest] | None:
         """Wait for work; the requests that join now, or None when the engine should stop."""
@@ -192,3 +190,6 @@ class Engine:
         row = Row(request, self.vocab, now)
         row.finish(reason, now)
         row.deliver()
+
+    def _batch_changed(self) -> None:
+        self.metrics.batch_changed(self.active, len(self._waiting))

@@ -37,6 +37,7 @@ class GenerationSpec:
     params: SamplingParams
     stop: tuple[str, ...] = ()
     top_n: int = 0
+    stream_interval: int = 0  # a stream's events every this many characters; 0: all at the end
 
 
 @dataclasses.dataclass
@@ -110,7 +111,7 @@ class Submission:
             GenerationRequest(
                 prompt_ids=ids, max_new_tokens=spec.max_new_tokens, params=offset_seed(spec.params, offset),
                 on_events=functools.partial(self._on_events, index), stop=spec.stop, top_n=spec.top_n,
-                timeout_s=timeout_s, request_id=request_id,
+                stream_interval=spec.stream_interval, timeout_s=timeout_s, request_id=request_id,
             )
             for index, (ids, offset) in enumerate(zip(prompts, offsets, strict=True))
         ]
@@ -135,12 +136,14 @@ class Submission:
         for index in self.unfinished:
             self.requests[index].cancel()
 
-    async def events(self, quiet_s: float) -> AsyncIterator[tuple[int, list[Event]] | None]:
-        """(sequence index, that sequence's events of one step) until every sequence has finished.
+    async def events(self, quiet_s: float) -> AsyncIterator[list[tuple[int, list[Event]]] | None]:
+        """Batches of (sequence index, that sequence's new events) until every sequence has finished:
+        everything that arrived since the last batch, so a stream that fell behind catches up in
+        one write.
 
         Yields None when `quiet_s` passes without events, so a stream can send a keep-alive.
         One timer per submission, re-armed, rather than a timeout per event: this loop runs
-        once per character of every stream.
+        once per step of every stream.
         """
         loop = asyncio.get_running_loop()
         heard = [True]
@@ -154,14 +157,18 @@ class Submission:
         timer = [loop.call_later(quiet_s, tick)]
         try:
             while self.unfinished:
-                index, events = await self.queue.get()
-                if index == QUIET[0]:
+                items = [await self.queue.get()]
+                while not self.queue.empty():
+                    items.append(self.queue.get_nowait())
+                batch = [item for item in items if item[0] != QUIET[0]]
+                if not batch:
                     yield None
                     continue
                 heard[0] = True
-                if isinstance(events[-1], Finished):
-                    self.unfinished.discard(index)
-                yield index, events
+                for index, events in batch:
+                    if isinstance(events[-1], Finished):
+                        self.unfinished.discard(index)
+                yield batch
         finally:
             timer[0].cancel()
             self.cancel()  # the consumer left early: free the batch rows
@@ -171,18 +178,16 @@ class Submission:
         tokens: list[list[GeneratedToken]] = [[] for _ in self.requests]
         ends: dict[int, Finished] = {}
         checked = time.monotonic()
-        async for item in self.events(DISCONNECT_POLL_S):
+        async for batch in self.events(DISCONNECT_POLL_S):
             if time.monotonic() - checked >= DISCONNECT_POLL_S:
                 checked = time.monotonic()
                 if await disconnected():
                     self.cancel()
                     raise ClientGone()
-            if item is None:
-                continue
-            index, events = item
-            for event in events:
-                if isinstance(event, Finished):
-                    ends[index] = event
-                else:
-                    tokens[index].append(event)
+            for index, events in batch or ():
+                for event in events:
+                    if isinstance(event, Finished):
+                        ends[index] = event
+                    else:
+                        tokens[index].append(event)
         return [SequenceResult(tokens[i], ends[i]) for i in range(len(self.requests))]

@@ -52,7 +52,8 @@ class GenerationRequest:
     """One sequence to generate.
 
     `on_events` is called from the engine thread, at most once per step, with the
-    events of that step in order (released characters, then Finished if it ended).
+    events since the last call in order (released characters, then Finished if it
+    ended): every `stream_interval` characters, or only at the end when it is 0.
     It must be quick and thread-safe.
     """
 
@@ -62,6 +63,7 @@ class GenerationRequest:
     on_events: Callable[[list[Event]], None]
     stop: tuple[str, ...] = ()
     top_n: int = 0  # also report this many most likely characters at each step
+    stream_interval: int = 1  # deliver every this many characters; 0: only when the sequence ends
     timeout_s: float | None = None
     request_id: str = ""
     cancelled: bool = False
@@ -166,7 +168,7 @@ class Row:
     def deliver(self) -> None:
         """Hand this step's events to the request; a failing callback cancels only its request."""
         events = self.outbox
-        if not events:
+        if not events or (not self.done and not 0 < self.request.stream_interval <= len(events)):
             return
         self.outbox = []
         try:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0, description="per-request time limit, queueing included")
     api_key: SecretStr | None = Field(None, description="when set, generation routes need a Bearer token")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS")
+    stream_interval: int = Field(
+        1, ge=1, le=1024, description="a stream's characters are sent every this many (1: each as it comes)"
+    )
     sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between keep-alive comments")
     shutdown_grace_s: float = Field(30.0, ge=0, description="how long streams may finish after SIGTERM")
     torch_threads: int = Field(0, ge=0, description="intra-op CPU threads; 0: (cores - 1) / models, at least 1")

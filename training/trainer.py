@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import platform
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import torch
@@ -24,6 +29,29 @@ from training.session import RunSpec, Session, prepare
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY = 10  # iterations between progress-bar updates (each costs a device sync)
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(stop: threading.Event, enabled: bool = True) -> Iterator[None]:
+    """Ctrl-C sets `stop`, which the loop reads between iterations, rather than raising wherever the
+    process happens to be (inside a lock, half through a checkpoint); a second Ctrl-C raises at
+    once. Not under torchrun (`enabled` False), where every rank must stop at the same iteration,
+    nor outside the main thread, where no signal handler can be set."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        logger.warning("interrupted: stopping after this iteration (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class TrainStep(nn.Module):
@@ -70,6 +98,7 @@ class Trainer:
         self.best_samples = model_card.samples(session.model, session.vocab) if session.summary else []
         self.evals_since_best = 0
         self.iteration = session.start_iter
+        self.stop = threading.Event()  # set by Ctrl-C: the loop ends after its current iteration
         self.chars_per_iter = session.config.batch_size * session.seq_len * run.world_size
         step: nn.Module = TrainStep(session.model, session.config.batching == "streams")
         if run.enabled:
@@ -77,7 +106,8 @@ class Trainer:
         self.step = torch.compile(step) if session.config.compile else step
 
     def fit(self) -> dict[str, Any] | None:
-        """Train to max_iters (or early stop); on Ctrl-C, record how far it got and re-raise."""
+        """Train to max_iters (or early stop); on Ctrl-C, record how far it got and raise
+        KeyboardInterrupt."""
         session = self.session
         logger.info(
             "training %s (%s parameters) on %s: %d train / %d val characters, %d per iteration",
@@ -85,13 +115,16 @@ class Trainer:
             len(session.train_data), len(session.val_data), self.chars_per_iter,
         )
         try:
-            self.loop()
+            with stop_on_interrupt(self.stop, enabled=not self.run.enabled):
+                self.loop()
         except KeyboardInterrupt:
             if self.run.is_main:
                 self.finish()
             raise
         if self.run.is_main:
             self.finish()
+        if self.stop.is_set():
+            raise KeyboardInterrupt
         return self.summary
 
     def loop(self) -> None:
@@ -102,6 +135,8 @@ class Trainer:
         bar = tqdm(iters, disable=not show, unit="it", dynamic_ncols=True)
         window_start, window_iters = time.perf_counter(), 0
         for self.iteration in bar:
+            if self.stop.is_set():
+                break
             iteration = self.iteration
             due = iteration % config.eval_interval == 0 or iteration == config.max_iters
             resumed_here = session.spec.resume and iteration == session.start_iter  # already evaluated

@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import ServerSentEvent
@@ -24,10 +24,11 @@ from service.schemas.openai import (
     ModelList,
     Usage,
 )
-from service.sequences import Finished, GeneratedToken
-from service.sse import STREAM_RESPONSE, encode_data, sse_response
+from service.sequences import Event, Finished, GeneratedToken
+from service.sse import STREAM_RESPONSE, sse_response
 from service.state import ServiceState, ready_service
 from service.stopping import FinishReason
+from service.stream_text import KEEPALIVE, OpenAIChunks, data_event
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 DEFAULT_MAX_TOKENS = 16
@@ -41,7 +42,8 @@ def admit_completion(state: ServiceState, request: Request, body: CompletionRequ
     prompts = [prompt for prompt in body.prompts for _ in range(body.n)]
     offsets = [j for _ in body.prompts for j in range(body.n)]
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
-    spec = GenerationSpec(max_tokens, body.sampling(), tuple(body.stop or ()), body.logprobs or 0)
+    interval = state.settings.stream_interval if body.stream else 0
+    spec = GenerationSpec(max_tokens, body.sampling(), tuple(body.stop or ()), body.logprobs or 0, interval)
     return admit(state, request, body.model, prompts, spec, "prompt", "max_tokens", offsets)
 
 
@@ -97,32 +99,37 @@ async def completions(
 async def completion_events(
     admitted: Admitted, body: CompletionRequest, request: Request, completion_id: str, created: int
 ) -> AsyncIterator[ServerSentEvent | bytes]:
+    """The echoed prompts, then the characters of each choice as they come (those ready together in
+    one chunk), a chunk with each choice's finish reason, usage when asked, and `[DONE]`."""
     def chunk(choices: list[Choice], usage_: Usage | None = None) -> ServerSentEvent:
         return ServerSentEvent(data=Completion(id=completion_id, created=created, model=admitted.entry.name,
                                                choices=choices, usage=usage_))
 
-    header = {"id": completion_id, "object": "text_completion", "created": created, "model": admitted.entry.name}
     if body.echo:
         for index, prompt in enumerate(admitted.prompts):
             yield chunk([Choice(text=prompt, index=index)])
+    chunks = OpenAIChunks(completion_id, created, admitted.entry.name, body.logprobs)
     ends: dict[int, Finished] = {}
     keepalive = request.app.state.service.settings.sse_keepalive_s
-    async for item in admitted.submission.events(keepalive):
-        if item is None:
-            yield ServerSentEvent(comment="keep-alive")
+    async for batch in admitted.submission.events(keepalive):
+        if batch is None:
+            yield KEEPALIVE.encode()
             continue
-        index, events = item
-        offset = len(admitted.prompts[index]) if body.echo else 0
-        for event in events:
-            if isinstance(event, GeneratedToken):
-                yield character_chunk(header, index, event, offset, body.logprobs)
+        parts: list[str] = []
+        for index, tokens, end in merged(batch):
+            if tokens:
+                parts.append(chunks.characters(index, tokens, len(admitted.prompts[index]) if body.echo else 0))
+            if end is None:
                 continue
-            ends[index] = event
-            if event.reason is FinishReason.ERROR:
-                error = ServiceError(500, event.error or "generation failed", kind="generation")
-                yield ServerSentEvent(data=error_body(error, openai=True))
+            ends[index] = end
+            if end.reason is FinishReason.ERROR:
+                error = ServiceError(500, end.error or "generation failed", kind="generation")
+                yield ("".join(parts) + data_event(json.dumps(error_body(error, openai=True)))).encode()
                 return
-            yield chunk([Choice(text="", index=index, finish_reason=event.reason.value)])
+            choice_end = Completion(id=completion_id, created=created, model=admitted.entry.name,
+                                    choices=[Choice(text="", index=index, finish_reason=end.reason.value)])
+            parts.append(data_event(choice_end.model_dump_json()))
+        yield "".join(parts).encode()
     ordered = [ends[i] for i in sorted(ends)]
     log_completion(admitted, "/v1/completions", ordered)
     if body.stream_options is not None and body.stream_options.include_usage:
@@ -130,15 +137,18 @@ async def completion_events(
     yield ServerSentEvent(raw_data="[DONE]")
 
 
-def character_chunk(
-    header: dict[str, Any], index: int, event: GeneratedToken, offset: int, logprobs: int | None
-) -> bytes:
-    """A `Completion` chunk for one character, built without Pydantic: it runs per character."""
-    lp = logprobs_of([event], offset + event.position - 1, logprobs)
-    choice = {"text": event.text, "index": index, "logprobs": None if lp is None else lp.model_dump(),
-              "finish_reason": None}
-    data = {**header, "choices": [choice], "usage": None, "system_fingerprint": None}
-    return encode_data(json.dumps(data, ensure_ascii=False))
+def merged(batch: list[tuple[int, list[Event]]]) -> list[tuple[int, list[GeneratedToken], Finished | None]]:
+    """Per choice, in the order they first appear: its characters in this batch and its end, if any."""
+    tokens: dict[int, list[GeneratedToken]] = {}
+    ends: dict[int, Finished] = {}
+    for index, events in batch:
+        mine = tokens.setdefault(index, [])
+        for event in events:
+            if isinstance(event, Finished):
+                ends[index] = event
+            else:
+                mine.append(event)
+    return [(index, chars, ends.get(index)) for index, chars in tokens.items()]
 
 
 @router.get("/models", response_model=ModelList, responses=OPENAI_LISTING)

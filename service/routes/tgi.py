@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.sse import EventSourceResponse
 
 from service.admission import Admitted, admit, log_completion, logged
 from service.errors import ServiceError
@@ -24,9 +24,10 @@ from service.schemas.tgi import (
     Token,
 )
 from service.sequences import Alternative, Finished, GeneratedToken
-from service.sse import STREAM_RESPONSE, encode_data, sse_response
+from service.sse import STREAM_RESPONSE, sse_response
 from service.state import ServiceState, ready_service
 from service.stopping import FinishReason
+from service.stream_text import KEEPALIVE, data_event, tgi_character_event
 
 router = APIRouter(tags=["TGI"])
 
@@ -40,13 +41,14 @@ FINISH_REASONS = {  # TGI's names where it has one
 END_TOKEN = Token(id=-1, text="", logprob=0.0, special=True)  # carries the final stream event
 
 
-def admit_tgi(state: ServiceState, request: Request, body: GenerateRequest) -> Admitted:
+def admit_tgi(state: ServiceState, request: Request, body: GenerateRequest, stream: bool = False) -> Admitted:
     p = body.parameters
     prompts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     if p.truncate:
         prompts = [prompt[-p.truncate :] for prompt in prompts]
     max_new_tokens = DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens
-    spec = GenerationSpec(max_new_tokens, p.sampling(), tuple(p.stop), p.top_n_tokens or 0)
+    interval = state.settings.stream_interval if stream else 0
+    spec = GenerationSpec(max_new_tokens, p.sampling(), tuple(p.stop), p.top_n_tokens or 0, interval)
     return admit(state, request, body.model, prompts, spec, "inputs", "parameters.max_new_tokens")
 
 
@@ -54,7 +56,7 @@ def admit_tgi_stream(body: GenerateRequest, request: Request, state: ServiceStat
     """Everything that can fail before a stream starts: validation, model, prompt, queue."""
     if isinstance(body.inputs, list):
         raise ServiceError(422, "a stream takes one prompt; send a string as inputs", param="inputs")
-    return admit_tgi(state, request, body)
+    return admit_tgi(state, request, body, stream=True)
 
 
 def token(t: GeneratedToken | Alternative) -> Token:
@@ -101,60 +103,46 @@ async def generate_stream(
     return sse_response(logged(admitted, tgi_events(admitted, body, request)), openai=False)
 
 
-async def tgi_events(
-    admitted: Admitted, body: GenerateRequest, request: Request
-) -> AsyncIterator[ServerSentEvent | bytes]:
-    """One event per character; the last one also carries `generated_text` and `details`."""
+async def tgi_events(admitted: Admitted, body: GenerateRequest, request: Request) -> AsyncIterator[bytes]:
+    """One event per character, all that are ready written together; the last event also carries
+    `generated_text` and `details`."""
     keepalive = request.app.state.service.settings.sse_keepalive_s
-    async for item in admitted.submission.events(keepalive):
-        if item is None:
-            yield ServerSentEvent(comment="keep-alive")
+    async for batch in admitted.submission.events(keepalive):
+        if batch is None:
+            yield KEEPALIVE.encode()
             continue
-        events = item[1]
-        tokens = [e for e in events if isinstance(e, GeneratedToken)]
-        end = events[-1] if isinstance(events[-1], Finished) else None
-        if end is None or end.reason is FinishReason.ERROR:
-            for t in tokens:
-                yield character_event(t)
-        if end is not None:
+        parts: list[str] = []
+        for _, events in batch:  # a TGI stream has one sequence
+            tokens = [e for e in events if isinstance(e, GeneratedToken)]
+            end = events[-1] if isinstance(events[-1], Finished) else None
+            if end is None or end.reason is FinishReason.ERROR:
+                parts += [tgi_character_event(t) for t in tokens]
+            if end is None:
+                continue
             log_completion(admitted, "/generate_stream", [end])
             if end.reason is FinishReason.ERROR:
-                yield ServerSentEvent(data={"error": end.error or "generation failed", "error_type": "generation"})
-                return
-            for t in tokens[:-1]:
-                yield character_event(t)
-            yield closing_event(tokens[-1] if tokens else None, end, admitted.prompts[0], body)
+                error = {"error": end.error or "generation failed", "error_type": "generation"}
+                parts.append(data_event(json.dumps(error)))
+            else:
+                parts += [tgi_character_event(t) for t in tokens[:-1]]
+                parts.append(closing_event(tokens[-1] if tokens else None, end, admitted.prompts[0], body))
+        yield "".join(parts).encode()
 
 
-def token_json(t: GeneratedToken | Alternative) -> dict[str, Any]:
-    return {"id": t.id, "text": t.text, "logprob": t.logprob, "special": False}
-
-
-def character_event(t: GeneratedToken, **closing: Any) -> ServerSentEvent | bytes:
-    """A `StreamResponse` per character. The common case skips building Pydantic models: it runs
-    once per character of every stream, on the event loop."""
-    if closing:
-        top = [token(a) for a in t.top] if t.top else None
-        return ServerSentEvent(data=StreamResponse(index=t.position, token=token(t), top_tokens=top, **closing))
-    top_json = [token_json(a) for a in t.top] if t.top else None
-    data = {"index": t.position, "token": token_json(t), "top_tokens": top_json,
-            "generated_text": None, "details": None}
-    return encode_data(json.dumps(data, ensure_ascii=False))
-
-
-def closing_event(
-    last: GeneratedToken | None, end: Finished, prompt: str, body: GenerateRequest
-) -> ServerSentEvent | bytes:
+def closing_event(last: GeneratedToken | None, end: Finished, prompt: str, body: GenerateRequest) -> str:
     """The last character's event, with the text and details. When the stream ended without a
     character in its final step (a stop string matched, or time ran out), a special empty token
-    carries them instead."""
+    carries them instead. Once per stream: built with the schema."""
     text = prompt + end.text if body.parameters.return_full_text else end.text
     details = StreamDetails(finish_reason=FINISH_REASONS[end.reason], generated_tokens=end.generated_tokens,
                             seed=end.seed, input_length=len(prompt))
-    if last is not None:
-        return character_event(last, generated_text=text, details=details)
-    return ServerSentEvent(data=StreamResponse(index=end.generated_tokens + 1, token=END_TOKEN,
-                                               generated_text=text, details=details))
+    if last is None:
+        response = StreamResponse(index=end.generated_tokens + 1, token=END_TOKEN, generated_text=text, details=details)
+    else:
+        top = [token(a) for a in last.top] if last.top else None
+        response = StreamResponse(index=last.position, token=token(last), top_tokens=top, generated_text=text,
+                                  details=details)
+    return data_event(response.model_dump_json())
 
 
 @router.post("/", response_model=list[GenerateResponse],

@@ -10,9 +10,10 @@ from text_generation.errors import ValidationError
 from tests.service.helpers import live_server
 
 
-@pytest.fixture(scope="module")
-def base_url(tiny_models):
-    with live_server(tiny_models) as (base, _):
+@pytest.fixture(scope="module", params=[1, 7], ids=["interval-1", "interval-7"])
+def base_url(tiny_models, request):
+    """A server sending each character as it comes, and one sending them seven at a time."""
+    with live_server(tiny_models, stream_interval=request.param) as (base, _):
         yield base
 
 

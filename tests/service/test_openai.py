@@ -86,3 +86,26 @@ async def test_model_list(client):
     assert cards["tiny-gpt"]["architecture"] == "gpt" and cards["tiny-gpt"]["context_length"] == 16
     assert cards["tiny-lstm"]["context_length"] is None and cards["tiny-lstm"]["parameters"] > 0
     assert all(card["object"] == "model" and card["vocab_size"] > 10 for card in cards.values())
+
+
+async def test_characters_ready_together_travel_in_one_chunk_with_their_logprobs(serve):
+    """With a stream interval of 5 every chunk but the last carries five characters (or a multiple,
+    when the stream fell behind), their logprobs lists in step, and the streamed text is the
+    non-streamed one."""
+    async with serve(stream_interval=5) as (client, _):
+        body = completion(prompt="the king", max_tokens=23, seed=4, stream=True, logprobs=2)
+        chunks = []
+        async with aconnect_sse(client, "POST", "/v1/completions", json=body) as source:
+            async for event in source.aiter_sse():
+                if event.data != "[DONE]":
+                    chunks.append(json.loads(event.data)["choices"][0])
+        plain = {**body, "stream": False}
+        expected = (await client.post("/v1/completions", json=plain)).json()["choices"][0]
+    texts = [c["text"] for c in chunks if not c["finish_reason"]]
+    assert all(len(t) % 5 == 0 for t in texts[:-1]) and len(texts[-1]) % 5 == 3
+    assert "".join(texts) == expected["text"]
+    logprobs = [c["logprobs"] for c in chunks if not c["finish_reason"]]
+    assert [lp["tokens"] for lp in logprobs] == [list(t) for t in texts]
+    assert [x for lp in logprobs for x in lp["token_logprobs"]] == expected["logprobs"]["token_logprobs"]
+    assert [x for lp in logprobs for x in lp["text_offset"]] == list(range(23))
+    assert all(len(lp["top_logprobs"]) == len(lp["tokens"]) for lp in logprobs)

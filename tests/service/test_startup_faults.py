@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,3 +100,24 @@ def test_without_a_good_model_the_server_exits_naming_every_bad_file(broken_mode
     for _, message in FAULTS.values():
         assert message in output
     assert "Traceback" not in output
+
+
+def test_a_batch_whose_decode_state_does_not_fit_fails_that_model_at_startup(tiny_models, tmp_path):
+    """A model whose window is so long that 4,096 rows of its cache need over a terabyte: it is
+    reported failed, naming what it needs and the setting to lower; the others serve."""
+    from charlm.checkpoint import load_model, save_model
+    from charlm.models import build_model
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "tiny-gpt", models / "small")
+    vocab = load_model(tiny_models / "tiny-gpt").vocab
+    huge = build_model("gpt", {"vocab_size": len(vocab), "block_size": 65536, "n_layer": 64, "n_head": 1,
+                               "n_embd": 8})
+    save_model(models / "long-window", huge, vocab)
+    with serve_process("--models-dir", str(models), "--max-batch-size", "4096") as server:
+        server.wait_healthy()
+        health = httpx.get(f"{server.url}/health").json()["models"]
+    assert health["small"]["status"] == "ready"
+    error = health["long-window"]["error"]
+    assert health["long-window"]["status"] == "failed" and "CHARLM_MAX_BATCH_SIZE" in error
+    assert re.search(r"4096 rows of decode state need 10\d\d\.\d\d GiB on cpu, but only [\d.]+ GiB is free", error)

@@ -165,3 +165,13 @@ async def test_a_waiting_stream_receives_keep_alive_comments(serve):
         await running
     assert response.status_code == 200
     assert ": keep-alive" in response.text.split("data:")[0]  # sent while it waited in the queue
+
+
+async def test_with_a_stream_interval_each_character_is_still_its_own_event(serve):
+    """TGI's clients parse one token per event: a larger interval batches the writes, not the events."""
+    async with serve(stream_interval=4) as (client, _):
+        body = generate_body(seed=2, do_sample=True)
+        events = await stream_events(client, "/generate_stream", body)
+        text = (await client.post("/generate", json=body)).json()["generated_text"]
+    assert [e["index"] for e in events] == list(range(1, 31))
+    assert events[-1]["generated_text"] == streamed_text(events) == text

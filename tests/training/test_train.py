@@ -5,13 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from charlm.checkpoint import load_model
-from tests.helpers import train_tiny
+from tests.helpers import train_tiny, wait_until
 from training import artifacts, distributed
 from training.config import ConfigError
 from training.session import RunSpec, prepare
@@ -124,6 +123,8 @@ def test_a_crash_during_a_later_checkpoint_keeps_the_previous_one(corpus_file, t
 
 
 def test_ctrl_c_keeps_the_best_checkpoint(corpus_file, tmp_path):
+    """A `charlm train` process (timing: it waits for the process to have evaluated twice) gets
+    SIGINT: it stops after the iteration in progress, exit status 130, the checkpoint intact."""
     out = tmp_path / "m"
     command = [
         sys.executable, "-m", "charlm", "train", "--data", str(corpus_file), "--out", str(out),
@@ -132,14 +133,13 @@ def test_ctrl_c_keeps_the_best_checkpoint(corpus_file, tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
+    metrics = out / "metrics.jsonl"  # written with each checkpoint, after the first evaluation
+    assert wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, timeout=120)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert "keeps the best checkpoint" in stderr and "Traceback" not in stderr
+    assert "keeps the best checkpoint" in stderr and "stopping after this iteration" in stderr
+    assert "Traceback" not in stderr
     assert load_model(out).model is not None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

@@ -1,0 +1,72 @@
+"""The text of stream events, built from prebuilt fragments rather than through Pydantic.
+
+An event is written for every character of every stream, on the event loop: at
+hundreds of thousands of characters per second, building and validating models
+per event would cost more than everything else. The final events of a stream,
+written once, still go through the schemas. The JSON here is what `json.dumps`
+writes for the same objects.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+from service.sequences import Alternative, GeneratedToken
+
+KEEPALIVE = ": keep-alive\n\n"
+
+
+@functools.lru_cache(maxsize=65536)
+def json_text(text: str) -> str:
+    """A JSON string (characters repeat: a vocabulary is small)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def json_float(value: float) -> str:
+    return repr(value) if math.isfinite(value) else json.dumps(value)
+
+
+def data_event(json_data: str) -> str:
+    return f"data: {json_data}\n\n"
+
+
+def tgi_token(t: GeneratedToken | Alternative) -> str:
+    return (f'{{"id": {t.id}, "text": {json_text(t.text)}, "logprob": {json_float(t.logprob)}, '
+            f'"special": false}}')
+
+
+def tgi_character_event(t: GeneratedToken) -> str:
+    """TGI's `StreamResponse` for one character that is not the last of its stream."""
+    top = "[" + ", ".join(tgi_token(a) for a in t.top) + "]" if t.top else "null"
+    return data_event(f'{{"index": {t.position}, "token": {tgi_token(t)}, "top_tokens": {top}, '
+                      f'"generated_text": null, "details": null}}')
+
+
+class OpenAIChunks:
+    """The chunks of one OpenAI completion stream: several characters of a choice that are ready
+    together travel in one chunk, their `logprobs` lists in step."""
+
+    def __init__(self, completion_id: str, created: int, model: str, logprobs: int | None):
+        header = json.dumps({"id": completion_id, "object": "text_completion", "created": created, "model": model},
+                            ensure_ascii=False)
+        self.prefix = header[:-1] + ', "choices": ['
+        self.suffix = '], "usage": null, "system_fingerprint": null}'
+        self.logprobs = logprobs
+
+    def characters(self, index: int, tokens: list[GeneratedToken], offset: int) -> str:
+        """One chunk carrying `tokens` of choice `index`; `offset` counts an echoed prompt."""
+        text = json_text("".join(t.text for t in tokens))
+        choice = f'{{"text": {text}, "index": {index}, "logprobs": {self._logprobs(tokens, offset)}, ' \
+                 f'"finish_reason": null}}'
+        return data_event(self.prefix + choice + self.suffix)
+
+    def _logprobs(self, tokens: list[GeneratedToken], offset: int) -> str:
+        if self.logprobs is None:
+            return "null"
+        top = [{a.text: a.logprob for a in t.top} for t in tokens] if self.logprobs else None
+        return json.dumps({
+            "tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": top, "text_offset": [offset + t.position - 1 for t in tokens],
+        }, ensure_ascii=False)
