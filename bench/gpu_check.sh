@@ -74,6 +74,8 @@ step engine-eager 60 $PY bench/engine.py --device cuda --dtypes bfloat16 --batch
     --models models/shakespeare-gpt --results "$OUT_DIR/eager.jsonl"
 step serve 100 $PY bench/serve.py --device cuda --levels 1 32 256 --procs 8 --plot "$OUT_DIR/serve.png" \
     --results "$RESULTS"
+step serve-thread 60 $PY bench/serve.py --device cuda --levels 256 --procs 8 --plot "$OUT_DIR/serve-thread.png" \
+    --serve-flags "--engine-process false" --results "$OUT_DIR/serve-thread.jsonl"
 step profile 120 $PY bench/gpu_profile.py --model random:gpt-baby --batch 256 --compile
 step train-throughput 45 $PY bench/train_throughput.py --presets gpt-baby --device cuda --iters 30 \
     --data "$DATA" --results "$RESULTS"

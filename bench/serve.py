@@ -7,8 +7,11 @@ Without --url it starts `charlm serve` on a free port (bundled models, max batch
 level) and stops it afterwards. Each of N clients streams --rounds requests of --chars characters
 one after another from /generate_stream. The clients are spread over --procs processes, so that the
 load generator is not the bottleneck, and start together. Reports aggregate characters per second,
-time to first character and inter-character latency (p50/p99, as the clients see them), errors, and
-the CPU the server used (cores: CPU seconds per second, for a server it started); writes a PNG plot.
+time to first character and inter-character latency (p50/p99, as the clients see them; characters
+that arrive in one piece share its time), errors, and the CPU that the server (with its engine
+processes, for a server it started) and the clients used, in cores (CPU seconds per second);
+writes a PNG plot. The clients speak bare HTTP/1.1 over kept-alive connections, so that they
+cost little CPU beside the server.
 """
 
 from __future__ import annotations
@@ -22,14 +25,13 @@ import json
 import os
 import statistics
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from httpx_sse import aconnect_sse
 from spawned import spawned_process  # bench/, beside this script
 
 DEFAULT_PLOT = Path(__file__).resolve().parents[1] / "docs" / "serve_bench.png"
@@ -42,6 +44,7 @@ class Level:
     errors: int = 0
     seconds: float = 0.0
     server_cores: float | None = None
+    client_cpu_s: float = 0.0
     first: list[float] = dataclasses.field(default_factory=list)
     gaps: list[float] = dataclasses.field(default_factory=list)
 
@@ -57,48 +60,92 @@ class Level:
         self.errors += other.errors
         self.first += other.first
         self.gaps += other.gaps
+        self.client_cpu_s += other.client_cpu_s
 
 
-async def stream_once(client: httpx.AsyncClient, url: str, body: dict, level: Level) -> None:
+class Connection:
+    """A bare HTTP/1.1 client over one kept-alive connection: a load generator built on a full
+    client library spends more CPU per event than the server does, and on a small machine it
+    competes with the server for the same cores."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> int:
+        """Send the request; the response's status (its headers are read)."""
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        self.writer.write(head.encode() + body)
+        assert self.reader is not None
+        headers = await self.reader.readuntil(b"\r\n\r\n")
+        return int(headers.split(b" ", 2)[1])
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body of a chunked response, piece by piece as it arrives."""
+        assert self.reader is not None
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n"))[:-2], 16)
+            data = await self.reader.readexactly(size + 2)
+            if size == 0:
+                return
+            yield data[:-2]
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def stream_once(connection: Connection, body: dict, level: Level) -> None:
+    """One /generate_stream request: characters counted per event, each timed by when the piece of
+    the body holding it arrived (characters that travel together arrive together)."""
     sent = time.perf_counter()
     last = None
     try:
-        async with aconnect_sse(client, "POST", f"{url}/generate_stream", json=body) as source:
-            if source.response.status_code != 200:
-                level.errors += 1
-                return
-            async for event in source.aiter_sse():
-                now = time.perf_counter()
-                data = json.loads(event.data)
-                if "error" in data:
+        status = await connection.post("/generate_stream", json.dumps(body).encode())
+        if status != 200:
+            level.errors += 1
+            connection.close()
+            return
+        pending = b""
+        async for piece in connection.chunks():
+            now = time.perf_counter()
+            *events, pending = (pending + piece).split(b"\n\n")
+            for event in events:
+                if event.startswith(b'data: {"error"'):
                     level.errors += 1
-                    return
-                if data["token"]["special"]:
-                    continue
-                level.chars += 1
-                if last is None:
-                    level.first.append(now - sent)
-                else:
-                    level.gaps.append(now - last)
-                last = now
-    except httpx.HTTPError:
+                elif b'"special": false' in event or b'"special":false' in event:
+                    level.chars += 1
+                    if last is None:
+                        level.first.append(now - sent)
+                    else:
+                        level.gaps.append(now - last)
+                    last = now
+    except (OSError, asyncio.IncompleteReadError, ValueError):
         level.errors += 1
+        connection.close()
 
 
 async def run_clients(url: str, indices: range, rounds: int, chars: int, model: str, start_at: float) -> Level:
     level = Level(len(indices))
-    limits = httpx.Limits(max_connections=len(indices) + 4, max_keepalive_connections=len(indices) + 4)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
 
-    async def client_loop(client: httpx.AsyncClient, index: int) -> None:
+    async def client_loop(index: int) -> None:
+        connection = Connection(host, int(port))
         for round_ in range(rounds):
             body = {"inputs": "ROMEO:\n", "model": model,
                     "parameters": {"max_new_tokens": chars, "temperature": 0.8, "seed": index * 1000 + round_}}
-            await stream_once(client, url, body, level)
+            await stream_once(connection, body, level)
+        connection.close()
 
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600), limits=limits) as client:
-        await asyncio.sleep(max(0.0, start_at - time.time()))  # every process starts together
-        await asyncio.gather(*(client_loop(client, i) for i in indices))
+    await asyncio.sleep(max(0.0, start_at - time.time()))  # every process starts together
+    cpu = time.process_time()
+    await asyncio.gather(*(client_loop(i) for i in indices))
     level.seconds = time.time() - start_at  # this process's end
+    level.client_cpu_s = time.process_time() - cpu
     return level
 
 
@@ -121,9 +168,16 @@ def run_level(pool: concurrent.futures.Executor, procs: int, url: str, concurren
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live child processes (engine processes), from /proc."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def plot(levels: list[Level], path: Path) -> None:
@@ -147,12 +201,13 @@ def report(level: Level, args: argparse.Namespace) -> None:
     cores = "—" if level.server_cores is None else f"{level.server_cores:.2f}"
     print(f"| {level.concurrency} | {level.rate:,.0f} | {level.percentile(level.first, 50):.1f} / "
           f"{level.percentile(level.first, 99):.1f} | {level.percentile(level.gaps, 50):.2f} / "
-          f"{level.percentile(level.gaps, 99):.2f} | {cores} | {level.errors} |", flush=True)
+          f"{level.percentile(level.gaps, 99):.2f} | {cores} | {level.client_cpu_s / level.seconds:.2f} "
+          f"| {level.errors} |", flush=True)
     if args.results:
         row = {"bench": "serve", "model": args.model, "device": args.device, "streams": level.concurrency,
                "chars_per_s": level.rate, "first_p50_ms": level.percentile(level.first, 50),
                "gap_p50_ms": level.percentile(level.gaps, 50), "server_cores": level.server_cores,
-               "errors": level.errors}
+               "client_cores": level.client_cpu_s / level.seconds, "errors": level.errors}
         with args.results.open("a") as out:
             out.write(json.dumps(row) + "\n")
 
@@ -168,15 +223,18 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="the started server's --device")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     parser.add_argument("--results", type=Path, help="append one JSON line per level to this file")
+    parser.add_argument("--serve-flags", default="", help="more flags for the started server, e.g. "
+                        "'--engine-process false --stream-interval 4'")
     args = parser.parse_args()
-    flags = ("--max-batch-size", str(max(args.levels)), "--max-queued", "4096", "--device", args.device)
+    flags = ("--max-batch-size", str(max(args.levels)), "--max-queued", "4096", "--device", args.device,
+             *args.serve_flags.split())
     server = contextlib.nullcontext((args.url, None)) if args.url else spawned_process(*flags)
     levels = []
     with server as (url, process), concurrent.futures.ProcessPoolExecutor(args.procs) as pool:
         run_level(pool, args.procs, url, min(args.procs, 4), 1, 20, args.model)  # warm connections and workers
         print("| streams | characters / s | first char p50 / p99 (ms) | between chars p50 / p99 (ms) "
-              "| server CPU (cores) | errors |")
-        print("|---:|---:|---:|---:|---:|---:|")
+              "| server CPU (cores) | client CPU (cores) | errors |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         for concurrency in args.levels:
             before, started = (cpu_seconds(process.pid) if process else 0.0), time.time()
             level = run_level(pool, args.procs, url, concurrency, args.rounds, args.chars, args.model)

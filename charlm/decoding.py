@@ -15,15 +15,16 @@ prompts are prefilled in one call each.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from charlm.device_memory import allocate_state
 from charlm.graphs import try_capture
-from charlm.models import CharModel, DecodeState
+from charlm.models import CharModel
 from charlm.prompt_feed import PROMPT_FEED, PromptFeed
 from charlm.sampling import SamplingParams, SamplingRows, sample
 
@@ -34,8 +35,12 @@ REENCODE_ROWS = 8  # rows re-encoded together on CUDA: a fixed shape, padded wit
 HOST_BUFFERS = 3  # results of steps in flight (pipelined engines run one step ahead)
 
 
-class DecoderMemoryError(Exception):
-    """The decode state for the requested number of rows does not fit the device."""
+@dataclasses.dataclass(frozen=True)
+class NewSequence:
+    prompt: list[int]  # non-empty
+    params: SamplingParams
+    seed: int
+    top: bool = False  # report the most likely characters at each step
 
 
 class StepResult:
@@ -129,35 +134,47 @@ class SlotDecoder:
     def graphed(self) -> bool:
         return self.graph is not None
 
-    @torch.no_grad()
     def add(self, prompt: list[int], params: SamplingParams, seed: int, top: bool = False) -> int:
-        """Prefill a new sequence (prompt non-empty) into the next free row and return that row.
+        """Prefill one new sequence into the next free row; returns that row (see `add_group`)."""
+        return self.add_group([NewSequence(prompt, params, seed, top)])
+
+    def prompt_length(self, prompt: list[int]) -> int:
+        """The characters of `prompt` that the model will see (those within its window)."""
+        return min(len(prompt), self.window) if self.window is not None else len(prompt)
+
+    @torch.no_grad()
+    def add_group(self, group: list[NewSequence]) -> int:
+        """Prefill new sequences whose prompts have one `prompt_length` (non-empty) into the next
+        free rows; returns the first of those rows, the others follow in order.
 
         A prompt short enough is fed through the step (its row draws for real once the whole
-        prompt is in); a longer one is prefilled here but for its last character, which is
-        the first input of `launch`. `top`: the row reports its most likely characters at
-        each step. If prefill fails the row stays free.
+        prompt is in); a longer one is prefilled here but for its last character, which is the
+        first input of `launch`: on a CPU the whole group in one call, on CUDA each on its own
+        (so that a row's arithmetic never depends on others). If prefill fails, every row of the
+        group stays free.
         """
-        if self.active == self.slots:
-            raise RuntimeError(f"all {self.slots} rows are in use")
-        row = self.active
-        ids = prompt[-self.window :] if self.window is not None else prompt
-        state = self.state.narrow(row, 1)
-        state.zero_()
-        if self.feed.fits(len(ids) - 1):
-            self.tokens[row] = ids[0]
-            self.feed.start(row, ids[1:])
-            self.filled[row] = 0
-        else:
-            if len(ids) > 1:
-                self.model.prefill(torch.tensor([ids[:-1]], device=self.device), state)  # (1, T)
-            self.tokens[row] = ids[-1]
-            self.feed.start(row, [])
-            self.filled[row] = len(ids) - 1
-        self.sampling.set_row(row, params, seed)
-        self.wants_top[row] = top
-        self.active += 1
-        return row
+        first, count = self.active, len(group)
+        if first + count > self.slots:
+            raise RuntimeError(f"{count} new rows do not fit: {first} of {self.slots} are in use")
+        prompts = [g.prompt[-self.window :] if self.window is not None else g.prompt for g in group]
+        length = len(prompts[0])
+        assert all(len(p) == length for p in prompts), "a group's prompts have one length"
+        self.state.narrow(first, count).zero_()
+        fed = self.feed.fits(length - 1)
+        if not fed and length > 1:
+            heads = [p[:-1] for p in prompts]
+            chunk = 1 if self.fixed else count  # CUDA: one row per call, whatever arrives beside it
+            for offset in range(0, count, chunk):
+                tokens = torch.tensor(heads[offset : offset + chunk], device=self.device)  # (chunk, length - 1)
+                self.model.prefill(tokens, self.state.narrow(first + offset, tokens.size(0)))
+        for row, (sequence, ids) in enumerate(zip(group, prompts, strict=True), start=first):
+            self.tokens[row] = ids[0] if fed else ids[-1]
+            self.feed.start(row, ids[1:] if fed else [])
+            self.filled[row] = 0 if fed else length - 1
+            self.sampling.set_row(row, sequence.params, sequence.seed)
+            self.wants_top[row] = sequence.top
+        self.active += count
+        return first
 
     @torch.no_grad()
     def remove(self, row: int) -> int | None:
@@ -243,36 +260,3 @@ class SlotDecoder:
                     self.model.reencode(self.state, self.reencode_rows)
         for row in full:
             self.filled[row] = self.model.reencoded_length
-
-
-def allocate_state(model: CharModel, rows: int, device: torch.device) -> DecodeState:
-    """`model.init_state(rows)` on `device`, or DecoderMemoryError saying what did not fit."""
-    needed = model.init_state(rows, "meta").nbytes
-    free = free_memory(device)
-    problem = None
-    if free is not None and needed > free:
-        problem = f"only {gib(free)} is free"
-    else:
-        try:
-            return model.init_state(rows, device)
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            problem = str(exc).splitlines()[0]
-    raise DecoderMemoryError(f"{rows - 1} rows of decode state need {gib(needed)} on {device}, but {problem}; "
-                             "lower the maximum batch size")
-
-
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on `device`, when known."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def gib(count: int) -> str:
-    return f"{count / 2**30:.2f} GiB"

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from charlm.decoding import PendingStep, SlotDecoder, StepResult
+from charlm.decoding import NewSequence, PendingStep, SlotDecoder, StepResult
 from charlm.vocab import Vocab
 from service.sequences import Alternative, EngineMetrics, GenerationRequest, Row
 from service.stopping import FinishReason
@@ -44,22 +44,31 @@ class RunningBatch:
         return bool(self.rows or self.pending)
 
     def admit(self, requests: list[GenerationRequest]) -> None:
-        """Prefill each request into a free row; a failing prefill ends only its own request."""
+        """Prefill the requests into free rows, those whose prompts have one length together; a
+        failing prefill ends only the requests it was for."""
+        now = time.monotonic()
+        groups: dict[int, list[Row]] = {}
         for request in requests:
-            now = time.monotonic()
             row = Row(request, self.vocab, now)
             if request.max_new_tokens == 0:
                 row.finish(FinishReason.LENGTH, now)
                 row.deliver()
                 continue
+            groups.setdefault(self.decoder.prompt_length(request.prompt_ids), []).append(row)
+        for group in groups.values():
+            sequences = [NewSequence(r.request.prompt_ids, r.request.params, r.seed, r.request.top_n > 0)
+                         for r in group]
             try:
-                row.slot = self.decoder.add(request.prompt_ids, request.params, row.seed, top=request.top_n > 0)
+                first = self.decoder.add_group(sequences)
             except Exception as exc:
-                logger.exception("request %s: prefill failed", request.request_id)
-                row.finish(FinishReason.ERROR, now, f"prefill failed: {exc}")
-                row.deliver()
+                logger.exception("requests %s: prefill failed", ", ".join(r.request.request_id for r in group))
+                for row in group:
+                    row.finish(FinishReason.ERROR, now, f"prefill failed: {exc}")
+                    row.deliver()
                 continue
-            self.rows.append(row)
+            for offset, row in enumerate(group):
+                row.slot = first + offset
+                self.rows.append(row)
         if requests:
             self.changed()
 

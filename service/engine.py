@@ -14,10 +14,12 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
-from charlm.decoding import DecoderMemoryError, SlotDecoder
+from charlm.decoding import SlotDecoder
+from charlm.device_memory import DecoderMemoryError
 from charlm.models import CharModel
 from charlm.vocab import Vocab
 from service.batch import RunningBatch
@@ -41,7 +43,10 @@ class Engine:
     def __init__(
         self, name: str, model: CharModel, vocab: Vocab, max_batch_size: int, max_queued: int,
         metrics: EngineMetrics | None = None, cuda_graphs: bool = True,
+        after_step: Callable[[], None] = lambda: None,
     ):
+        """`after_step` is called by the engine thread after every turn of its loop (an engine
+        process sends what the turn produced)."""
         self.name = name
         self.model = model
         self.vocab = vocab
@@ -50,6 +55,7 @@ class Engine:
         self.max_queued = max_queued  # waiting requests beyond the free rows of the batch
         self.metrics = metrics or EngineMetrics()
         self.cuda_graphs = cuda_graphs
+        self.after_step = after_step
         self._cv = threading.Condition()
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._admitting = 0  # taken from the queue, not yet in the batch (their prefill runs)
@@ -60,6 +66,7 @@ class Engine:
         # Made by the engine thread at start, then touched only by it.
         self._batch: RunningBatch | None = None
         self.memory: dict[str, object] = {}  # what the decode state takes, for /info
+        self.failure: str | None = None  # an engine in a thread fails only at start (EngineClosed)
 
     @property
     def active(self) -> int:
@@ -159,8 +166,10 @@ class Engine:
                 except Exception as exc:  # a failed step must not kill the engine
                     logger.exception("engine %s: step failed", self.name)
                     batch.retire_all(FinishReason.ERROR, f"generation failed: {exc}")
+                self.after_step()
             if batch is not None:
                 batch.retire_all(FinishReason.CANCELLED)
+            self.after_step()
 
     def _next_admissions(self, batch: RunningBatch) -> list[GenerationRequest] | None:
         """Wait for work; the requests that join now, or None when the engine should stop."""

@@ -20,6 +20,7 @@ from charlm.generation import prompt_ids
 from charlm.sampling import MAX_SEED, SamplingParams
 from charlm.vocab import UnknownCharactersError
 from service.engine import Engine, EngineClosed, QueueFull
+from service.engine_client import EngineClient
 from service.errors import ServiceError
 from service.registry import ModelEntry
 from service.sequences import Event, Finished, GeneratedToken, GenerationRequest
@@ -101,7 +102,7 @@ class Mailbox:
 class Submission:
     """The sequences of one HTTP request."""
 
-    def __init__(self, engine: Engine, prompts: list[list[int]], spec: GenerationSpec, request_id: str,
+    def __init__(self, engine: Engine | EngineClient, prompts: list[list[int]], spec: GenerationSpec, request_id: str,
                  timeout_s: float, mailbox: Mailbox, seed_offsets: list[int] | None = None):
         self.engine = engine
         self.mailbox = mailbox

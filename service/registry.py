@@ -12,6 +12,8 @@ import torch
 
 from charlm.checkpoint import LoadedModel, ModelDirError, load_model
 from service.engine import Engine, EngineClosed
+from service.engine_client import EngineClient
+from service.engine_process import EngineSpec
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -33,13 +35,18 @@ class UnknownModelError(LookupError):
 class ModelEntry:
     name: str
     path: Path
-    loaded: LoadedModel | None = None
-    engine: Engine | None = None
+    loaded: LoadedModel | None = None  # with engine processes, a CPU copy that describes the model
+    engine: Engine | EngineClient | None = None
     error: str | None = None
 
     @property
     def status(self) -> str:
-        return "ready" if self.engine is not None else "failed"
+        return "ready" if self.engine is not None and self.engine.failure is None else "failed"
+
+    @property
+    def reason(self) -> str | None:
+        """Why a failed model is not served: it did not load or start, or its engine process died."""
+        return self.engine.failure if self.engine is not None and self.engine.failure else self.error
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -83,7 +90,7 @@ class Registry:
         self.max_batch_size = max_batch_size
         ready = [e.name for e in entries if e.status == "ready"]
         if not ready:
-            problems = "; ".join(f"{e.name}: {e.error}" for e in entries) or "no model directories"
+            problems = "; ".join(f"{e.name}: {e.reason}" for e in entries) or "no model directories"
             raise NoModelsError(f"no model could be loaded ({problems})")
         if default_model not in ready:
             logger.warning("default model %r is not available; using %r", default_model, ready[0])
@@ -102,9 +109,10 @@ class Registry:
         if device.type == "cpu":
             torch.set_num_threads(1)  # loading needs no more; the engine threads compute
         batch_size = resolve_batch_size(settings.max_batch_size, device)
-        entries = [load_entry(path, settings, metrics, device, dtype, batch_size) for path in paths]
-        if device.type == "cpu":
-            torch.set_num_threads(settings.torch_threads or cpu_threads(len(paths)))
+        threads = settings.torch_threads or cpu_threads(len(paths))
+        entries = [load_entry(path, settings, metrics, device, dtype, batch_size, threads) for path in paths]
+        if device.type == "cpu" and not settings.engine_process:
+            torch.set_num_threads(threads)
         return cls(entries, settings.default_model, device, dtype, batch_size)
 
     @property
@@ -130,12 +138,12 @@ class Registry:
                 entry.engine, entry.error = None, str(exc)
         if not self.ready:
             raise NoModelsError("no model could be started: " + "; ".join(
-                f"{e.name}: {e.error}" for e in self.entries.values()))
+                f"{e.name}: {e.reason}" for e in self.entries.values()))
         if self.default_model not in {e.name for e in self.ready}:
             self.default_model = self.ready[0].name
 
     @property
-    def engines(self) -> list[Engine]:
+    def engines(self) -> list[Engine | EngineClient]:
         return [entry.engine for entry in self.entries.values() if entry.engine is not None]
 
     def cancel_all(self) -> None:
@@ -157,18 +165,27 @@ class Registry:
 
 def load_entry(
     path: Path, settings: Settings, metrics: ServiceMetrics, device: torch.device, dtype: torch.dtype,
-    max_batch_size: int,
+    max_batch_size: int, threads: int,
 ) -> ModelEntry:
+    """Check and load a model directory and make its engine: in a process of its own (which loads the
+    weights again, on the device; the copy here, on the CPU, only describes the model) or in a
+    thread of this one."""
     entry = ModelEntry(path.name, path)
     try:
-        entry.loaded = load_model(path, device=device, dtype=dtype)
+        entry.loaded = load_model(path, device="cpu" if settings.engine_process else device, dtype=dtype)
     except ModelDirError as exc:
         entry.error = str(exc)
         logger.error("model %s failed to load: %s", path.name, exc)
         return entry
     loaded = entry.loaded
-    entry.engine = Engine(path.name, loaded.model, loaded.vocab, max_batch_size, settings.max_queued,
-                          metrics.for_model(path.name), cuda_graphs=settings.cuda_graphs)
+    if settings.engine_process:
+        dtype_name = next(name for name, value in DTYPES.items() if value == dtype)
+        spec = EngineSpec(path.name, path, str(device), dtype_name, max_batch_size, settings.max_queued,
+                          settings.cuda_graphs, threads, settings.log_level)
+        entry.engine = EngineClient(spec, metrics)
+    else:
+        entry.engine = Engine(path.name, loaded.model, loaded.vocab, max_batch_size, settings.max_queued,
+                              metrics.for_model(path.name), cuda_graphs=settings.cuda_graphs)
     logger.info("model %s: %s, %s parameters, %d characters, on %s (%s)", path.name,
                 loaded.model.architecture, f"{loaded.model.num_parameters():,}", len(loaded.vocab), device,
                 str(dtype).removeprefix("torch."))

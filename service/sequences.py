@@ -68,10 +68,16 @@ class GenerationRequest:
     request_id: str = ""
     cancelled: bool = False
     submitted_at: float = dataclasses.field(default_factory=time.monotonic)
+    # Set by an engine in another process, to hear of a cancellation.
+    on_cancel: Callable[[], None] | None = dataclasses.field(default=None, repr=False)
 
     def cancel(self) -> None:
         """Ask the engine to drop this request at its next step (thread-safe)."""
+        if self.cancelled:
+            return
         self.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     def ended_early(self, now: float) -> FinishReason | None:
         """Cancelled, or out of time, before its next character."""

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
         0, ge=0, le=4096, description="sequences stepped together per model; 0: 256 on CUDA, 32 on CPU"
     )
     cuda_graphs: bool = Field(True, description="on CUDA, replay each model's decode step as a CUDA graph")
+    engine_process: bool = Field(
+        True, description="run each model's engine in a process of its own (false: a thread of the server's)"
+    )
     max_queued: int = Field(256, ge=0, description="requests waiting per model before 429")
     max_new_tokens: int = Field(4096, ge=1, description="upper limit of max_new_tokens / max_tokens")
     max_prompt_chars: int = Field(8192, ge=1, description="longest prompt accepted, in characters")

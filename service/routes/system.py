@@ -22,8 +22,8 @@ def model_statuses(state: ServiceState, memory: bool = False) -> dict[str, dict[
         return {}
     statuses: dict[str, dict[str, Any]] = {}
     for name, entry in state.registry.entries.items():
-        if entry.engine is None:
-            statuses[name] = {"status": "failed", "error": entry.error}
+        if entry.status == "failed" or entry.engine is None:
+            statuses[name] = {"status": "failed", "error": entry.reason}
         else:
             statuses[name] = {"status": "ready", "active": entry.engine.active, "queued": entry.engine.queued}
             if memory:

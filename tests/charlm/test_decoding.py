@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from charlm.checkpoint import load_model
-from charlm.decoding import DecoderMemoryError, SlotDecoder
+from charlm.decoding import NewSequence, SlotDecoder
+from charlm.device_memory import DecoderMemoryError
 from charlm.generation import generate, prompt_ids
 from charlm.models import build_model
 from charlm.sampling import SamplingParams
@@ -145,3 +146,26 @@ def test_warm_up_leaves_no_row_active_and_decoding_works_after(trained_dir):
     decoder.add(prompt_ids(loaded.vocab, "the"), params, 3)
     ids = [decoder.launch().result().ids[0] for _ in range(25)]
     assert ids == decode_alone(loaded.model, prompt_ids(loaded.vocab, "the"), params, 3, 25)[0]
+
+
+@MODES
+@torch.inference_mode()
+def test_prompts_of_one_length_prefilled_together_decode_as_if_alone(trained_dir, mode):
+    """On a CPU one prefill call takes a group of equal-length prompts (long enough not to be fed
+    through the step on CUDA); each sequence still decodes as it would alone."""
+    loaded = load_model(trained_dir)
+    texts = [LONG_PROMPT, LONG_PROMPT.replace("king", "lord"), LONG_PROMPT.upper().lower()[::-1]]
+    group = [NewSequence(prompt_ids(loaded.vocab, t), SamplingParams(temperature=0.9, seed=s), s)
+             for s, t in enumerate(texts)]
+    decoder = SlotDecoder(loaded.model, 4, **mode)
+    assert decoder.add_group(group) == 0 and decoder.active == 3
+    produced: list[list[int]] = [[], [], []]
+    while min(map(len, produced)) < 20:
+        step = decoder.launch()
+        result = step.result()
+        for row in range(3):
+            if step.drew is None or step.drew[row]:
+                produced[row].append(result.ids[row])
+    for sequence, ids in zip(group, produced, strict=True):
+        alone, _ = decode_alone(loaded.model, sequence.prompt, sequence.params, sequence.seed, 20, 4, **mode)
+        assert ids[:20] == alone

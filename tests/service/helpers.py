@@ -27,7 +27,10 @@ ARCHITECTURES = ["gpt", "lstm", "lstm_attention"]
 
 
 def settings_for(models_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"models_dir": models_dir, "default_model": "tiny-gpt", "max_batch_size": 16}
+    """Settings for an app in this process, engines in threads (a process per engine would cost every
+    test seconds of start-up; `serve_process` servers run them the default way, in processes)."""
+    values: dict[str, Any] = {"models_dir": models_dir, "default_model": "tiny-gpt", "max_batch_size": 16,
+                              "engine_process": False}
     return Settings(**{**values, **overrides})
 
 
