@@ -86,10 +86,11 @@ def target_rows(rows: list[Row]) -> list[tuple[str, str, str, bool | None]]:
 
 def serve_section(rows: list[Row]) -> list[str]:
     lines = ["| streams | characters / s | first char p50 (ms) | between chars p50 (ms) | server CPU (cores) "
-             "| errors |", "|---:|---:|---:|---:|---:|---:|"]
+             "| client CPU (cores) | errors |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in (r for r in rows if r["bench"] == "serve"):
         lines.append(f"| {r['streams']} | {number(r['chars_per_s'])} | {r['first_p50_ms']:.1f} | "
-                     f"{r['gap_p50_ms']:.2f} | {number(r['server_cores'], 2)} | {r['errors']} |")
+                     f"{r['gap_p50_ms']:.2f} | {number(r['server_cores'], 2)} | {number(r.get('client_cores'), 2)} "
+                     f"| {r['errors']} |")
     return lines
 
 
@@ -138,6 +139,8 @@ def main() -> None:
         *engine_section(read_jsonl(args.out / "eager.jsonl")), "",
         "## Serving over HTTP: `bench/serve.py` (shakespeare-gpt, 300 characters per stream)", "",
         *serve_section(rows), "",
+        "The same with the engines in the server's own process (`--engine-process false`):", "",
+        *serve_section(read_jsonl(args.out / "serve-thread.jsonl")), "",
         "## Where a decode step's time goes: `bench/gpu_profile.py`", "",
         "```", *profile_lines(args.out), "```", "",
         "## Training", "", *training_section(rows, args.out), "",
