@@ -33,7 +33,7 @@ class EngineSpec:
     name: str
     path: Path
     device: str
-    dtype: str  # a key of service.registry.DTYPES
+    dtype: torch.dtype
     max_batch_size: int
     max_queued: int
     cuda_graphs: bool
@@ -118,10 +118,8 @@ def run(spec: EngineSpec, commands: Connection, events: Connection) -> None:
     """The child process: load, warm up, report, then serve commands until the engine ends."""
     logging.basicConfig(level=spec.log_level.upper(), format="%(levelname)s:     [engine %(process)d] %(message)s")
     torch.set_num_threads(1)  # loading needs no more; the engine thread computes
-    from service.registry import DTYPES  # the registry imports the client, which imports this module
-
     try:
-        loaded = load_model(spec.path, device=spec.device, dtype=DTYPES[spec.dtype])
+        loaded = load_model(spec.path, device=spec.device, dtype=spec.dtype)
     except ModelDirError as exc:
         events.send(("failed", str(exc)))
         return

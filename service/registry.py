@@ -179,8 +179,7 @@ def load_entry(
         return entry
     loaded = entry.loaded
     if settings.engine_process:
-        dtype_name = next(name for name, value in DTYPES.items() if value == dtype)
-        spec = EngineSpec(path.name, path, str(device), dtype_name, max_batch_size, settings.max_queued,
+        spec = EngineSpec(path.name, path, str(device), dtype, max_batch_size, settings.max_queued,
                           settings.cuda_graphs, threads, settings.log_level)
         entry.engine = EngineClient(spec, metrics)
     else:

@@ -9,6 +9,7 @@ import queue
 import signal
 
 import pytest
+import torch
 
 from charlm.checkpoint import load_model
 from charlm.generation import generate, prompt_ids
@@ -23,7 +24,7 @@ from service.stopping import FinishReason
 
 @pytest.fixture()
 def client(tiny_models):
-    spec = EngineSpec("tiny-gpt", tiny_models / "tiny-gpt", "cpu", "float32", max_batch_size=2, max_queued=1,
+    spec = EngineSpec("tiny-gpt", tiny_models / "tiny-gpt", "cpu", torch.float32, max_batch_size=2, max_queued=1,
                       cuda_graphs=False, threads=1, log_level="warning")
     engine = EngineClient(spec, ServiceMetrics())
     engine.start()
@@ -83,7 +84,7 @@ def test_the_queue_limit_is_decided_here(client):
 
 
 def test_a_child_that_dies_ends_its_sequences_with_an_error(tiny_models):
-    spec = EngineSpec("tiny-lstm", tiny_models / "tiny-lstm", "cpu", "float32", max_batch_size=2, max_queued=2,
+    spec = EngineSpec("tiny-lstm", tiny_models / "tiny-lstm", "cpu", torch.float32, max_batch_size=2, max_queued=2,
                       cuda_graphs=False, threads=1, log_level="warning")
     engine = EngineClient(spec, ServiceMetrics())
     engine.start()
@@ -100,7 +101,7 @@ def test_a_child_that_dies_ends_its_sequences_with_an_error(tiny_models):
 
 
 def test_a_model_that_cannot_load_is_reported_by_start(tmp_path):
-    spec = EngineSpec("missing", tmp_path / "missing", "cpu", "float32", 2, 2, False, 1, "warning")
+    spec = EngineSpec("missing", tmp_path / "missing", "cpu", torch.float32, 2, 2, False, 1, "warning")
     engine = EngineClient(spec, ServiceMetrics())
     with pytest.raises(EngineClosed, match="not a directory"):
         engine.start()
