@@ -78,6 +78,9 @@ def main() -> None:
     base.DECODE_SDPA_BACKENDS = [SDPBackend.MATH]
     kernels(decoder, "attention: math only")
     base.DECODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    base.DECODE_ATTENTION = "bmm"
+    kernels(decoder, "attention: two batched matrix products (DECODE_ATTENTION = 'bmm')")
+    base.DECODE_ATTENTION = "sdpa"
     if args.compile:
         started = time.perf_counter()
         compiled = torch.compile(decoder._step, dynamic=False)

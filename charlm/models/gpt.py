@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from charlm.models.base import (
     CharModel,
     DecodeState,
+    cached_attention,
     decode_attention,
     init_normal,
     require,
@@ -101,7 +102,7 @@ class CausalSelfAttention(nn.Module):
         kv[:, rows, :, positions] = torch.stack((k, v), dim=2).permute(0, 3, 2, 1, 4).to(kv.dtype)  # (B, T, 2, H, hd)
         span = mask.size(-1)
         keys, values = kv[0, :, :, :span].to(q.dtype), kv[1, :, :, :span].to(q.dtype)  # (B, H, span, hd)
-        return self._merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+        return self._merge(cached_attention(q, keys, values, mask))
 
 
 class MLP(nn.Module):

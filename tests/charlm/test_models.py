@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from charlm.models import ARCHITECTURES, GPT, build_model
+from charlm.models import ARCHITECTURES, GPT, base, build_model
 from charlm.models.gpt import GPTState
 
 V = 13
@@ -50,9 +50,12 @@ def test_forward_returns_logits_and_loss(architecture):
     assert model(idx)[1] is None
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "bmm"])
 @pytest.mark.parametrize("architecture", sorted(CONFIGS))
-def test_prefill_then_fixed_shape_steps_equal_full_forward(architecture):
-    """Prefill a prompt, then feed one character at a time with `step`, far past block_size."""
+def test_prefill_then_fixed_shape_steps_equal_full_forward(architecture, attention, monkeypatch):
+    """Prefill a prompt, then feed one character at a time with `step`, far past block_size, with
+    either way of attending over the cache."""
+    monkeypatch.setattr(base, "DECODE_ATTENTION", attention)
     model = make(architecture)
     history = torch.randint(0, V, (3, 30))
     with torch.no_grad():
