@@ -69,6 +69,10 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: 0.8)")
     parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely characters; 0: off")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1.0: off")
+    parser.add_argument("--min-p", type=float, default=0.0,
+                        help="keep characters at least this share as likely as the most likely; 0: off")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="> 1 makes characters already in the prompt or output less likely; 1: off")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     add_device_argument(parser)
     parser.set_defaults(run=run_generate)
@@ -78,7 +82,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 0:
         raise CommandError("--max-new-tokens must be >= 0")
     try:
-        params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
+        params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed, min_p=args.min_p,
+                                repetition_penalty=args.repetition_penalty)
         loaded = load_model(args.model, device=resolve_device(args.device))
         loaded.vocab.encode(args.prompt)  # fail before printing anything
         characters = generate(loaded.model, loaded.vocab, args.prompt, args.max_new_tokens, params)

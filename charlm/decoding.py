@@ -16,6 +16,7 @@ prompts are prefilled in one call each.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import numpy as np
@@ -91,7 +92,7 @@ class SlotDecoder:
         self.window = model.decode_window
         self.scratch = slots  # an extra row that padding writes into
         self.state = allocate_state(model, slots + 1, self.device)
-        self.sampling = SamplingRows.zeros(slots + 1, self.device)
+        self.sampling = SamplingRows.zeros(slots + 1, model.config.vocab_size, self.device)
         self.tokens = torch.zeros(slots + 1, dtype=torch.long, device=self.device)  # each row's next input
         self.feed = PromptFeed(slots + 1, PROMPT_FEED if (cuda if feed_prompts is None else feed_prompts) else 0,
                                self.device)
@@ -103,10 +104,13 @@ class SlotDecoder:
                                             dtype=torch.long, pin_memory=cuda)
         self.filled = [0] * (slots + 1)  # characters each row's window holds (models with a window)
         self.wants_top = [False] * (slots + 1)  # rows that report alternatives (always computed on CUDA)
+        self.controlled = [False] * (slots + 1)  # rows that use penalties, logit bias, min-p or typical-p
         self.active = 0
         self.launched = 0
         self.use_graphs = graphs and cuda and self.fixed
-        self.graph: torch.cuda.CUDAGraph | None = None
+        # Two graphs of the step: without the sampling controls and with them. A row that uses none
+        # comes out the same from both, so which one a step replays may depend on the other rows.
+        self.graphs: dict[bool, torch.cuda.CUDAGraph | None] = {False: None, True: None}
         self.reencode_graph: torch.cuda.CUDAGraph | None = None
 
     @property
@@ -118,7 +122,9 @@ class SlotDecoder:
         """Run every path once at full size, capturing the graphs on CUDA, so that the first
         requests meet no one-time costs. Leaves no row active."""
         if self.use_graphs:
-            self.graph = try_capture(f"{self.name} step", lambda: self._step(self.slots, None))
+            for controls in (False, True):
+                step = functools.partial(self._step, self.slots, None, controls=controls)
+                self.graphs[controls] = try_capture(f"{self.name} step", step)
             if self.window is not None:
                 rows, model = self.reencode_rows, self.model
                 self.reencode_graph = try_capture(f"{self.name} re-encode", lambda: model.reencode(self.state, rows))
@@ -132,7 +138,7 @@ class SlotDecoder:
 
     @property
     def graphed(self) -> bool:
-        return self.graph is not None
+        return all(graph is not None for graph in self.graphs.values())
 
     def add(self, prompt: list[int], params: SamplingParams, seed: int, top: bool = False) -> int:
         """Prefill one new sequence into the next free row; returns that row (see `add_group`)."""
@@ -171,8 +177,9 @@ class SlotDecoder:
             self.tokens[row] = ids[0] if fed else ids[-1]
             self.feed.start(row, ids[1:] if fed else [])
             self.filled[row] = 0 if fed else length - 1
-            self.sampling.set_row(row, sequence.params, sequence.seed)
+            self.sampling.set_row(row, sequence.params, sequence.seed, sequence.prompt)
             self.wants_top[row] = sequence.top
+            self.controlled[row] = sequence.params.controlled
         self.active += count
         return first
 
@@ -189,6 +196,7 @@ class SlotDecoder:
         self.feed.copy_row(last, row)
         self.filled[row] = self.filled[last]
         self.wants_top[row] = self.wants_top[last]
+        self.controlled[row] = self.controlled[last]
         return last
 
     def clear(self) -> None:
@@ -201,13 +209,14 @@ class SlotDecoder:
         n = self.active
         drew = self.feed.advance(n)
         self._make_room(n)
-        if self.graph is not None:
-            self.graph.replay()
+        controls = any(self.controlled[:n])
+        if (graph := self.graphs[controls]) is not None:
+            graph.replay()
         elif self.fixed:
-            self._step(self.slots, None)
+            self._step(self.slots, None, controls=controls)
         else:
             filled = max(self.filled[:n]) + 1 if self.window is not None else None
-            self._step(n, filled, top=any(self.wants_top[:n]))
+            self._step(n, filled, top=any(self.wants_top[:n]), controls=controls)
         if self.window is not None:
             self.filled[:n] = [f + 1 for f in self.filled[:n]]
         host = self.host[self.launched % HOST_BUFFERS]
@@ -220,17 +229,17 @@ class SlotDecoder:
             event.record()
         return PendingStep(host, n, self.top_k, event, drew)
 
-    def _step(self, rows: int, filled: int | None, top: bool = True) -> None:
-        """The step proper, over rows [0, rows): model, sampling, packed results (the top
-        alternatives only when `top`). Fixed shapes for a fixed `rows`, no host
-        synchronisation: this is what the CUDA graph records."""
+    def _step(self, rows: int, filled: int | None, top: bool = True, controls: bool = False) -> None:
+        """The step proper, over rows [0, rows): model, sampling (with the sampling controls when
+        `controls`), packed results (the top alternatives only when `top`). Fixed shapes for a
+        fixed `rows`, no host synchronisation: this is what the CUDA graphs record."""
         logits = self.model.step(self.tokens[:rows], self.state.narrow(0, rows), filled)  # (rows, V)
         if self.feed.limit:
             feeding = self.feed.feeding(rows)  # (rows,) their draws do not count
-            draw = sample(logits, self.sampling.narrow(rows), ~feeding)
+            draw = sample(logits, self.sampling.narrow(rows), ~feeding, controls)
             self.tokens[:rows] = self.feed.next_inputs(rows, draw.ids, feeding)
         else:
-            draw = sample(logits, self.sampling.narrow(rows))
+            draw = sample(logits, self.sampling.narrow(rows), controls=controls)
             self.tokens[:rows] = draw.ids
         packed = [draw.ids[:, None].float(), draw.logprobs[:, None]]
         if top:

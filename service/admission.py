@@ -45,6 +45,13 @@ def admit(
         raise ServiceError(422, f"{tokens_param} {spec.max_new_tokens} exceeds the limit of "
                            f"{settings.max_new_tokens}", param=tokens_param)
     entry = state.model(model)
+    assert entry.loaded is not None
+    vocab_size = len(entry.loaded.vocab)
+    outside = sorted(i for i, _ in spec.params.logit_bias if i >= vocab_size)
+    if outside:
+        raise ServiceError(422, f"logit_bias names character id(s) {outside} outside the vocabulary of model "
+                           f"{entry.name} (ids 0 to {vocab_size - 1})", param="logit_bias",
+                           kind="unknown_characters")  # like a prompt's: 422 in both protocols
     ids = [encode_prompt(entry, prompt, settings, prompt_param) for prompt in prompts]
     assert entry.engine is not None and state.mailbox is not None
     submission = Submission(entry.engine, ids, spec, request_id(request), settings.request_timeout_s,

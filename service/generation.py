@@ -46,6 +46,16 @@ class SequenceResult:
     tokens: list[GeneratedToken]
     finished: Finished
 
+    @property
+    def mean_logprob(self) -> float:
+        """What best_of compares: the mean log-probability of the characters (a text with none ranks last)."""
+        return sum(t.logprob for t in self.tokens) / len(self.tokens) if self.tokens else float("-inf")
+
+
+def best_first(results: list[SequenceResult]) -> list[int]:
+    """Indices of `results` by mean log-probability, highest first (earlier first among equals)."""
+    return sorted(range(len(results)), key=lambda i: -results[i].mean_logprob)
+
 
 def encode_prompt(entry: ModelEntry, prompt: str, settings: Settings, param: str) -> list[int]:
     """Prompt ids for the model; 422 naming characters outside its vocabulary."""

@@ -13,7 +13,7 @@ from fastapi.sse import ServerSentEvent
 
 from service.admission import Admitted, admit, log_completion, logged
 from service.errors import ServiceError, error_body
-from service.generation import ClientGone, GenerationSpec, SequenceResult
+from service.generation import ClientGone, GenerationSpec, SequenceResult, best_first
 from service.schemas.errors import OPENAI_GENERATION, OPENAI_LISTING
 from service.schemas.openai import (
     Choice,
@@ -35,12 +35,15 @@ DEFAULT_MAX_TOKENS = 16
 
 
 def admit_completion(state: ServiceState, request: Request, body: CompletionRequest) -> Admitted:
-    """One sequence per (prompt, choice); choice index = prompt index * n + j."""
-    if len(body.prompts) * body.n > state.settings.max_n:  # before building a list that long
-        raise ServiceError(422, f"{len(body.prompts) * body.n} sequences requested (prompts x n); the limit "
-                           f"is {state.settings.max_n}", param="n")
-    prompts = [prompt for prompt in body.prompts for _ in range(body.n)]
-    offsets = [j for _ in body.prompts for j in range(body.n)]
+    """One sequence per (prompt, candidate), candidate j drawing with seed + j: n per prompt, or
+    best_of of which the best n are answered. Choice index = prompt index * n + j."""
+    count = len(body.prompts) * body.candidates
+    if count > state.settings.max_n:  # before building a list that long
+        param = "best_of" if body.best_of else "n"
+        raise ServiceError(422, f"{count} sequences requested (prompts x {param}); the limit is "
+                           f"{state.settings.max_n}", param=param)
+    prompts = [prompt for prompt in body.prompts for _ in range(body.candidates)]
+    offsets = [j for _ in body.prompts for j in range(body.candidates)]
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     interval = state.settings.stream_interval if body.stream else 0
     spec = GenerationSpec(max_tokens, body.sampling(), tuple(body.stop or ()), body.logprobs or 0, interval)
@@ -68,8 +71,9 @@ def choice(index: int, result: SequenceResult, prompt: str, body: CompletionRequ
                   logprobs=logprobs_of(result.tokens, len(echo), body.logprobs))
 
 
-def usage(ends: list[Finished], n: int) -> Usage:
-    prompt_tokens = sum(end.prompt_tokens for end in ends[::n])  # each prompt counted once
+def usage(ends: list[Finished], candidates: int) -> Usage:
+    """Every candidate's characters count (as OpenAI counts best_of), each prompt once."""
+    prompt_tokens = sum(end.prompt_tokens for end in ends[::candidates])
     completion_tokens = sum(end.generated_tokens for end in ends)
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                  total_tokens=prompt_tokens + completion_tokens)
@@ -91,9 +95,14 @@ async def completions(
         return Response(status_code=499)
     ends = [r.finished for r in results]
     log_completion(admitted, "/v1/completions", ends)
-    choices = [choice(i, r, p, body) for i, (r, p) in enumerate(zip(results, admitted.prompts, strict=True))]
+    choices: list[Choice] = []
+    for start in range(0, len(results), body.candidates):  # one prompt's candidates
+        group = results[start : start + body.candidates]
+        chosen = best_first(group)[: body.n] if body.candidates > body.n else range(body.n)
+        for i in chosen:
+            choices.append(choice(len(choices), group[i], admitted.prompts[start], body))
     return Completion(id=completion_id, created=created, model=admitted.entry.name, choices=choices,
-                      usage=usage(ends, body.n))
+                      usage=usage(ends, body.candidates))
 
 
 async def completion_events(

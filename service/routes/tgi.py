@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import EventSourceResponse
 
 from service.admission import Admitted, admit, log_completion, logged
 from service.errors import ServiceError
-from service.generation import ClientGone, GenerationSpec, SequenceResult
+from service.generation import ClientGone, GenerationSpec, SequenceResult, best_first
 from service.schemas.errors import TGI_GENERATION
 from service.schemas.tgi import (
     DEFAULT_MAX_NEW_TOKENS,
+    BestOfSequence,
     CompatGenerateRequest,
     Details,
     GenerateRequest,
@@ -42,14 +43,21 @@ END_TOKEN = Token(id=-1, text="", logprob=0.0, special=True)  # carries the fina
 
 
 def admit_tgi(state: ServiceState, request: Request, body: GenerateRequest, stream: bool = False) -> Admitted:
+    """One sequence per prompt, or `best_of` candidates each (candidate j draws with seed + j)."""
     p = body.parameters
     prompts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     if p.truncate:
         prompts = [prompt[-p.truncate :] for prompt in prompts]
+    candidates = p.best_of or 1
+    if stream and candidates > 1:
+        raise ServiceError(422, "best_of > 1 cannot stream: candidates are compared when they are done",
+                           param="parameters.best_of")
     max_new_tokens = DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens
     interval = state.settings.stream_interval if stream else 0
     spec = GenerationSpec(max_new_tokens, p.sampling(), tuple(p.stop), p.top_n_tokens or 0, interval)
-    return admit(state, request, body.model, prompts, spec, "inputs", "parameters.max_new_tokens")
+    expanded = [prompt for prompt in prompts for _ in range(candidates)]
+    offsets = [j for _ in prompts for j in range(candidates)]
+    return admit(state, request, body.model, expanded, spec, "inputs", "parameters.max_new_tokens", offsets)
 
 
 def admit_tgi_stream(body: GenerateRequest, request: Request, state: ServiceState) -> Admitted:
@@ -63,18 +71,30 @@ def token(t: GeneratedToken | Alternative) -> Token:
     return Token(id=t.id, text=t.text, logprob=t.logprob)
 
 
-def tgi_response(result: SequenceResult, body: GenerateRequest, prompt: str) -> GenerateResponse:
-    end = result.finished
-    if end.reason is FinishReason.ERROR:
-        raise ServiceError(500, end.error or "generation failed", kind="generation")
-    text = prompt + end.text if body.parameters.return_full_text else end.text
+def tgi_response(results: list[SequenceResult], body: GenerateRequest, prompt: str) -> GenerateResponse:
+    """The answer for one prompt from its candidates: the one with the highest mean log-probability,
+    the others in `details.best_of_sequences` (when there are others)."""
+    for result in results:
+        if result.finished.reason is FinishReason.ERROR:
+            raise ServiceError(500, result.finished.error or "generation failed", kind="generation")
+    best, *others = [results[i] for i in best_first(results)] if len(results) > 1 else results
+    text = full_text(best, body, prompt)
     if not body.parameters.details:
         return GenerateResponse(generated_text=text)
+    rest = [BestOfSequence(generated_text=full_text(r, body, prompt), **sequence_details(r, body)) for r in others]
+    return GenerateResponse(generated_text=text, details=Details(**sequence_details(best, body),
+                                                                 best_of_sequences=rest or None))
+
+
+def full_text(result: SequenceResult, body: GenerateRequest, prompt: str) -> str:
+    return prompt + result.finished.text if body.parameters.return_full_text else result.finished.text
+
+
+def sequence_details(result: SequenceResult, body: GenerateRequest) -> dict[str, Any]:
+    end = result.finished
     top = [[token(a) for a in t.top] for t in result.tokens] if body.parameters.top_n_tokens else None
-    return GenerateResponse(generated_text=text, details=Details(
-        finish_reason=FINISH_REASONS[end.reason], generated_tokens=end.generated_tokens, seed=end.seed,
-        tokens=[token(t) for t in result.tokens], top_tokens=top,
-    ))
+    return {"finish_reason": FINISH_REASONS[end.reason], "generated_tokens": end.generated_tokens, "seed": end.seed,
+            "tokens": [token(t) for t in result.tokens], "top_tokens": top}
 
 
 @router.post("/generate", response_model=GenerateResponse | list[GenerateResponse],
@@ -89,7 +109,9 @@ async def generate(
     except ClientGone:
         return Response(status_code=499)
     log_completion(admitted, "/generate", [r.finished for r in results])
-    responses = [tgi_response(r, body, p) for r, p in zip(results, admitted.prompts, strict=True)]
+    candidates = body.parameters.best_of or 1
+    responses = [tgi_response(results[i : i + candidates], body, admitted.prompts[i])
+                 for i in range(0, len(results), candidates)]
     return responses if isinstance(body.inputs, list) else responses[0]
 
 

@@ -10,12 +10,9 @@ from charlm.sampling import MAX_SEED, MAX_TOP_K, SamplingParams
 from service.schemas.common import StrictModel, check_stop, require_neutral
 
 MAX_LOGPROBS = 5  # as OpenAI allows
+MAX_LOGIT_BIAS_ENTRIES = 1024
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "suffix": (None,),
-    "presence_penalty": (None, 0.0),
-    "frequency_penalty": (None, 0.0),
-    "best_of": (None, 1),
-    "logit_bias": (None, {}),
 }
 
 
@@ -39,20 +36,47 @@ class CompletionRequest(StrictModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     user: str | None = None
     suffix: str | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    best_of: int | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False,
+                                           description="subtracted from the logit of every character already generated")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False,
+                                            description="subtracted once per time a character was generated")
+    best_of: int | None = Field(None, ge=1, description="candidates per prompt (>= n); the n with the highest mean "
+                                "log-probability are answered; not for streams")
+    logit_bias: dict[str, float] | None = Field(None, description="character id (as a string) -> bias in "
+                                                "[-100, 100], added to its logit")
+    min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="charlm extension: keep "
+                                "characters at least min_p times as likely as the most likely; 0: off")
 
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, stop: str | list[str] | None) -> list[str]:
         return check_stop([stop] if isinstance(stop, str) else list(stop or []))
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        if bias is not None and len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+            raise ValueError(f"logit_bias names {len(bias)} characters; at most {MAX_LOGIT_BIAS_ENTRIES}")
+        for key, value in (bias or {}).items():
+            if not key.isdecimal():
+                raise ValueError(f"logit_bias keys are character ids written as decimal strings, not {key!r}")
+            if not -100 <= value <= 100:
+                raise ValueError(f"logit_bias[{key!r}] is {value}; biases lie in [-100, 100]")
+        return bias
+
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> CompletionRequest:
         require_neutral(self.model_dump(), NEUTRAL)
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+        if self.stream and self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of cannot be used with stream: candidates are compared when they are done")
         return self
+
+    @property
+    def candidates(self) -> int:
+        """Sequences per prompt: best_of, else n."""
+        return self.best_of or self.n
 
     @property
     def prompts(self) -> list[str]:
@@ -60,7 +84,12 @@ class CompletionRequest(StrictModel):
 
     def sampling(self) -> SamplingParams:
         temperature = 1.0 if self.temperature is None else self.temperature
-        return SamplingParams(temperature, self.top_k or 0, self.top_p or 1.0, self.seed)
+        bias = tuple(sorted((int(key), value) for key, value in (self.logit_bias or {}).items()))
+        return SamplingParams(
+            temperature, self.top_k or 0, self.top_p or 1.0, self.seed, min_p=self.min_p or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0, presence_penalty=self.presence_penalty or 0.0,
+            logit_bias=bias,
+        )
 
 
 class Logprobs(BaseModel):

@@ -13,10 +13,6 @@ DEFAULT_MAX_NEW_TOKENS = 100
 
 # TGI fields that clients send with neutral defaults; other values are refused.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "best_of": (None, 1),
-    "repetition_penalty": (None, 1.0),
-    "frequency_penalty": (None, 0.0),
-    "typical_p": (None, 1.0),
     "watermark": (False,),
     "decoder_input_details": (False,),
     "grammar": (None,),
@@ -36,10 +32,16 @@ class Parameters(StrictModel):
     details: bool = Field(False, description="include finish reason, seed and per-character logprobs")
     top_n_tokens: int | None = Field(None, ge=0, le=MAX_TOP_N)
     truncate: int | None = Field(None, ge=1, description="keep only the last N characters of the prompt")
-    best_of: int | None = None
-    repetition_penalty: float | None = None
-    frequency_penalty: float | None = None
-    typical_p: float | None = None
+    best_of: int | None = Field(None, ge=1, description="generate this many (sampling) and answer the one "
+                                "with the highest mean log-probability; not for streams")
+    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False, description="1 or null: off; "
+                                             "divides positive logits (multiplies negative ones) of characters in "
+                                             "the prompt or the output")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False, description="0 or null: off; "
+                                            "subtracts penalty x a character's share of the prompt and output")
+    typical_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="1.0 or null: off")
+    min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="charlm extension: keep "
+                                "characters at least min_p times as likely as the most likely; 0 or null: off")
     watermark: bool = False
     decoder_input_details: bool = False
     grammar: Any = None
@@ -50,13 +52,22 @@ class Parameters(StrictModel):
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> Parameters:
         require_neutral(self.model_dump(), NEUTRAL)
+        if (self.best_of or 1) > 1 and self.sampling().temperature == 0:
+            raise ValueError("best_of > 1 needs sampling: set do_sample, a temperature, top_k, top_p, typical_p "
+                             "or min_p")
         return self
 
     def sampling(self) -> SamplingParams:
-        """Greedy unless asked to sample: by do_sample, a temperature, top_k or top_p (as TGI does)."""
-        samples = self.do_sample or self.top_k is not None or self.top_p is not None
+        """Greedy unless asked to sample: by do_sample, a temperature or a sampling filter (as TGI does)."""
+        filters = (self.top_k is not None, self.top_p is not None, self.typical_p not in (None, 1.0),
+                   self.min_p not in (None, 0.0))
+        samples = self.do_sample or any(filters)
         temperature = self.temperature if self.temperature is not None else (1.0 if samples else 0.0)
-        return SamplingParams(temperature, self.top_k or 0, self.top_p or 1.0, self.seed)
+        return SamplingParams(
+            temperature, self.top_k or 0, self.top_p or 1.0, self.seed, min_p=self.min_p or 0.0,
+            typical_p=self.typical_p or 1.0, repetition_penalty=self.repetition_penalty or 1.0,
+            relative_frequency_penalty=self.frequency_penalty or 0.0,
+        )
 
 
 class GenerateRequest(StrictModel):
@@ -78,6 +89,16 @@ class Token(BaseModel):
     special: bool = False
 
 
+class BestOfSequence(BaseModel):
+    generated_text: str
+    finish_reason: str
+    generated_tokens: int
+    seed: int | None
+    prefill: list[Token] = Field(default_factory=list)
+    tokens: list[Token]
+    top_tokens: list[list[Token]] | None = None
+
+
 class Details(BaseModel):
     finish_reason: str
     generated_tokens: int
@@ -85,6 +106,7 @@ class Details(BaseModel):
     prefill: list[Token] = Field(default_factory=list)
     tokens: list[Token]
     top_tokens: list[list[Token]] | None = None
+    best_of_sequences: list[BestOfSequence] | None = None
 
 
 class GenerateResponse(BaseModel):

@@ -169,3 +169,25 @@ def test_prompts_of_one_length_prefilled_together_decode_as_if_alone(trained_dir
     for sequence, ids in zip(group, produced, strict=True):
         alone, _ = decode_alone(loaded.model, sequence.prompt, sequence.params, sequence.seed, 20, 4, **mode)
         assert ids[:20] == alone
+
+
+@MODES
+@torch.inference_mode()
+def test_a_row_without_controls_is_the_same_whether_a_neighbour_uses_them(trained_dir, mode):
+    """A step runs the sampling controls only when some row uses them (on CUDA: the other graph);
+    a row that uses none comes out the same either way."""
+    loaded = load_model(trained_dir)
+    plain = SamplingParams(temperature=1.0, seed=4)
+    controlled = SamplingParams(temperature=1.0, repetition_penalty=1.4, min_p=0.05, typical_p=0.8,
+                                presence_penalty=0.5, logit_bias=((1, -3.0),))
+    ids = prompt_ids(loaded.vocab, "the king")
+    decoder = SlotDecoder(loaded.model, 3, **mode)
+    row = decoder.add(ids, plain, 4)
+    decoder.add(prompt_ids(loaded.vocab, "war"), controlled, 8)
+    beside = []
+    while len(beside) < 25:
+        step = decoder.launch()
+        result = step.result()
+        if step.drew is None or step.drew[row]:
+            beside.append(result.ids[row])
+    assert beside == decode_alone(loaded.model, ids, plain, 4, 25, 3, **mode)[0]

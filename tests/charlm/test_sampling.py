@@ -15,7 +15,7 @@ V = 50
 
 
 def draw(logits, params, seeds):
-    result = sample(logits, SamplingRows.of(params, logits.device, list(seeds)))
+    result = sample(logits, SamplingRows.of(params, logits.size(-1), logits.device, list(seeds)))
     return result.ids, result.logprobs
 
 
@@ -39,7 +39,7 @@ def test_top_k_never_picks_outside_the_k_best():
 
 def test_top_p_keeps_the_smallest_prefix_reaching_the_mass():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    batch = SamplingRows.of([SamplingParams(top_p=0.75)], "cpu")
+    batch = SamplingRows.of([SamplingParams(top_p=0.75)], 4, "cpu")
     probs, order = filtered_sorted_probs(logits, batch)
     assert order[0].tolist() == [0, 1, 2, 3]
     torch.testing.assert_close(probs[0], torch.tensor([0.625, 0.375, 0.0, 0.0]))
@@ -47,7 +47,7 @@ def test_top_p_keeps_the_smallest_prefix_reaching_the_mass():
 
 def test_top_p_always_keeps_the_most_likely_character():
     logits = torch.log(torch.tensor([[0.9, 0.1]]))
-    probs, _ = filtered_sorted_probs(logits, SamplingRows.of([SamplingParams(top_p=0.01)], "cpu"))
+    probs, _ = filtered_sorted_probs(logits, SamplingRows.of([SamplingParams(top_p=0.01)], 2, "cpu"))
     assert probs[0].tolist() == [1.0, 0.0]
 
 
@@ -69,7 +69,7 @@ def test_same_seed_gives_the_same_draw_alone_or_inside_a_batch():
 def test_a_seed_draws_the_same_sequence_every_time_and_the_draws_vary():
     logits = random_logits(1) / 6  # flat enough that 30 draws differ
     params = [SamplingParams(temperature=1.0)]
-    first, second = SamplingRows.of(params, "cpu", [42]), SamplingRows.of(params, "cpu", [42])
+    first, second = SamplingRows.of(params, V, "cpu", [42]), SamplingRows.of(params, V, "cpu", [42])
     run_a = [sample(logits, first).ids.item() for _ in range(30)]
     run_b = [sample(logits, second).ids.item() for _ in range(30)]
     assert run_a == run_b and len(set(run_a)) > 1
@@ -124,7 +124,7 @@ def test_a_tiny_temperature_behaves_like_greedy():
 
 def test_top_p_of_one_keeps_every_character():
     logits = torch.zeros(1, 1000)  # a sum of many equal probabilities rounds above 1
-    probs, _ = filtered_sorted_probs(logits, SamplingRows.of([SamplingParams(top_p=1.0)], "cpu"))
+    probs, _ = filtered_sorted_probs(logits, SamplingRows.of([SamplingParams(top_p=1.0)], 1000, "cpu"))
     assert bool((probs > 0).all())
 
 

@@ -16,7 +16,7 @@ top_ps = st.floats(0.01, 1.0)
 
 
 def filtered(logits: list[float], temperature: float, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = SamplingRows.of([SamplingParams(temperature, top_k, top_p)], "cpu")
+    rows = SamplingRows.of([SamplingParams(temperature, top_k, top_p)], len(logits), "cpu")
     probs, order = filtered_sorted_probs(torch.tensor([logits]), rows)
     return probs[0], order[0]
 
@@ -48,7 +48,7 @@ def test_top_k_and_top_p_keep_the_smallest_sufficient_prefix(logits, temperature
 def test_a_drawn_character_is_one_the_filters_kept(logits, temperature, top_k, top_p, seed):
     probs, order = filtered(logits, temperature, top_k, top_p)
     allowed = set(order[probs > 0].tolist())
-    rows = SamplingRows.of([SamplingParams(temperature, top_k, top_p)], "cpu", [seed])
+    rows = SamplingRows.of([SamplingParams(temperature, top_k, top_p)], len(logits), "cpu", [seed])
     result = sample(torch.tensor([logits]), rows)
     assert result.ids.item() in allowed and result.logprobs.item() <= 0
 
@@ -56,7 +56,7 @@ def test_a_drawn_character_is_one_the_filters_kept(logits, temperature, top_k, t
 @given(logit_rows)
 def test_temperature_zero_is_argmax(logits):
     row = torch.tensor([logits])  # float32, as the models produce
-    ids = sample(row, SamplingRows.of([SamplingParams(0.0)], "cpu", [0])).ids
+    ids = sample(row, SamplingRows.of([SamplingParams(0.0)], len(logits), "cpu", [0])).ids
     assert row[0, ids.item()] == row.max()
 
 

@@ -58,3 +58,21 @@ def test_openai_client_raises_its_own_errors(base_url):
         client.completions.create(model="gpt-4", prompt="hi", max_tokens=5)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.completions.create(model="tiny-gpt", prompt="hi", max_tokens=5, temperature=-1)
+
+
+def test_text_generation_client_passes_the_sampling_controls(base_url):
+    client = text_generation.Client(base_url, timeout=60)
+    response = client.generate("the king", max_new_tokens=25, do_sample=True, seed=3, repetition_penalty=1.3,
+                               frequency_penalty=0.5, typical_p=0.9)
+    assert response.details.generated_tokens == 25 and response.details.seed == 3
+    best = client.generate("the king", max_new_tokens=25, do_sample=True, best_of=2)  # TGI's client: no seed
+    assert len(best.details.best_of_sequences) == 1
+
+
+def test_openai_client_passes_the_sampling_controls(base_url):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    completion = client.completions.create(model="tiny-gpt", prompt="the king", max_tokens=20, seed=9, n=2,
+                                           best_of=3, frequency_penalty=0.4, presence_penalty=0.3,
+                                           logit_bias={"0": -100})
+    assert len(completion.choices) == 2 and completion.usage.completion_tokens == 60
+    assert all(len(c.text) == 20 for c in completion.choices)

@@ -166,17 +166,23 @@ def test_a_prompt_with_unknown_characters_shows_the_error_next_to_the_prompt(pag
 def test_invalid_parameters_show_their_errors_next_to_their_controls(page):
     page.fill("#temperature", "-1")
     page.fill("#top-p", "1.5")
+    page.fill("#repetition-penalty", "0")
+    page.fill("#min-p", "2")
     page.fill("#seed", "abc")
     page.click("#generate")
     wait_for_outputs(page, 1, "failed")
     assert "greater than or equal to 0" in page.text_content("#temperature-error")
     assert "less than or equal to 1" in page.text_content("#top-p-error")
+    assert "greater than 0" in page.text_content("#repetition-penalty-error")
+    assert "less than or equal to 1" in page.text_content("#min-p-error")
     assert "valid integer" in page.text_content("#seed-error")
-    for control in ("temperature", "top-p", "seed"):
+    for control in ("temperature", "top-p", "repetition-penalty", "min-p", "seed"):
         assert page.get_attribute(f"#{control}", "aria-invalid") == "true"
     assert page.is_hidden("#prompt-error") and page.is_hidden("#generate-error")
     page.fill("#temperature", "0.5")  # the next attempt starts clean
     page.fill("#top-p", "1")
+    page.fill("#repetition-penalty", "1")
+    page.fill("#min-p", "0")
     page.fill("#seed", "")
     page.fill("#max-new-tokens", "5")
     page.click("#generate")
@@ -260,3 +266,23 @@ def test_a_full_queue_is_reported_below_the_buttons(browser, guarded_server):
             wait_for_outputs(page, 1, "failed")
         assert "too many requests" in page.text_content("#generate-error")
         assert page.is_hidden("#prompt-error")
+
+
+def test_the_repetition_penalty_and_min_p_reach_the_server(page, server):
+    """The page's text with a repetition penalty and min-p equals /generate's with the same settings."""
+    page.fill("#prompt", "the king")
+    page.fill("#seed", "5")
+    page.fill("#max-new-tokens", "80")
+    page.fill("#repetition-penalty", "1.3")
+    page.fill("#min-p", "0.1")
+    page.fill("#stop", "")
+    page.click("#generate")
+    [panel] = wait_for_outputs(page, 1, "finished")
+    parameters = {"max_new_tokens": 80, "temperature": 0.8, "top_k": 0, "top_p": 1, "seed": 5,
+                  "repetition_penalty": 1.3, "min_p": 0.1}
+    expected = httpx.post(f"{server[0]}/generate", json={"inputs": "the king", "parameters": parameters},
+                          timeout=60).json()["generated_text"]
+    assert panel.locator(".generated").text_content() == expected
+    plain = {**parameters, "repetition_penalty": 1.0, "min_p": 0.0}
+    assert httpx.post(f"{server[0]}/generate", json={"inputs": "the king", "parameters": plain},
+                      timeout=60).json()["generated_text"] != expected
