@@ -154,3 +154,23 @@ def test_a_server_on_cuda_streams(tiny_models):
         assert response.status_code == 200 and len(events) == 50
         whole = httpx.post(f"{base}/generate", json=body, timeout=60).json()["generated_text"]
         assert json.loads(events[-1].removeprefix("data:"))["generated_text"] == whole
+
+
+def test_the_sampling_controls_replay_as_a_graph_and_keep_batch_invariance(trained_dir):
+    """The step captured with the sampling controls: a row using them draws the same alone and
+    among 255 others, and a row without them the same as in the graph without them."""
+    loaded = on_gpu(trained_dir)
+    controlled = SamplingParams(temperature=0.9, repetition_penalty=1.3, min_p=0.05, typical_p=0.9,
+                                presence_penalty=0.5, logit_bias=((0, -2.0),))
+    alone, full = SlotDecoder(loaded.model, 256), SlotDecoder(loaded.model, 256)
+    for decoder in (alone, full):
+        decoder.warm_up([loaded.vocab.start_id] * 4)
+        assert decoder.graphed
+    with torch.inference_mode():
+        alone_row = alone.add(prompt_ids(loaded.vocab, "the king"), controlled, 21)
+        for seed in range(127):
+            full.add(prompt_ids(loaded.vocab, "war"), SamplingParams(temperature=1.0), 500 + seed)
+        full_row = full.add(prompt_ids(loaded.vocab, "the king"), controlled, 21)
+        for seed in range(128):
+            full.add(prompt_ids(loaded.vocab, "my lord"), SamplingParams(top_k=5), 900 + seed)
+    assert decode(alone, alone_row, 50) == decode(full, full_row, 50)
