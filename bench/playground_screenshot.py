@@ -1,11 +1,13 @@
-"""Screenshot of the playground after a finished generation with the bundled default model.
+"""Screenshot of the playground after a finished generation with the bundled default model, its
+characters shaded by how sure the model was and one character's alternatives open.
 
     python bench/playground_screenshot.py [--out docs/playground.png] [--chars 600] [--seed 1]
 
 Starts `charlm serve` on the bundled models (a free loopback port), opens the page in Debian's
-headless Chromium through Playwright, generates from "ROMEO:" and saves the page as a PNG. Prints
-what the page showed (time to first character, characters per second) next to the same request
-streamed straight from the server, to see what the browser's share of the time is.
+headless Chromium through Playwright, generates from "ROMEO:" with the shading off and then on,
+and saves the page as a PNG. Prints what the page showed each time (time to first character,
+characters per second) next to the same request streamed straight from the server, to see what
+the browser's share of the time is, and what the shading costs.
 """
 
 from __future__ import annotations
@@ -53,20 +55,27 @@ def direct_stream(url: str, chars: int, seed: int) -> tuple[float, float]:
     return (first - sent) * 1000, (count - 1) / (last - first)
 
 
-def screenshot(url: str, out: Path, chars: int, seed: int) -> dict[str, str]:
+def generate(page: Page, chars: int, seed: int, shaded: bool) -> dict[str, str]:
+    """One generation in the page; what its statistics showed."""
+    page.fill("#prompt", PROMPT)
+    page.fill("#max-new-tokens", str(chars))
+    page.fill("#seed", str(seed))
+    page.set_checked("#show-probs", shaded)
+    page.click("#generate")
+    poll(page, "document.querySelector('.output')?.dataset.status === 'finished'")
+    names = ("first", "rate", "count", "bpc", "ppl")
+    return {name: page.text_content(f".output .stat-{name}") or "" for name in names}
+
+
+def screenshot(url: str, out: Path, chars: int, seed: int) -> dict[bool, dict[str, str]]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 820})
         page.goto(url)
         poll(page, "document.body.dataset.models === 'loaded'")
-        page.fill("#prompt", PROMPT)
-        page.fill("#max-new-tokens", str(chars))
-        page.fill("#seed", str(seed))
-        page.click("#generate")
-        poll(page, "document.querySelector('.output')?.dataset.status === 'finished'")
-        page.focus("#generate")
+        stats = {shaded: generate(page, chars, seed, shaded) for shaded in (False, True)}
+        page.locator(".output .generated > span").nth(min(40, chars - 1)).hover()  # its alternatives
         page.screenshot(path=str(out))
-        stats = {name: page.text_content(f".output .stat-{name}") or "" for name in ("first", "rate", "count")}
         browser.close()
     return stats
 
@@ -81,7 +90,9 @@ def main() -> None:
         stats = screenshot(url, args.out, args.chars, args.seed)
         first_ms, rate = direct_stream(url, args.chars, args.seed)
     print(f"saved {args.out}")
-    print(f"page:   first character {stats['first']}, {stats['rate']} characters/s, {stats['count']} characters")
+    for shaded, shown in stats.items():
+        print(f"page, shading {'on ' if shaded else 'off'}: first character {shown['first']}, {shown['rate']} "
+              f"characters/s, {shown['count']} characters, {shown['bpc']} bits/char, perplexity {shown['ppl']}")
     print(f"direct: first character {first_ms:.0f} ms, {rate:.0f} characters/s")
 
 

@@ -1,4 +1,5 @@
-"""Debian's Chromium, headless, driven by Playwright: the playground tests' browser."""
+"""Debian's Chromium, headless, driven by Playwright: the playground tests' browser, and the page
+helpers those tests share."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from tests.helpers import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -28,3 +31,40 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def open_page(
+    browser: Any, base: str, models_state: str = "loaded", prompt: str = "the king", **context: Any
+) -> Iterator[Any]:
+    """A fresh page (new profile) on the playground, once its model list has loaded (or failed),
+    with a prompt in the tiny models' alphabet; a script error on the page fails the test."""
+    browser_context = browser.new_context(**context)
+    page = browser_context.new_page()
+    script_errors: list[Exception] = []
+    page.on("pageerror", lambda error: script_errors.append(error))
+    try:
+        page.goto(base)
+        page.wait_for_selector(f"body[data-models={models_state}]")
+        page.fill("#prompt", prompt)
+        yield page
+    finally:
+        browser_context.close()
+    assert not script_errors
+
+
+def wait_for_script(page: Any, expression: str, arg: Any = None, timeout: float = 60) -> None:
+    """Poll a script until it is true. (Playwright's wait_for_function compiles its script with
+    `new Function`, which the page's Content-Security-Policy forbids, as it should.)"""
+    assert wait_until(lambda: page.evaluate(expression, arg), timeout), f"never true: {expression}"
+
+
+def wait_for_outputs(page: Any, count: int, *statuses: str) -> list[Any]:
+    """Wait until `count` output panels have all ended in one of `statuses`."""
+    wait_for_script(
+        page,
+        "([count, statuses]) => { const panels = [...document.querySelectorAll('.output')];"
+        " return panels.length === count && panels.every(p => statuses.includes(p.dataset.status)); }",
+        [count, list(statuses)],
+    )
+    return page.locator(".output").all()

@@ -4,7 +4,6 @@ Skipped when Chromium or Playwright is missing; `.ci/run` installs Chromium so t
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.browser import chromium
+from tests.service.browser import chromium, open_page, wait_for_outputs, wait_for_script
 from tests.service.helpers import LONG, engine_of, live_server, wait_until
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -40,26 +39,6 @@ def guarded_server(tiny_models: Path) -> Iterator[tuple[str, Any]]:
         yield running
 
 
-@contextlib.contextmanager
-def open_page(
-    browser: Any, base: str, models_state: str = "loaded", prompt: str = "the king", **context: Any
-) -> Iterator[Any]:
-    """A fresh page (new profile) on the playground, once its model list has loaded (or failed),
-    with a prompt in the tiny models' alphabet; a script error on the page fails the test."""
-    browser_context = browser.new_context(**context)
-    page = browser_context.new_page()
-    script_errors: list[Exception] = []
-    page.on("pageerror", lambda error: script_errors.append(error))
-    try:
-        page.goto(base)
-        page.wait_for_selector(f"body[data-models={models_state}]")
-        page.fill("#prompt", prompt)
-        yield page
-    finally:
-        browser_context.close()
-    assert not script_errors
-
-
 @pytest.fixture()
 def page(browser: Any, server: tuple[str, Any]) -> Iterator[Any]:
     with open_page(browser, server[0]) as page:
@@ -70,23 +49,6 @@ def cancelled_count(base: str) -> float:
     """`charlm_requests_cancelled_total`, summed over the models."""
     lines = httpx.get(f"{base}/metrics").text.splitlines()
     return sum(float(line.split()[-1]) for line in lines if line.startswith("charlm_requests_cancelled_total{"))
-
-
-def wait_for_script(page: Any, expression: str, arg: Any = None, timeout: float = 60) -> None:
-    """Poll a script until it is true. (Playwright's wait_for_function compiles its script with
-    `new Function`, which the page's Content-Security-Policy forbids, as it should.)"""
-    assert wait_until(lambda: page.evaluate(expression, arg), timeout), f"never true: {expression}"
-
-
-def wait_for_outputs(page: Any, count: int, *statuses: str) -> list[Any]:
-    """Wait until `count` output panels have all ended in one of `statuses`."""
-    wait_for_script(
-        page,
-        "([count, statuses]) => { const panels = [...document.querySelectorAll('.output')];"
-        " return panels.length === count && panels.every(p => statuses.includes(p.dataset.status)); }",
-        [count, list(statuses)],
-    )
-    return page.locator(".output").all()
 
 
 def wait_for_characters(page: Any, count: int) -> None:

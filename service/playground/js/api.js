@@ -58,7 +58,8 @@ export function openStream(bodyJson, apiKey, signal) {
 }
 
 /**
- * The stream's events as {text, special, details, seed}; an error event throws.
+ * The stream's events as {text, logprob, top, special, details, seed}; an error event throws.
+ * `top` lists the most likely characters at that place as {text, logprob} (with top_n_tokens).
  * The seed is taken from the raw JSON as digits: random seeds go up to 2^63, past what a
  * JavaScript number holds exactly, and a seed shown to the user must reproduce the text.
  */
@@ -67,6 +68,10 @@ export async function* streamEvents(response) {
     const event = JSON.parse(data);
     if (event.error !== undefined) throw new ApiError(500, event.error);
     const seed = event.details ? (/"seed":\s*(\d+)/.exec(data)?.[1] ?? null) : null;
-    yield { text: event.token.text, special: event.token.special, details: event.details, seed };
+    const top = (event.top_tokens ?? []).map((t) => ({ text: t.text, logprob: t.logprob }));
+    yield {
+      text: event.token.text, logprob: event.token.logprob, top, special: event.token.special,
+      details: event.details, seed,
+    };
   }
 }

@@ -5,6 +5,7 @@ import { OutputPanel } from "./output.js";
 
 const $ = (id) => document.getElementById(id);
 const MODEL_CONTROLS = ["model", "model-b"];
+const ALTERNATIVES = 5;  // the most likely characters asked for at each place
 let models = [];
 let running = [];  // AbortControllers of the streams in flight
 
@@ -51,6 +52,7 @@ async function refreshModels() {
 /** One request per model; in compare mode both share the seed, drawn here when none is given. */
 function requests() {
   const request = readParameters();
+  request.parameters.top_n_tokens = ALTERNATIVES;
   const names = [$("model").value];
   if ($("compare").checked) {
     names.push($("model-b").value);
@@ -67,7 +69,7 @@ async function runStream(panel, request, apiKey, compare) {
     const response = await openStream(requestJson(request.body), apiKey, controller.signal);
     let finished = false;
     for await (const event of streamEvents(response)) {
-      if (!event.special) panel.add(event.text);
+      if (!event.special) panel.add(event.text, event.logprob, event.top);
       if (event.details) {
         panel.finish(event.details, event.seed);
         finished = true;
@@ -104,7 +106,7 @@ async function generate(event) {
   const compare = list.length > 1;
   setRunning(true);
   try {
-    const panels = list.map((request) => new OutputPanel(outputs, request.model));
+    const panels = list.map((request) => new OutputPanel(outputs, request.model, branch));
     await Promise.all(list.map((request, index) => runStream(panels[index], request, apiKey, compare)));
   } finally {
     running = [];
@@ -124,12 +126,26 @@ function stop() {
   for (const controller of running) controller.abort();
 }
 
+/** Branch from a character: a new generation whose prompt ends with the alternative chosen there. */
+function branch(prompt) {
+  if (running.length) return;
+  $("prompt").value = prompt;
+  $("controls").requestSubmit();
+}
+
+function showProbabilities() {
+  const on = $("show-probs").checked;
+  $("outputs").classList.toggle("shaded", on);
+  $("probs-legend").hidden = !on;
+}
+
 function start() {
   $("controls").addEventListener("submit", generate);
   $("stop-button").addEventListener("click", stop);
   $("compare").addEventListener("change", () => { $("compare-field").hidden = !$("compare").checked; });
   for (const controlId of MODEL_CONTROLS) $(controlId).addEventListener("change", () => showModelInfo(controlId));
   $("api-key").addEventListener("change", refreshModels);
+  $("show-probs").addEventListener("change", showProbabilities);
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
@@ -140,6 +156,7 @@ function start() {
     if (event.key === "Escape" && running.length) stop();
   });
   setRunning(false);
+  showProbabilities();
   refreshModels();
 }
 

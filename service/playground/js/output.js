@@ -1,4 +1,8 @@
-// One output panel: the text as it streams in, and its live statistics.
+// One output panel: the text as it streams in, how sure the model was of each character, and the
+// live statistics.
+import { Alternatives, bucket, summary } from "./probabilities.js";
+
+let panels = 0;  // for ids unique in the page
 
 /** Characters per second over the time between the first and the last character seen. */
 function rate(count, firstAt, lastAt) {
@@ -7,28 +11,36 @@ function rate(count, firstAt, lastAt) {
 }
 
 export class OutputPanel {
-  constructor(container, modelName) {
+  /** `onBranch(prompt)`: start a generation from `prompt` (a text up to an alternative). */
+  constructor(container, modelName, onBranch) {
     const template = document.getElementById("output-template");
     this.element = template.content.firstElementChild.cloneNode(true);
     this.element.dataset.model = modelName;
     this.element.setAttribute("aria-label", `Output of ${modelName}`);
+    this.id = `panel${(panels += 1)}`;
     const part = (name) => this.element.querySelector(`.${name}`);
     part("output-model").textContent = modelName;
     this.textBox = part("output-text");
-    this.generated = part("generated").appendChild(document.createTextNode(""));
+    this.generated = part("generated");
     this.echo = part("echo");
     this.stats = {
       status: part("stat-status"), first: part("stat-first"), rate: part("stat-rate"),
-      count: part("stat-count"), finish: part("stat-finish"), seed: part("stat-seed"),
+      count: part("stat-count"), bpc: part("stat-bpc"), ppl: part("stat-ppl"),
+      finish: part("stat-finish"), seed: part("stat-seed"),
     };
     this.errorBox = part("output-error");
-    this.count = 0;
-    this.pending = "";  // characters not on the page yet
+    this.records = [];  // per character: {char, logprob, top}
+    this.logprobSum = 0;
+    this.shown = 0;  // records on the page
+    this.current = -1;  // the character the keyboard is on
     this.framePending = false;
+    this.alternatives = new Alternatives(this.element, (index, text) => onBranch(this.branchPrompt(index, text)));
+    this.listen();
     container.appendChild(this.element);
   }
 
   start(prompt) {
+    this.prompt = prompt;
     this.echo.textContent = prompt;
     this.sentAt = performance.now();
     this.setStatus("waiting");
@@ -40,37 +52,98 @@ export class OutputPanel {
   }
 
   /**
-   * Take streamed characters; they reach the page once per frame, with the statistics. Touching
-   * the page per character would lay out the whole text each time, slower as it grows.
+   * Take a streamed character with its log-probability and alternatives; characters reach the
+   * page once per frame, with the statistics. Touching the page per character would lay out the
+   * whole text each time, slower as it grows.
    */
-  add(text) {
+  add(char, logprob, top) {
     const now = performance.now();
-    if (this.count === 0) {
+    if (this.records.length === 0) {
       this.firstAt = now;
       this.setStatus("streaming");
     }
     this.lastAt = now;
-    this.count += 1;
-    this.pending += text;
+    this.records.push({ char, logprob, top });
+    this.logprobSum += logprob;
     if (!this.framePending) {
       this.framePending = true;
       requestAnimationFrame(() => this.draw());
     }
   }
 
-  /** Show the characters received since the last frame, and the statistics. */
+  /** Show the characters received since the last frame (a span each, shaded by its bucket). */
   draw() {
     this.framePending = false;
-    if (this.count === 0) return;
+    const count = this.records.length;
+    if (count === 0) return;
     const box = this.textBox;
     const following = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
-    this.generated.appendData(this.pending);
-    this.pending = "";
+    const fragment = document.createDocumentFragment();
+    for (let i = this.shown; i < count; i += 1) {
+      const span = document.createElement("span");
+      span.textContent = this.records[i].char;
+      span.id = `${this.id}-c${i}`;
+      span.dataset.i = String(i);
+      span.dataset.b = String(bucket(this.records[i].logprob));
+      fragment.append(span);
+    }
+    this.generated.append(fragment);
+    this.shown = count;
     if (following) box.scrollTop = box.scrollHeight;
     this.stats.first.textContent = `${Math.round(this.firstAt - this.sentAt)} ms`;
-    const perSecond = rate(this.count, this.firstAt, this.lastAt);
+    const perSecond = rate(count, this.firstAt, this.lastAt);
     this.stats.rate.textContent = perSecond === null ? "" : perSecond.toFixed(0);
-    this.stats.count.textContent = String(this.count);
+    this.stats.count.textContent = String(count);
+    const numbers = summary(this.logprobSum, count);
+    this.stats.bpc.textContent = numbers.bitsPerChar.toFixed(3);
+    this.stats.ppl.textContent = numbers.perplexity.toFixed(2);
+  }
+
+  /** The prompt of a branch: this panel's prompt, its text before character `index`, then `text`. */
+  branchPrompt(index, text) {
+    return this.prompt + this.records.slice(0, index).map((r) => r.char).join("") + text;
+  }
+
+  /** Hover and click show a character's alternatives; the arrow keys walk the characters. */
+  listen() {
+    const spanOf = (target) => (target instanceof Element ? target.closest(".generated > span") : null);
+    this.generated.addEventListener("mouseover", (event) => {
+      const span = spanOf(event.target);
+      if (span && !this.alternatives.pinned) this.open(Number(span.dataset.i), false);
+    });
+    this.generated.addEventListener("mouseleave", () => this.alternatives.close());
+    this.generated.addEventListener("click", (event) => {
+      const span = spanOf(event.target);
+      if (span) this.open(Number(span.dataset.i), true);
+    });
+    this.textBox.addEventListener("keydown", (event) => this.onKey(event));
+  }
+
+  onKey(event) {
+    const last = this.shown - 1;
+    const moves = { ArrowRight: 1, ArrowLeft: -1, Home: -Infinity, End: Infinity };
+    if (event.key in moves && last >= 0) {
+      event.preventDefault();
+      this.moveTo(Math.max(0, Math.min(last, (this.current < 0 ? -1 : this.current) + moves[event.key])));
+    } else if (event.key === "Enter" && this.current >= 0) {
+      event.preventDefault();
+      this.open(this.current, true);
+    }
+  }
+
+  moveTo(index) {
+    this.generated.querySelector(".current")?.classList.remove("current");
+    this.current = index;
+    const span = this.generated.children[index];
+    span.classList.add("current");
+    this.textBox.setAttribute("aria-activedescendant", span.id);
+    this.alternatives.pinned = false;
+    this.open(index, false);
+  }
+
+  open(index, pin) {
+    const record = this.records[index];
+    if (record) this.alternatives.show(this.generated.children[index], index, record, pin);
   }
 
   /** The stream's last event: finish reason and seed. The count stays the characters shown (the
