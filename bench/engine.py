@@ -76,7 +76,8 @@ def naive_rate(model: CharModel, ids: list[int], batch: int, chars: int) -> floa
     block = model.context_size
     assert block is not None
     idx = torch.tensor([ids] * batch, device=device)  # (B, T)
-    rows = SamplingRows.of([SamplingParams(temperature=0.8)] * batch, device, list(range(batch)))
+    params = [SamplingParams(temperature=0.8)] * batch
+    rows = SamplingRows.of(params, model.config.vocab_size, device, list(range(batch)))
     synchronize(device)
     start = time.perf_counter()
     with decode_attention(device):

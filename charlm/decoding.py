@@ -25,7 +25,7 @@ from torch import Tensor
 
 from charlm.device_memory import allocate_state
 from charlm.graphs import try_capture
-from charlm.models import CharModel
+from charlm.models import CharModel, DecodeState
 from charlm.prompt_feed import PROMPT_FEED, PromptFeed
 from charlm.sampling import SamplingParams, SamplingRows, sample
 
@@ -107,6 +107,7 @@ class SlotDecoder:
         self.controlled = [False] * (slots + 1)  # rows that use penalties, logit bias, min-p or typical-p
         self.active = 0
         self.launched = 0
+        self._view_cache: dict[int, tuple[DecodeState, SamplingRows, Tensor, Tensor]] = {}
         self.use_graphs = graphs and cuda and self.fixed
         # Two graphs of the step: without the sampling controls and with them. A row that uses none
         # comes out the same from both, so which one a step replays may depend on the other rows.
@@ -233,20 +234,31 @@ class SlotDecoder:
         """The step proper, over rows [0, rows): model, sampling (with the sampling controls when
         `controls`), packed results (the top alternatives only when `top`). Fixed shapes for a
         fixed `rows`, no host synchronisation: this is what the CUDA graphs record."""
-        logits = self.model.step(self.tokens[:rows], self.state.narrow(0, rows), filled)  # (rows, V)
+        state, sampling, tokens, output = self._views(rows)
+        logits = self.model.step(tokens, state, filled)  # (rows, V)
         if self.feed.limit:
             feeding = self.feed.feeding(rows)  # (rows,) their draws do not count
-            draw = sample(logits, self.sampling.narrow(rows), ~feeding, controls)
-            self.tokens[:rows] = self.feed.next_inputs(rows, draw.ids, feeding)
+            draw = sample(logits, sampling, ~feeding, controls)
+            tokens.copy_(self.feed.next_inputs(rows, draw.ids, feeding))
         else:
-            draw = sample(logits, self.sampling.narrow(rows), controls=controls)
-            self.tokens[:rows] = draw.ids
-        packed = [draw.ids[:, None].float(), draw.logprobs[:, None]]
+            draw = sample(logits, sampling, controls=controls)
+            tokens.copy_(draw.ids)
         if top:
             top_logprobs, top_ids = draw.log_softmax.topk(self.top_k, dim=-1)  # (rows, K)
-            packed += [top_ids.float(), top_logprobs]
-        packed_rows = torch.cat(packed, dim=1)  # (rows, 2 or 2 + 2K)
-        self.output[:rows, : packed_rows.size(1)] = packed_rows
+            packed = [draw.ids[:, None].float(), draw.logprobs[:, None], top_ids.float(), top_logprobs]
+            output.copy_(torch.cat(packed, dim=1))  # (rows, 2 + 2K)
+        else:
+            output[:, 0] = draw.ids
+            output[:, 1] = draw.logprobs
+
+    def _views(self, rows: int) -> tuple[DecodeState, SamplingRows, Tensor, Tensor]:
+        """The state, sampling rows, next inputs and results of rows [0, rows), as views made once
+        per row count: on a CPU, making them anew each step costs more than some of the step."""
+        views = self._view_cache.get(rows)
+        if views is None:
+            views = self._view_cache[rows] = (
+                self.state.narrow(0, rows), self.sampling.narrow(rows), self.tokens[:rows], self.output[:rows])
+        return views
 
     def _make_room(self, n: int) -> None:
         """Re-encode the active rows whose window is full, before they take another character."""

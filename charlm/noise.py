@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,7 +39,16 @@ def uniform_noise(key: Tensor, counter: Tensor) -> Tensor:
 
     A Weyl sequence through the hash (as SplitMix does): the i-th draw of a stream
     hashes key + i * 0x61C88647. 24 bits, the precision of float32: every value is
-    exact, so CPU and GPU agree.
+    exact, so CPU and GPU agree. On a CPU the same integer arithmetic runs in NumPy,
+    whose operations on a few values cost a fraction of torch's.
     """
+    if key.device.type == "cpu":
+        return torch.from_numpy(weyl_hash(key.numpy(), counter.numpy()))
     h = mix32((key + (counter & MASK32) * 0x61C88647) & MASK32)
     return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def weyl_hash(key: np.ndarray, counter: np.ndarray) -> np.ndarray:
+    """`uniform_noise` on NumPy arrays (int64), float32."""
+    h = mix32((key + (counter & MASK32) * 0x61C88647) & MASK32)
+    return (h >> 8).astype(np.float32) * np.float32(1.0 / (1 << 24))

@@ -83,8 +83,8 @@ class CausalSelfAttention(nn.Module):
 
     def _merge(self, y: Tensor) -> Tensor:
         B, H, T, hd = y.shape
-        y = y.transpose(1, 2).reshape(B, T, H * hd)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, H * hd))  # (B, T, C)
+        return self.resid_dropout(y) if self.training else y  # decoding skips even the call
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self._heads(x)
@@ -99,9 +99,9 @@ class CausalSelfAttention(nn.Module):
         """
         q, k, v = self._heads(x)
         rows = torch.arange(x.size(0), device=x.device)[:, None]  # (B, 1)
-        kv[:, rows, :, positions] = torch.stack((k, v), dim=2).permute(0, 3, 2, 1, 4).to(kv.dtype)  # (B, T, 2, H, hd)
+        kv[:, rows, :, positions] = torch.stack((k, v), dim=2).permute(0, 3, 2, 1, 4)  # (B, T, 2, H, hd)
         span = mask.size(-1)
-        keys, values = kv[0, :, :, :span].to(q.dtype), kv[1, :, :, :span].to(q.dtype)  # (B, H, span, hd)
+        keys, values = kv[0, :, :, :span], kv[1, :, :, :span]  # (B, H, span, hd), the model's dtype
         return self._merge(cached_attention(q, keys, values, mask))
 
 
@@ -113,7 +113,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        x = self.c_proj(F.gelu(self.c_fc(x)))
+        return self.dropout(x) if self.training else x
 
 
 class Block(nn.Module):
