@@ -12,6 +12,7 @@ Nothing here unpickles anything.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import stat
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from charlm.models import CharModel, build_model
@@ -45,6 +46,7 @@ class LoadedModel:
     model: CharModel
     vocab: Vocab
     info: dict[str, Any]  # config.json as loaded
+    fingerprint: str = ""  # of the weights file's bytes: which version of the model this is
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
@@ -137,7 +139,7 @@ def _load(directory: Path, device: torch.device | str, dtype: torch.dtype | None
         _require_file(directory / name)
     info = _read_json(directory / CONFIG_FILE)
     vocab = _read_vocab(directory / VOCAB_FILE)
-    metadata, tensors = _read_weights(directory / WEIGHTS_FILE)
+    metadata, tensors, fingerprint = _read_weights(directory / WEIGHTS_FILE)
     model = _build_from_metadata(directory / WEIGHTS_FILE, metadata)
     _check_agreement(directory, info, metadata, model, vocab)
     _load_tensors(directory / WEIGHTS_FILE, model, tensors)
@@ -145,7 +147,7 @@ def _load(directory: Path, device: torch.device | str, dtype: torch.dtype | None
     for module in model.modules():
         if isinstance(module, torch.nn.RNNBase):
             compact_weights(module)
-    return LoadedModel(directory.name, directory, model, vocab, info)
+    return LoadedModel(directory.name, directory, model, vocab, info, fingerprint)
 
 
 def _require_file(path: Path) -> None:
@@ -176,14 +178,23 @@ def _read_vocab(path: Path) -> Vocab:
         raise ModelDirError(f"{path}: invalid vocabulary ({exc})") from None
 
 
-def _read_weights(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def _read_weights(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], str]:
+    """Metadata, tensors and fingerprint, all from one read of the file: the fingerprint is
+    always that of the weights loaded, even when the file is replaced meanwhile."""
+    data = path.read_bytes()
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+        header_length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_length])
+        metadata = header.get("__metadata__") or {}
+        tensors = load_safetensors(data)
     except Exception as exc:  # safetensors raises several types for damaged files
         raise ModelDirError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
-    return metadata, tensors
+    return metadata, tensors, weights_fingerprint(data)
+
+
+def weights_fingerprint(data: bytes) -> str:
+    """A short hex digest of a weights file's bytes: a model's version."""
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _build_from_metadata(path: Path, metadata: dict[str, str]) -> CharModel:

@@ -11,7 +11,7 @@ from fastapi import Request
 
 from service.errors import ServiceError
 from service.generation import GenerationSpec, Submission, encode_prompt
-from service.registry import ModelEntry
+from service.model_entry import ModelEntry
 from service.sequences import Finished
 from service.state import ServiceState, request_id
 
@@ -57,6 +57,7 @@ def admit(
     submission = Submission(entry.engine, ids, spec, request_id(request), settings.request_timeout_s,
                             state.mailbox, seed_offsets)
     submission.submit()
+    request.state.model_version = (entry.name, entry.version or "")  # headers of the response (the middleware)
     return Admitted(submission, entry, prompts, request_id(request))
 
 

@@ -13,11 +13,12 @@ from fastapi.middleware.cors import CORSMiddleware
 import charlm
 from service import errors
 from service.generation import Mailbox
+from service.live_models import ModelWatcher
 from service.metrics import ServiceMetrics
-from service.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from service.middleware import MODEL_HEADER, REQUEST_ID_HEADER, VERSION_HEADER, RequestContextMiddleware
 from service.openapi import openapi_with_limits
 from service.registry import NoModelsError, Registry
-from service.routes import openai, playground, system, tgi
+from service.routes import admin, openai, playground, system, tgi
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -39,12 +40,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         state.mailbox = Mailbox(asyncio.get_running_loop())
         state.registry = registry
+        state.watcher = watcher = ModelWatcher(registry, settings.models_dir)
+        polling = asyncio.create_task(watcher.poll(settings.models_poll_s)) if settings.models_poll_s else None
         names = ", ".join(e.name for e in registry.ready)
         logger.info("serving %s (default %s)", names, registry.default_model)
         try:
             yield
         finally:
             state.draining = True
+            if polling is not None:
+                polling.cancel()
+            await watcher.stop()
             await asyncio.to_thread(registry.close, settings.shutdown_grace_s)
 
     app = FastAPI(
@@ -59,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(tgi.router)
     app.include_router(openai.router)
+    app.include_router(admin.router)
     playground.install(app)
     app.add_middleware(
         RequestContextMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
@@ -67,6 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
-            expose_headers=[REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, MODEL_HEADER, VERSION_HEADER],
         )
     return app

@@ -60,6 +60,7 @@ class Engine:
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._admitting = 0  # taken from the queue, not yet in the batch (their prefill runs)
         self._open = True
+        self._finish_queued = False  # closed to new requests, but runs the queued ones (a retired version)
         self._warm = threading.Event()
         self._warm_error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
@@ -112,10 +113,12 @@ class Engine:
             self._cv.notify()
             self.metrics.batch_changed(self.active, len(self._waiting))
 
-    def close(self) -> None:
-        """Take no new requests and cancel the queued ones; active sequences run on."""
+    def close(self, finish_queued: bool = False) -> None:
+        """Take no new requests; active sequences run on, and queued ones are cancelled or, with
+        `finish_queued` (a model version being replaced), run too."""
         with self._cv:
             self._open = False
+            self._finish_queued = finish_queued
             self._cv.notify()
 
     def cancel_all(self) -> None:
@@ -181,7 +184,8 @@ class Engine:
             now = time.monotonic()
             waiting_before = len(self._waiting)
             for request in list(self._waiting):
-                reason = FinishReason.CANCELLED if not self._open else request.ended_early(now)
+                closing = not self._open and not self._finish_queued
+                reason = FinishReason.CANCELLED if closing else request.ended_early(now)
                 if reason is not None:  # cancelled, timed out, or shutting down: never starts
                     self._waiting.remove(request)
                     self._finish_unstarted(request, reason)

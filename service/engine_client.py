@@ -96,11 +96,12 @@ class EngineClient:
                 specs.append(RequestSpec.of(id_, request))
             self._send(("submit", specs))
 
-    def close(self) -> None:
-        """Take no new requests; the child cancels its queued ones, runs the active ones to the end."""
+    def close(self, finish_queued: bool = False) -> None:
+        """Take no new requests; the child runs the active ones to the end, and cancels the queued ones
+        or, with `finish_queued`, runs them too."""
         with self._lock:
             self._open = False
-        self._send(("close",))
+        self._send(("close", finish_queued))
 
     def cancel_all(self) -> None:
         self._send(("cancel_all",))

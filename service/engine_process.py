@@ -39,6 +39,7 @@ class EngineSpec:
     cuda_graphs: bool
     threads: int  # intra-op CPU threads
     log_level: str
+    fingerprint: str = ""  # of the weights the server loaded: the child must serve the same version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +124,10 @@ def run(spec: EngineSpec, commands: Connection, events: Connection) -> None:
     except ModelDirError as exc:
         events.send(("failed", str(exc)))
         return
+    if spec.fingerprint and loaded.fingerprint != spec.fingerprint:
+        events.send(("failed", f"{spec.path}: the weights changed while loading (version {loaded.fingerprint}, "
+                               f"expected {spec.fingerprint}); the next look at the directory loads them again"))
+        return
     relay = Relay(events, spec.name)
     engine = Engine(spec.name, loaded.model, loaded.vocab, spec.max_batch_size, spec.max_queued, relay.metrics,
                     cuda_graphs=spec.cuda_graphs, after_step=relay.flush)
@@ -165,4 +170,4 @@ def serve_commands(engine: Engine, relay: Relay, commands: Connection) -> None:
         elif kind == "cancel_all":
             engine.cancel_all()
         elif kind == "close":
-            engine.close()
+            engine.close(finish_queued=args[0])

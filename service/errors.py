@@ -21,12 +21,14 @@ OPENAI_TYPES = {
     "not_found": "invalid_request_error",
     "too_large": "invalid_request_error",
     "unauthorized": "authentication_error",
+    "forbidden": "permission_error",
+    "conflict": "invalid_request_error",
     "overloaded": "rate_limit_error",
     "unavailable": "server_error",
     "generation": "server_error",
 }
 KIND_BY_STATUS = {
-    401: "unauthorized", 404: "not_found", 413: "too_large", 429: "overloaded", 503: "unavailable",
+    401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large", 429: "overloaded", 503: "unavailable",
 }
 RETRY_AFTER_S = 1
 

@@ -22,7 +22,7 @@ from charlm.vocab import UnknownCharactersError
 from service.engine import Engine, EngineClosed, QueueFull
 from service.engine_client import EngineClient
 from service.errors import ServiceError
-from service.registry import ModelEntry
+from service.model_entry import ModelEntry
 from service.sequences import Event, Finished, GeneratedToken, GenerationRequest
 from service.settings import Settings
 

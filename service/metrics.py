@@ -114,6 +114,11 @@ class ServiceMetrics:
         self.chars = Counter("charlm_chars_generated", "characters generated", ["model"], registry=r)
         self.cancelled = Counter("charlm_requests_cancelled", "requests cancelled: client gone, or shutdown",
                                  ["model"], registry=r)
+        self.models_loaded = Gauge("charlm_models_loaded", "models ready to serve", registry=r)
+        self.model_reloads = Counter("charlm_model_reloads", "model versions loaded after startup: new "
+                                     "directories and replaced weights", ["model"], registry=r)
+        self.model_load_failures = Counter("charlm_model_load_failures", "model directories that failed to "
+                                           "load or start, at startup or later", ["model"], registry=r)
 
     def for_model(self, model: str) -> EngineMetrics:
         return PrometheusEngineMetrics(self, model)

@@ -18,6 +18,8 @@ from service.errors import ServiceError, error_body
 from service.metrics import ServiceMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
+MODEL_HEADER = "x-charlm-model"  # on generation responses: the model that answered,
+VERSION_HEADER = "x-charlm-model-version"  # and its version (the weights' fingerprint)
 SAFE_REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")  # a client's id is echoed only if it is tame
 
 
@@ -48,7 +50,10 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status.update(code=message["status"], started=True)
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                response_headers = MutableHeaders(scope=message)
+                response_headers[REQUEST_ID_HEADER] = request_id
+                if (answered := scope["state"].get("model_version")) is not None:
+                    response_headers[MODEL_HEADER], response_headers[VERSION_HEADER] = answered
             await send(message)
 
         try:

@@ -1,8 +1,9 @@
-"""Model directories -> loaded models, each with its engine; failures kept, reported, not fatal."""
+"""The models this process serves, by name: each with its engine; failures kept, reported, not fatal.
+Models come and go while it serves (`service.live_models`): a replaced version's engine retires,
+finishing what it runs, while the new one takes the new requests."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -10,11 +11,10 @@ from pathlib import Path
 
 import torch
 
-from charlm.checkpoint import LoadedModel, ModelDirError, load_model
-from service.engine import Engine, EngineClosed
+from service.engine import Engine
 from service.engine_client import EngineClient
-from service.engine_process import EngineSpec
 from service.metrics import ServiceMetrics
+from service.model_entry import EngineConfig, ModelEntry, load_entry
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,24 +29,6 @@ class NoModelsError(Exception):
 class UnknownModelError(LookupError):
     def __init__(self, name: str, available: list[str]):
         super().__init__(f"model {name!r} is not served; available: {', '.join(available) or 'none'}")
-
-
-@dataclasses.dataclass
-class ModelEntry:
-    name: str
-    path: Path
-    loaded: LoadedModel | None = None  # with engine processes, a CPU copy that describes the model
-    engine: Engine | EngineClient | None = None
-    error: str | None = None
-
-    @property
-    def status(self) -> str:
-        return "ready" if self.engine is not None and self.engine.failure is None else "failed"
-
-    @property
-    def reason(self) -> str | None:
-        """Why a failed model is not served: it did not load or start, or its engine process died."""
-        return self.engine.failure if self.engine is not None and self.engine.failure else self.error
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -80,40 +62,43 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
 class Registry:
     """The models this process serves, by name."""
 
-    def __init__(
-        self, entries: list[ModelEntry], default_model: str, device: torch.device, dtype: torch.dtype,
-        max_batch_size: int,
-    ):
+    def __init__(self, entries: list[ModelEntry], default_model: str, config: EngineConfig):
         self.entries = {entry.name: entry for entry in entries}
-        self.device = device
-        self.dtype = dtype
-        self.max_batch_size = max_batch_size
+        self.config = config
+        self.device, self.dtype, self.max_batch_size = config.device, config.dtype, config.max_batch_size
+        self.configured_default = default_model
+        self.retiring: list[Engine | EngineClient] = []  # replaced or removed versions, finishing their work
         ready = [e.name for e in entries if e.status == "ready"]
         if not ready:
             problems = "; ".join(f"{e.name}: {e.reason}" for e in entries) or "no model directories"
             raise NoModelsError(f"no model could be loaded ({problems})")
         if default_model not in ready:
             logger.warning("default model %r is not available; using %r", default_model, ready[0])
-            default_model = ready[0]
-        self.default_model = default_model
+        config.metrics.models_loaded.set_function(lambda: len(self.ready))
 
     @classmethod
     def load(cls, settings: Settings, metrics: ServiceMetrics) -> Registry:
-        """Load every model directory under settings.models_dir, warm each up, start its engine."""
+        """Load every model directory under settings.models_dir; their engines start in `start`."""
         device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, device)
         directory = settings.models_dir
         if not directory.is_dir():
             raise NoModelsError(f"models directory {directory} does not exist")
-        paths = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+        paths = model_directories(directory)
         if device.type == "cpu":
             torch.set_num_threads(1)  # loading needs no more; the engine threads compute
-        batch_size = resolve_batch_size(settings.max_batch_size, device)
         threads = settings.torch_threads or cpu_threads(len(paths))
-        entries = [load_entry(path, settings, metrics, device, dtype, batch_size, threads) for path in paths]
+        config = EngineConfig(settings, metrics, device, resolve_dtype(settings.dtype, device),
+                              resolve_batch_size(settings.max_batch_size, device), threads)
+        entries = [load_entry(path, config) for path in paths]
         if device.type == "cpu" and not settings.engine_process:
             torch.set_num_threads(threads)
-        return cls(entries, settings.default_model, device, dtype, batch_size)
+        return cls(entries, settings.default_model, config)
+
+    @property
+    def default_model(self) -> str:
+        """The configured default while it is ready, otherwise the first ready model."""
+        ready = [entry.name for entry in self.ready]
+        return self.configured_default if self.configured_default in ready or not ready else ready[0]
 
     @property
     def ready(self) -> list[ModelEntry]:
@@ -129,22 +114,33 @@ class Registry:
     def start(self) -> None:
         """Start every engine (each warms up first); one that fails is reported like a load failure."""
         for entry in self.ready:
-            assert entry.engine is not None
-            try:
-                entry.engine.start()
-            except EngineClosed as exc:
-                logger.error("model %s failed to start: %s", entry.name, exc)
-                entry.engine.join()
-                entry.engine, entry.error = None, str(exc)
+            entry.start(self.config.metrics)
         if not self.ready:
             raise NoModelsError("no model could be started: " + "; ".join(
                 f"{e.name}: {e.reason}" for e in self.entries.values()))
-        if self.default_model not in {e.name for e in self.ready}:
-            self.default_model = self.ready[0].name
+
+    def install(self, entry: ModelEntry) -> ModelEntry | None:
+        """Serve `entry` under its name from now on; returns the entry it displaces, if any."""
+        old, self.entries[entry.name] = self.entries.get(entry.name), entry
+        return old
+
+    def retire(self, entry: ModelEntry) -> Engine | EngineClient | None:
+        """Give `entry`'s engine no more requests; what it runs or has queued still finishes. Returns
+        the engine, to be joined (then it is `forget`-ten)."""
+        engine, entry.engine = entry.engine, None
+        if engine is not None:
+            engine.close(finish_queued=True)
+            self.retiring.append(engine)
+        return engine
+
+    def forget(self, engine: Engine | EngineClient) -> None:
+        if engine in self.retiring:
+            self.retiring.remove(engine)
 
     @property
     def engines(self) -> list[Engine | EngineClient]:
-        return [entry.engine for entry in self.entries.values() if entry.engine is not None]
+        """Every engine that runs: the served versions' and the retiring ones'."""
+        return [e.engine for e in self.entries.values() if e.engine is not None] + list(self.retiring)
 
     def cancel_all(self) -> None:
         for engine in self.engines:
@@ -153,39 +149,18 @@ class Registry:
     def close(self, grace_s: float) -> None:
         """Stop taking requests; let active sequences finish within one shared grace period,
         then cancel what still runs (each request still gets its final event)."""
-        for engine in self.engines:
+        engines = self.engines
+        for engine in engines:
             engine.close()
         deadline = time.monotonic() + grace_s
-        for engine in self.engines:
+        for engine in engines:
             if not engine.join(max(0.0, deadline - time.monotonic())):
                 engine.cancel_all()
-        for engine in self.engines:
+        for engine in engines:
             engine.join()
 
 
-def load_entry(
-    path: Path, settings: Settings, metrics: ServiceMetrics, device: torch.device, dtype: torch.dtype,
-    max_batch_size: int, threads: int,
-) -> ModelEntry:
-    """Check and load a model directory and make its engine: in a process of its own (which loads the
-    weights again, on the device; the copy here, on the CPU, only describes the model) or in a
-    thread of this one."""
-    entry = ModelEntry(path.name, path)
-    try:
-        entry.loaded = load_model(path, device="cpu" if settings.engine_process else device, dtype=dtype)
-    except ModelDirError as exc:
-        entry.error = str(exc)
-        logger.error("model %s failed to load: %s", path.name, exc)
-        return entry
-    loaded = entry.loaded
-    if settings.engine_process:
-        spec = EngineSpec(path.name, path, str(device), dtype, max_batch_size, settings.max_queued,
-                          settings.cuda_graphs, threads, settings.log_level)
-        entry.engine = EngineClient(spec, metrics)
-    else:
-        entry.engine = Engine(path.name, loaded.model, loaded.vocab, max_batch_size, settings.max_queued,
-                              metrics.for_model(path.name), cuda_graphs=settings.cuda_graphs)
-    logger.info("model %s: %s, %s parameters, %d characters, on %s (%s)", path.name,
-                loaded.model.architecture, f"{loaded.model.num_parameters():,}", len(loaded.vocab), device,
-                str(dtype).removeprefix("torch."))
-    return entry
+def model_directories(directory: Path) -> list[Path]:
+    """The model directories under `directory`: its visible subdirectories (training stages a
+    checkpoint in a hidden one), sorted by name."""
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))

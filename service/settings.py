@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413 above)")
     request_timeout_s: float = Field(300.0, gt=0, description="per-request time limit, queueing included")
     api_key: SecretStr | None = Field(None, description="when set, generation routes need a Bearer token")
+    admin_key: SecretStr | None = Field(
+        None, description="Bearer token of the /admin routes; unset: administration is off (403)"
+    )
+    models_poll_s: float = Field(
+        2.0, ge=0, description="seconds between looks at models_dir for new, replaced or removed models; 0: off"
+    )
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS")
     stream_interval: int = Field(
         1, ge=1, le=1024, description="a stream's characters are sent every this many (1: each as it comes)"

@@ -7,11 +7,14 @@ import hmac
 import time
 
 from fastapi import Request
+from pydantic import SecretStr
 
 from service.errors import ServiceError
 from service.generation import Mailbox
+from service.live_models import ModelWatcher
 from service.metrics import ServiceMetrics
-from service.registry import ModelEntry, Registry
+from service.model_entry import ModelEntry
+from service.registry import Registry
 from service.settings import Settings
 
 
@@ -21,6 +24,7 @@ class ServiceState:
     metrics: ServiceMetrics
     registry: Registry | None = None  # None until the models are loaded
     mailbox: Mailbox | None = None  # engine threads -> event loop; made in the lifespan
+    watcher: ModelWatcher | None = None  # follows the models directory; made in the lifespan
     draining: bool = False
     startup_error: str | None = None
     started_at: float = dataclasses.field(default_factory=time.time)
@@ -40,7 +44,7 @@ class ServiceState:
     def active_sequences(self) -> int:
         if self.registry is None:
             return 0
-        return sum(e.engine.active + e.engine.queued for e in self.registry.ready if e.engine is not None)
+        return sum(engine.active + engine.queued for engine in self.registry.engines)
 
 
 def service_state(request: Request) -> ServiceState:
@@ -61,13 +65,31 @@ def ready_service(request: Request) -> ServiceState:
 
 def check_api_key(request: Request, settings: Settings) -> None:
     """With an API key configured, require `Authorization: Bearer <key>` (constant-time compare)."""
-    if settings.api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = settings.api_key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    if settings.api_key is not None and not bearer_matches(request, settings.api_key):
         raise ServiceError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
                            code="invalid_api_key")
+
+
+def admin_service(request: Request) -> ServiceState:
+    """Dependency of the /admin routes: 403 when administration is off (no admin key configured),
+    401 without the admin key (the API key does not open them), 503 while starting or draining."""
+    state = service_state(request)
+    if state.settings.admin_key is None:
+        raise ServiceError(403, "administration is off: set CHARLM_ADMIN_KEY to use /admin", kind="forbidden")
+    if not bearer_matches(request, state.settings.admin_key):
+        raise ServiceError(401, "missing or invalid admin key: send 'Authorization: Bearer <CHARLM_ADMIN_KEY>'",
+                           code="invalid_admin_key")
+    if state.registry is None or state.watcher is None:
+        raise ServiceError(503, "the service is starting; models are loading")
+    if state.draining:
+        raise ServiceError(503, "the service is shutting down")
+    return state
+
+
+def bearer_matches(request: Request, key: SecretStr) -> bool:
+    """`Authorization: Bearer <key>`, compared in constant time."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.get_secret_value().encode())
 
 
 def request_id(request: Request) -> str:

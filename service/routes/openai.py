@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import ServerSentEvent
@@ -14,6 +16,7 @@ from fastapi.sse import ServerSentEvent
 from service.admission import Admitted, admit, log_completion, logged
 from service.errors import ServiceError, error_body
 from service.generation import ClientGone, GenerationSpec, SequenceResult, best_first
+from service.model_entry import ModelEntry
 from service.schemas.errors import OPENAI_GENERATION, OPENAI_LISTING
 from service.schemas.openai import (
     Choice,
@@ -21,6 +24,7 @@ from service.schemas.openai import (
     CompletionRequest,
     Logprobs,
     ModelCard,
+    ModelDetail,
     ModelList,
     Usage,
 )
@@ -32,6 +36,7 @@ from service.stream_text import KEEPALIVE, OpenAIChunks, data_event
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 DEFAULT_MAX_TOKENS = 16
+CARD_FILE = "README.md"  # the model card charlm train writes (training imports nothing from here)
 
 
 def admit_completion(state: ServiceState, request: Request, body: CompletionRequest) -> Admitted:
@@ -160,16 +165,31 @@ def merged(batch: list[tuple[int, list[Event]]]) -> list[tuple[int, list[Generat
     return [(index, chars, ends.get(index)) for index, chars in tokens.items()]
 
 
+def model_card(entry: ModelEntry) -> dict[str, Any]:
+    assert entry.loaded is not None
+    model = entry.loaded.model
+    return {"id": entry.name, "created": int(entry.loaded_at), "architecture": model.architecture,
+            "parameters": model.num_parameters(), "vocab_size": len(entry.loaded.vocab),
+            "context_length": model.context_size, "version": entry.version}
+
+
 @router.get("/models", response_model=ModelList, responses=OPENAI_LISTING)
 async def list_models(state: Annotated[ServiceState, Depends(ready_service)]) -> ModelList:
-    """The models this server generates with: architecture, parameters, vocabulary, context."""
+    """The models this server generates with: architecture, parameters, vocabulary, context, version
+    (`created` is when this version was loaded)."""
     assert state.registry is not None
-    cards = []
-    for entry in state.registry.ready:
-        assert entry.loaded is not None
-        model = entry.loaded.model
-        cards.append(ModelCard(id=entry.name, created=int(state.started_at), architecture=model.architecture,
-                               parameters=model.num_parameters(), vocab_size=len(entry.loaded.vocab),
-                               context_length=model.context_size))
-    return ModelList(data=cards)
+    return ModelList(data=[ModelCard(**model_card(entry)) for entry in state.registry.ready])
 
+
+@router.get("/models/{name}", response_model=ModelDetail, responses=OPENAI_LISTING)
+async def model_detail(name: str, state: Annotated[ServiceState, Depends(ready_service)]) -> ModelDetail:
+    """One model, with its model card's text (where it came from: corpus, training, samples)."""
+    entry = state.model(name, param="name")
+    return ModelDetail(**model_card(entry), card=await asyncio.to_thread(read_card, entry.path))
+
+
+def read_card(directory: Path) -> str | None:
+    try:
+        return (directory / CARD_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None

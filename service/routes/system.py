@@ -17,17 +17,15 @@ router = APIRouter(tags=["system"])
 
 
 def model_statuses(state: ServiceState, memory: bool = False) -> dict[str, dict[str, Any]]:
-    """Each model's status; with `memory`, what its engine took at startup too."""
+    """Each model's status (ready, loading, unloaded or failed); with `memory`, what a ready
+    model's engine took at startup too."""
     if state.registry is None:
         return {}
     statuses: dict[str, dict[str, Any]] = {}
-    for name, entry in state.registry.entries.items():
-        if entry.status == "failed" or entry.engine is None:
-            statuses[name] = {"status": "failed", "error": entry.reason}
-        else:
-            statuses[name] = {"status": "ready", "active": entry.engine.active, "queued": entry.engine.queued}
-            if memory:
-                statuses[name].update(entry.engine.memory)
+    for name, entry in sorted(state.registry.entries.items()):
+        statuses[name] = entry.describe()
+        if memory and entry.status == "ready" and entry.engine is not None:
+            statuses[name].update(entry.engine.memory)
     return statuses
 
 

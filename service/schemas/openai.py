@@ -131,6 +131,12 @@ class ModelCard(BaseModel):
     parameters: int
     vocab_size: int
     context_length: int | None = Field(description="characters the model attends to; null: unbounded")
+    version: str = Field(description="the weights' fingerprint; it changes when the model is retrained")
+
+
+class ModelDetail(ModelCard):
+    card: str | None = Field(description="the model directory's README.md (written by charlm train): its "
+                                         "corpus, training and samples; null when there is none")
 
 
 class ModelList(BaseModel):

@@ -8,8 +8,12 @@ from pydantic import BaseModel, Field
 
 
 class ModelStatus(BaseModel):
-    status: Literal["ready", "failed"]
+    status: Literal["ready", "loading", "unloaded", "failed"]
+    version: str | None = Field(None, description="the served weights' fingerprint")
     error: str | None = Field(None, description="why a failed model did not load, naming the file")
+    reload_error: str | None = Field(
+        None, description="why the directory's newer contents are not served (the version named still is)"
+    )
     active: int | None = Field(None, description="sequences being generated")
     queued: int | None = Field(None, description="sequences waiting for a batch slot")
 
@@ -32,6 +36,28 @@ class Info(BaseModel):
     default_model: str | None
     limits: dict[str, int | float]
     models: dict[str, ModelInfo]
+
+
+class AdminModel(ModelStatus):
+    name: str
+    path: str
+    loaded_at: float | None = Field(None, description="Unix time this version was loaded")
+    load_seconds: float | None = Field(None, description="how long loading and warming up took")
+    weights_bytes: int | None = Field(None, description="the weights in memory, in the served dtype")
+    decode_state_bytes: int | None = None
+    device_bytes: int | None = None
+
+
+class AdminModels(BaseModel):
+    models: list[AdminModel]
+    retiring: int = Field(description="replaced or removed versions still finishing their requests")
+
+
+class ReloadResult(BaseModel):
+    loaded: list[str] = Field(description="new models, now served")
+    replaced: list[str] = Field(description="models whose new weights are now served")
+    removed: list[str] = Field(description="models whose directory is gone; they finish what they run")
+    failed: dict[str, str] = Field(description="directories that could not be loaded, with the reason")
 
 
 HEALTH_RESPONSES: dict[int | str, dict[str, object]] = {

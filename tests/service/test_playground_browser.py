@@ -4,6 +4,7 @@ Skipped when Chromium or Playwright is missing; `.ci/run` installs Chromium so t
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,3 +249,19 @@ def test_the_repetition_penalty_and_min_p_reach_the_server(page, server):
     plain = {**parameters, "repetition_penalty": 1.0, "min_p": 0.0}
     assert httpx.post(f"{server[0]}/generate", json={"inputs": "the king", "parameters": plain},
                       timeout=60).json()["generated_text"] != expected
+
+
+def test_a_model_added_while_the_page_is_open_appears_in_the_picker(browser, tiny_models, tmp_path):
+    """The page asks for the model list every few seconds; the server polls its directory."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "tiny-gpt", models / "tiny-gpt")
+    with live_server(models, models_poll_s=0.2) as (base, _), open_page(browser, base) as page:
+        page.wait_for_selector("#model-card-details:not([hidden])")
+        assert page.text_content("#model-card") == (models / "tiny-gpt" / "README.md").read_text()
+        staging = models / ".mine.partial"
+        shutil.copytree(tiny_models / "tiny-lstm", staging)
+        staging.rename(models / "mine")  # published in one rename, as charlm train does
+        wait_for_script(page, "() => [...document.querySelectorAll('#model option')].some(o => o.value === 'mine')")
+        assert page.input_value("#model") == "tiny-gpt"  # the choice stays while its model is served
+        page.select_option("#model", "mine")
+        wait_for_script(page, "() => document.querySelector('#model-card').textContent.startsWith('# tiny-lstm')")

@@ -52,6 +52,12 @@ export async function loadModels(apiKey) {
   return { models: models.data, info };
 }
 
+/** `GET /v1/models/{name}`: one model with its card's text (null when it has none). */
+export async function loadModelCard(name, apiKey) {
+  const path = `/v1/models/${encodeURIComponent(name)}`;
+  return (await (await send(path, { headers: headers(apiKey) })).json()).card;
+}
+
 /** Start a `/generate_stream` request; refusals (4xx) throw an ApiError before any event. */
 export function openStream(bodyJson, apiKey, signal) {
   return send("/generate_stream", { method: "POST", headers: headers(apiKey, true), body: bodyJson, signal });

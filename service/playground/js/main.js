@@ -1,11 +1,12 @@
 // The playground page: wires the form to the server and the output panels.
-import { ApiError, loadModels, openStream, streamEvents } from "./api.js";
+import { ApiError, loadModelCard, loadModels, openStream, streamEvents } from "./api.js";
 import { FieldError, clearErrors, readParameters, requestJson, showError, showServerError } from "./form.js";
 import { OutputPanel } from "./output.js";
 
 const $ = (id) => document.getElementById(id);
 const MODEL_CONTROLS = ["model", "model-b"];
 const ALTERNATIVES = 5;  // the most likely characters asked for at each place
+const FOLLOW_MODELS_MS = 5000;  // how often the model list is asked again: models come and go while serving
 let models = [];
 let running = [];  // AbortControllers of the streams in flight
 
@@ -18,6 +19,24 @@ function describe(model) {
 function showModelInfo(controlId) {
   const model = models.find((m) => m.id === $(controlId).value);
   $(`${controlId}-info`).textContent = model ? describe(model) : "";
+  if (controlId === MODEL_CONTROLS[0]) showModelCard(model);
+}
+
+/** The first model's card (its README: corpus, training, samples), as text, folded away. */
+async function showModelCard(model) {
+  const details = $("model-card-details");
+  const shown = model ? `${model.id}@${model.version}` : "";
+  if (details.dataset.shown === shown) return;
+  details.dataset.shown = shown;
+  let card = null;
+  try {
+    card = model ? await loadModelCard(model.id, $("api-key").value.trim()) : null;
+  } catch {
+    // the card is a courtesy: without it the page works as before
+  }
+  if (details.dataset.shown !== shown) return;  // another model was chosen meanwhile
+  $("model-card").textContent = card ?? "";
+  details.hidden = !card;
 }
 
 function fillPickers(info) {
@@ -47,6 +66,22 @@ async function refreshModels() {
     showServerError(status, `cannot list the models: ${exc.message}`, "model");
     document.body.dataset.models = "failed";
   }
+}
+
+/** Ask for the model list again, quietly: a model trained, replaced or removed while the page is
+open shows up in the pickers (the choice is kept while its model is served). */
+async function followModels() {
+  if (document.hidden || document.body.dataset.models !== "loaded") return;
+  let answer;
+  try {
+    answer = await loadModels($("api-key").value.trim());
+  } catch {
+    return;  // a server restarting: the next turn asks again
+  }
+  const key = (list) => list.map((m) => `${m.id}@${m.version}`).join(",");
+  if (key(answer.models) === key(models)) return;
+  models = answer.models;
+  fillPickers(answer.info);
 }
 
 /** One request per model; in compare mode both share the seed, drawn here when none is given. */
@@ -158,6 +193,7 @@ function start() {
   setRunning(false);
   showProbabilities();
   refreshModels();
+  setInterval(followModels, FOLLOW_MODELS_MS);
 }
 
 start();

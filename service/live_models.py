@@ -1,0 +1,158 @@
+"""The served models follow the models directory while the server runs.
+
+A look at the directory (every `models_poll_s` seconds, or `POST /admin/reload`) compares each model
+directory's files with what was read last time. A new directory is loaded and served; a changed one
+whose weights' fingerprint differs is loaded beside the old version, which then retires: its engine
+finishes what it runs and has queued while new requests go to the new version. A removed directory's
+model retires the same way. A directory that fails to load (a copy still under way, a broken file)
+is reported and tried again when it changes; a served version stays served meanwhile.
+
+Loading runs in worker threads (and the engine in a process of its own, by default), so the event
+loop and the other models' streams go on. The registry itself is changed only on the event loop,
+between two requests' admissions: a request is always queued on the version that the registry
+named when it was admitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+
+from charlm.checkpoint import WEIGHTS_FILE, weights_fingerprint
+from service.engine import Engine
+from service.engine_client import EngineClient
+from service.model_entry import ModelEntry, Signature, directory_signature, load_entry
+from service.registry import Registry, model_directories
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ReloadReport:
+    """What one look at the models directory changed."""
+
+    loaded: list[str] = dataclasses.field(default_factory=list)  # new models, now served
+    replaced: list[str] = dataclasses.field(default_factory=list)  # new versions, now served
+    removed: list[str] = dataclasses.field(default_factory=list)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # name: why it is not served
+
+
+class ModelWatcher:
+    def __init__(self, registry: Registry, models_dir: Path):
+        self.registry = registry
+        self.models_dir = models_dir
+        self._lock = asyncio.Lock()  # one look at a time
+        self._stopped = False
+        self._joins: set[asyncio.Task[None]] = set()
+
+    async def poll(self, interval_s: float) -> None:
+        """Look at the directory every `interval_s` seconds, until cancelled. A look under way when
+        the task is cancelled runs to its end (shielded): `stop` waits for it."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.shield(self.reload())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a look that fails (the directory is gone) must not end the polling
+                logger.exception("looking at %s for model changes failed", self.models_dir)
+
+    async def stop(self) -> None:
+        """Wait for a look under way; none starts after this, so the registry holds every engine."""
+        async with self._lock:
+            self._stopped = True
+
+    async def reload(self, unloaded_too: bool = False) -> ReloadReport:
+        """Bring the served models in line with the directory; `unloaded_too` loads again the models
+        an administrator unloaded (otherwise they stay unloaded until their directory changes)."""
+        async with self._lock:
+            report = ReloadReport()
+            if self._stopped:
+                return report
+            seen = await asyncio.to_thread(self._scan)
+            for name in [name for name in self.registry.entries if name not in seen]:
+                self._remove(name)
+                report.removed.append(name)
+            changed = [(path, signature) for path, signature in seen.values()
+                       if self._wants_load(path.name, signature, unloaded_too)]
+            await asyncio.gather(*(self._load(path, signature, report) for path, signature in changed))
+            return report
+
+    def unload(self, name: str) -> None:
+        """Stop serving a ready model; it finishes what it runs, and stays unloaded until its
+        directory changes or an explicit reload."""
+        entry = self.registry.entries[name]
+        unloaded = ModelEntry(name, entry.path, signature=entry.signature, phase="unloaded")
+        self.registry.install(unloaded)
+        self._retire(entry, "unloaded")
+
+    def _scan(self) -> dict[str, tuple[Path, Signature]]:
+        return {path.name: (path, directory_signature(path)) for path in model_directories(self.models_dir)}
+
+    def _wants_load(self, name: str, signature: Signature, unloaded_too: bool) -> bool:
+        entry = self.registry.entries.get(name)
+        if entry is None:
+            return True
+        if entry.status == "loading":
+            return False
+        if entry.status == "unloaded" and unloaded_too:
+            return True
+        return signature != entry.signature
+
+    async def _load(self, path: Path, signature: Signature, report: ReloadReport) -> None:
+        name, current = path.name, self.registry.entries.get(path.name)
+        serving = current is not None and current.status == "ready"
+        if serving and current is not None and await asyncio.to_thread(same_weights, path, current):
+            current.signature, current.reload_error = signature, None
+            return  # the weights are the served ones (a training summary was rewritten): nothing to do
+        if not serving:  # shown as loading meanwhile; a served version is served until replaced
+            self.registry.install(ModelEntry(name, path, signature=signature, phase="loading"))
+        fresh = await asyncio.to_thread(self._load_and_start, path)
+        if fresh.status != "ready":
+            report.failed[name] = str(fresh.reason)
+            if serving and current is not None:  # keep serving what works; try again on the next change
+                current.signature, current.reload_error = fresh.signature, fresh.reason
+            else:
+                self.registry.install(fresh)
+            return
+        self.registry.config.metrics.model_reloads.labels(name).inc()
+        displaced = self.registry.install(fresh)
+        if displaced is not None and serving:
+            self._retire(displaced, f"replaced by version {fresh.version}")
+            report.replaced.append(name)
+        else:
+            report.loaded.append(name)
+        logger.info("model %s version %s is served", name, fresh.version)
+
+    def _load_and_start(self, path: Path) -> ModelEntry:
+        entry = load_entry(path, self.registry.config)
+        entry.start(self.registry.config.metrics)
+        return entry
+
+    def _remove(self, name: str) -> None:
+        entry = self.registry.entries.pop(name)
+        self._retire(entry, "its directory was removed")
+
+    def _retire(self, entry: ModelEntry, why: str) -> None:
+        engine = self.registry.retire(entry)
+        if engine is None:
+            return
+        logger.info("model %s version %s retires (%s): it finishes what it runs", entry.name, entry.version, why)
+        task = asyncio.get_running_loop().create_task(self._join(entry.name, entry.version, engine))
+        self._joins.add(task)
+        task.add_done_callback(self._joins.discard)
+
+    async def _join(self, name: str, version: str | None, engine: Engine | EngineClient) -> None:
+        await asyncio.to_thread(engine.join)
+        self.registry.forget(engine)
+        logger.info("model %s version %s unloaded", name, version)
+
+
+def same_weights(path: Path, entry: ModelEntry) -> bool:
+    """Whether the weights file in `path` is the version `entry` serves."""
+    try:
+        return weights_fingerprint((path / WEIGHTS_FILE).read_bytes()) == entry.version
+    except OSError:
+        return False
