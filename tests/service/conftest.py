@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -30,3 +31,12 @@ def serve(tiny_models: Path) -> Serve:
 async def client(serve: Serve) -> AsyncIterator[httpx.AsyncClient]:
     async with serve() as (http, _):
         yield http
+
+
+@pytest.fixture()
+def own_models(tiny_models: Path, tmp_path: Path) -> Path:
+    """A models directory of the test's own, to add, replace and remove models in: tiny-gpt alone."""
+    directory = tmp_path / "models"
+    directory.mkdir()
+    shutil.copytree(tiny_models / "tiny-gpt", directory / "tiny-gpt")
+    return directory

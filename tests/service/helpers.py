@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -119,3 +120,15 @@ def healthy(base: str) -> bool:
         return httpx.get(f"{base}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def publish_model(source: Path, target: Path) -> None:
+    """Add or replace a model directory in one rename, as `charlm train` publishes its first
+    checkpoint: assembled beside it under a hidden name (which the server never loads)."""
+    staging = target.parent / f".{target.name}.staging"
+    shutil.copytree(source, staging)
+    old = target.parent / f".{target.name}.old"
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

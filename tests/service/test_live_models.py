@@ -14,37 +14,15 @@ import httpx
 import pytest
 
 from charlm.checkpoint import WEIGHTS_FILE
-from tests.service.helpers import engine_of, live_server, running_app, service_state, settings_for
+from tests.service.helpers import engine_of, live_server, publish_model, running_app, service_state, settings_for
 
 pytestmark = pytest.mark.anyio
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
 
-@pytest.fixture()
-def models_dir(tiny_models: Path, tmp_path: Path) -> Path:
-    """A models directory of our own, starting with tiny-gpt alone."""
-    directory = tmp_path / "models"
-    directory.mkdir()
-    shutil.copytree(tiny_models / "tiny-gpt", directory / "tiny-gpt")
-    return directory
-
-
 def app_on(models_dir: Path, **overrides: object):  # type: ignore[no-untyped-def]
     settings = {"models_poll_s": 0, "admin_key": "admin-secret", **overrides}
     return running_app(settings_for(models_dir, **settings))
-
-
-def publish(source: Path, target: Path) -> None:
-    """Put a model directory in place the way `charlm train` does: assembled aside, renamed in."""
-    staging = target.parent / f".{target.name}.staging"
-    shutil.copytree(source, staging)
-    if target.exists():
-        old = target.parent / f".{target.name}.old"
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)
 
 
 async def reload(client: httpx.AsyncClient) -> dict[str, object]:
@@ -64,10 +42,10 @@ async def generate(client: httpx.AsyncClient, model: str, chars: int = 40, seed:
     return await client.post("/generate", json=body)
 
 
-async def test_a_new_directory_is_loaded_and_served(models_dir, tiny_models):
-    async with app_on(models_dir) as (client, _):
+async def test_a_new_directory_is_loaded_and_served(own_models, tiny_models):
+    async with app_on(own_models) as (client, _):
         assert (await generate(client, "fresh")).status_code == 404
-        publish(tiny_models / "tiny-lstm", models_dir / "fresh")
+        publish_model(tiny_models / "tiny-lstm", own_models / "fresh")
         assert await reload(client) == {"loaded": ["fresh"], "replaced": [], "removed": [], "failed": {}}
         response = await generate(client, "fresh")
         assert response.status_code == 200
@@ -91,10 +69,10 @@ def last_event(lines: list[str]) -> dict[str, Any]:
     return event
 
 
-def test_a_replaced_model_finishes_running_streams_on_the_old_weights(models_dir, tiny_models):
+def test_a_replaced_model_finishes_running_streams_on_the_old_weights(own_models, tiny_models):
     """Over a real socket (the in-process transport would buffer the stream)."""
     body = {"inputs": "the ", "model": "tiny-gpt", "parameters": {"max_new_tokens": 3000, "seed": 5}}
-    with live_server(models_dir, models_poll_s=0, admin_key="admin-secret") as (url, _), \
+    with live_server(own_models, models_poll_s=0, admin_key="admin-secret") as (url, _), \
             httpx.Client(base_url=url, timeout=60) as client:
         old_text = client.post("/generate", json=body).json()["generated_text"]
         old_version = client.get("/health").json()["models"]["tiny-gpt"]["version"]
@@ -102,7 +80,7 @@ def test_a_replaced_model_finishes_running_streams_on_the_old_weights(models_dir
         assert cast(httpx.Response, next(stream)).headers["x-charlm-model-version"] == old_version
         first = cast(str, next(stream))
         assert client.get("/health").json()["models"]["tiny-gpt"]["active"] == 1  # running on the old version
-        publish(tiny_models / "tiny-lstm", models_dir / "tiny-gpt")
+        publish_model(tiny_models / "tiny-lstm", own_models / "tiny-gpt")
         assert client.post("/admin/reload", headers=ADMIN).json()["replaced"] == ["tiny-gpt"]
         event = last_event([first, *cast(Iterator[str], stream)])
         assert event["generated_text"] == old_text and event["details"]["finish_reason"] == "length"
@@ -112,18 +90,18 @@ def test_a_replaced_model_finishes_running_streams_on_the_old_weights(models_dir
             "status": "ready", "version": new_version, "active": 0, "queued": 0}
 
 
-def test_a_removed_model_finishes_its_stream_and_takes_no_new_requests(models_dir, tiny_models):
+def test_a_removed_model_finishes_its_stream_and_takes_no_new_requests(own_models, tiny_models):
     """Over a real socket (the in-process transport would buffer the stream)."""
-    publish(tiny_models / "tiny-lstm", models_dir / "doomed")
+    publish_model(tiny_models / "tiny-lstm", own_models / "doomed")
     body = {"inputs": "the ", "model": "doomed", "parameters": {"max_new_tokens": 2000, "seed": 3}}
-    with live_server(models_dir, models_poll_s=0, admin_key="admin-secret") as (url, _), \
+    with live_server(own_models, models_poll_s=0, admin_key="admin-secret") as (url, _), \
             httpx.Client(base_url=url, timeout=60) as client:
         expected = client.post("/generate", json=body).json()["generated_text"]
         stream = stream_lines(client, body)
         next(stream)
         first = cast(str, next(stream))
         assert client.get("/health").json()["models"]["doomed"]["active"] == 1
-        shutil.rmtree(models_dir / "doomed")
+        shutil.rmtree(own_models / "doomed")
         assert client.post("/admin/reload", headers=ADMIN).json()["removed"] == ["doomed"]
         assert client.post("/generate", json=body).status_code == 404
         assert last_event([first, *cast(Iterator[str], stream)])["generated_text"] == expected
@@ -131,10 +109,10 @@ def test_a_removed_model_finishes_its_stream_and_takes_no_new_requests(models_di
         assert [card["id"] for card in client.get("/v1/models").json()["data"]] == ["tiny-gpt"]
 
 
-async def test_a_half_copied_directory_is_never_served_and_is_retried_when_it_changes(models_dir, tiny_models):
-    source, half = tiny_models / "tiny-lstm", models_dir / "half"
+async def test_a_half_copied_directory_is_never_served_and_is_retried_when_it_changes(own_models, tiny_models):
+    source, half = tiny_models / "tiny-lstm", own_models / "half"
     weights = (source / WEIGHTS_FILE).read_bytes()
-    async with app_on(models_dir) as (client, _):
+    async with app_on(own_models) as (client, _):
         half.mkdir()  # a copy by hand, seen midway
         for name in ("config.json", "vocab.json"):
             shutil.copy(source / name, half / name)
@@ -151,10 +129,10 @@ async def test_a_half_copied_directory_is_never_served_and_is_retried_when_it_ch
         assert (await generate(client, "half")).status_code == 200
 
 
-async def test_a_broken_replacement_leaves_the_served_version_serving(models_dir):
-    weights_path = models_dir / "tiny-gpt" / WEIGHTS_FILE
+async def test_a_broken_replacement_leaves_the_served_version_serving(own_models):
+    weights_path = own_models / "tiny-gpt" / WEIGHTS_FILE
     weights = weights_path.read_bytes()
-    async with app_on(models_dir) as (client, _):
+    async with app_on(own_models) as (client, _):
         version = (await health(client))["tiny-gpt"]["version"]
         before = (await generate(client, "tiny-gpt")).json()
         weights_path.write_bytes(weights[:100])
@@ -168,9 +146,9 @@ async def test_a_broken_replacement_leaves_the_served_version_serving(models_dir
         assert "reload_error" not in (await health(client))["tiny-gpt"]
 
 
-async def test_an_unloaded_model_stays_unloaded_until_an_explicit_reload(models_dir, tiny_models):
-    publish(tiny_models / "tiny-lstm", models_dir / "spare")
-    async with app_on(models_dir) as (client, app):
+async def test_an_unloaded_model_stays_unloaded_until_an_explicit_reload(own_models, tiny_models):
+    publish_model(tiny_models / "tiny-lstm", own_models / "spare")
+    async with app_on(own_models) as (client, app):
         response = await client.post("/admin/models/spare/unload", headers=ADMIN)
         assert response.status_code == 200
         assert {m["name"]: m["status"] for m in response.json()["models"]} == {"spare": "unloaded",
@@ -183,8 +161,8 @@ async def test_an_unloaded_model_stays_unloaded_until_an_explicit_reload(models_
         assert (await generate(client, "spare")).status_code == 200
 
 
-async def test_admin_lists_every_directory_with_version_load_time_and_memory(models_dir):
-    async with app_on(models_dir) as (client, _):
+async def test_admin_lists_every_directory_with_version_load_time_and_memory(own_models):
+    async with app_on(own_models) as (client, _):
         models = (await client.get("/admin/models", headers=ADMIN)).json()["models"]
         assert [m["name"] for m in models] == ["tiny-gpt"]
         model = models[0]
@@ -199,8 +177,8 @@ async def test_admin_lists_every_directory_with_version_load_time_and_memory(mod
     ({"Authorization": "Bearer wrong"}, 401),
     (ADMIN, 200),
 ])
-async def test_the_admin_key_is_enforced(models_dir, headers, status):
-    async with app_on(models_dir, api_key="api-secret") as (client, _):
+async def test_the_admin_key_is_enforced(own_models, headers, status):
+    async with app_on(own_models, api_key="api-secret") as (client, _):
         for method, path in (("GET", "/admin/models"), ("POST", "/admin/reload")):
             response = await client.request(method, path, headers=headers)
             assert response.status_code == status, response.text
@@ -208,24 +186,24 @@ async def test_the_admin_key_is_enforced(models_dir, headers, status):
                 assert "admin key" in response.json()["error"]
 
 
-async def test_administration_is_off_without_an_admin_key(models_dir):
-    async with app_on(models_dir, admin_key=None) as (client, _):
+async def test_administration_is_off_without_an_admin_key(own_models):
+    async with app_on(own_models, admin_key=None) as (client, _):
         response = await client.post("/admin/reload", headers=ADMIN)
         assert response.status_code == 403
         assert "CHARLM_ADMIN_KEY" in response.json()["error"]
 
 
-async def test_a_model_card_is_served_with_the_model(models_dir):
-    async with app_on(models_dir) as (client, _):
+async def test_a_model_card_is_served_with_the_model(own_models):
+    async with app_on(own_models) as (client, _):
         card = (await client.get("/v1/models/tiny-gpt")).json()
-        assert card["id"] == "tiny-gpt" and card["card"] == (models_dir / "tiny-gpt" / "README.md").read_text()
+        assert card["id"] == "tiny-gpt" and card["card"] == (own_models / "tiny-gpt" / "README.md").read_text()
         missing = await client.get("/v1/models/nothing")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
-async def test_a_rewritten_config_with_the_same_weights_loads_nothing(models_dir):
-    config = models_dir / "tiny-gpt" / "config.json"
-    async with app_on(models_dir) as (client, app):
+async def test_a_rewritten_config_with_the_same_weights_loads_nothing(own_models):
+    config = own_models / "tiny-gpt" / "config.json"
+    async with app_on(own_models) as (client, app):
         engine = engine_of(app, "tiny-gpt")
         config.write_text(config.read_text() + "\n")  # as a training run's final summary does
         assert await reload(client) == {"loaded": [], "replaced": [], "removed": [], "failed": {}}

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from charlm.checkpoint import WEIGHTS_FILE
 from tests.helpers import train_tiny, wait_until
-from tests.service.helpers import serve_process
+from tests.service.helpers import publish_model, serve_process
 
 LOAD_TIMEOUT_S = 120  # a poll, then a model loading and an engine process starting on a busy machine
 HUGE = 1_000_000  # characters: a stream that runs until the test leaves it
@@ -72,35 +71,18 @@ def status_of(url: str, model: str) -> str | None:
     return statuses(url).get(model, {}).get("status")
 
 
-def publish(source: Path, target: Path) -> None:
-    """Replace or add a model directory in one rename, as `charlm train` publishes its first checkpoint."""
-    staging = target.parent / f".{target.name}.staging"
-    shutil.copytree(source, staging)
-    if target.exists():
-        target.rename(target.parent / f".{target.name}.old")
-    staging.rename(target)
-
-
-@pytest.fixture()
-def models_dir(tiny_models: Path, tmp_path: Path) -> Path:
-    directory = tmp_path / "models"
-    directory.mkdir()
-    shutil.copytree(tiny_models / "tiny-gpt", directory / "tiny-gpt")
-    return directory
-
-
 def serve(models_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
     return serve_process("--models-dir", str(models_dir), "--default-model", "tiny-gpt", "--models-poll-s", "0.3",
                          "--max-new-tokens", str(HUGE), *extra)
 
 
-def test_a_model_trained_while_serving_is_served_and_other_streams_stay_identical(models_dir, corpus_file):
-    with serve(models_dir) as server:
+def test_a_model_trained_while_serving_is_served_and_other_streams_stay_identical(own_models, corpus_file):
+    with serve(own_models) as server:
         server.wait_healthy()
         stream = Stream(server.url, "tiny-gpt", seed=11, chars=HUGE)
         try:
             assert wait_until(lambda: stream.has(50), timeout=60), server.output()
-            train_tiny("lstm", corpus_file, models_dir / "mine")  # charlm train's own way of writing
+            train_tiny("lstm", corpus_file, own_models / "mine")  # charlm train's own way of writing
             assert wait_until(lambda: status_of(server.url, "mine") == "ready", LOAD_TIMEOUT_S), server.output()
             assert stream.thread.is_alive() and stream.finish_reason is None  # it ran all along
             response = generated(server.url, "mine", seed=1, chars=30)
@@ -114,10 +96,10 @@ def test_a_model_trained_while_serving_is_served_and_other_streams_stay_identica
         assert generated(server.url, "tiny-gpt", seed=11, chars=len(received)).json()["generated_text"] == received
 
 
-def test_a_model_replaced_during_streams_finishes_them_on_the_old_weights(models_dir, tiny_models):
+def test_a_model_replaced_during_streams_finishes_them_on_the_old_weights(own_models, tiny_models):
     """One batch slot: the first stream runs while the second waits in the old version's queue; both
     end on the old weights, after the new version is served."""
-    with serve(models_dir, "--max-batch-size", "1") as server:
+    with serve(own_models, "--max-batch-size", "1") as server:
         server.wait_healthy()
         old_version = statuses(server.url)["tiny-gpt"]["version"]
         running_expected = generated(server.url, "tiny-gpt", seed=5, chars=2000).json()["generated_text"]
@@ -127,7 +109,7 @@ def test_a_model_replaced_during_streams_finishes_them_on_the_old_weights(models
             assert wait_until(lambda: running.has(10), timeout=60)
             queued = Stream(server.url, "tiny-gpt", seed=6, chars=300)
             assert wait_until(lambda: statuses(server.url)["tiny-gpt"].get("queued") == 1, timeout=60)
-            publish(tiny_models / "tiny-lstm", models_dir / "tiny-gpt")
+            publish_model(tiny_models / "tiny-lstm", own_models / "tiny-gpt")
             assert wait_until(lambda: statuses(server.url)["tiny-gpt"].get("version") not in (None, old_version),
                               LOAD_TIMEOUT_S), server.output()
             response = generated(server.url, "tiny-gpt", seed=5, chars=30)
@@ -143,10 +125,10 @@ def test_a_model_replaced_during_streams_finishes_them_on_the_old_weights(models
         assert running.headers["x-charlm-model-version"] == queued.headers["x-charlm-model-version"] == old_version
 
 
-def test_a_half_copied_directory_is_never_served(models_dir, tiny_models):
-    source, half = tiny_models / "tiny-lstm", models_dir / "half"
+def test_a_half_copied_directory_is_never_served(own_models, tiny_models):
+    source, half = tiny_models / "tiny-lstm", own_models / "half"
     weights = (source / WEIGHTS_FILE).read_bytes()
-    with serve(models_dir) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+    with serve(own_models) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         server.wait_healthy()
         complete = threading.Event()
         served_early: list[bool] = []
@@ -175,15 +157,15 @@ def test_a_half_copied_directory_is_never_served(models_dir, tiny_models):
         assert served_early and not any(served_early)
 
 
-def test_a_model_removed_during_a_stream_finishes_it_and_takes_no_more(models_dir, tiny_models):
-    publish(tiny_models / "tiny-lstm", models_dir / "doomed")
-    with serve(models_dir) as server:
+def test_a_model_removed_during_a_stream_finishes_it_and_takes_no_more(own_models, tiny_models):
+    publish_model(tiny_models / "tiny-lstm", own_models / "doomed")
+    with serve(own_models) as server:
         server.wait_healthy()
         expected = generated(server.url, "doomed", seed=4, chars=1500).json()["generated_text"]
         stream = Stream(server.url, "doomed", seed=4, chars=HUGE)
         try:
             assert wait_until(lambda: stream.has(10), timeout=60)
-            shutil.rmtree(models_dir / "doomed")
+            shutil.rmtree(own_models / "doomed")
             assert wait_until(lambda: "doomed" not in statuses(server.url), LOAD_TIMEOUT_S), server.output()
             assert generated(server.url, "doomed", seed=4, chars=10).status_code == 404
             assert wait_until(lambda: stream.has(1500), timeout=120)
