@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 
 from service.errors import ServiceError
 from service.model_entry import ModelEntry
+from service.schemas.errors import ADMIN_ERRORS, ADMIN_UNLOAD_ERRORS
 from service.schemas.system import AdminModels, ReloadResult
 from service.state import ServiceState, admin_service
 
@@ -27,7 +28,7 @@ def admin_view(entry: ModelEntry, dtype_bytes: int) -> dict[str, Any]:
     return view
 
 
-@router.get("/models", response_model=AdminModels)
+@router.get("/models", response_model=AdminModels, responses=ADMIN_ERRORS)
 async def admin_models(state: Admin) -> dict[str, Any]:
     """Every model directory the server knows: status, version (the weights' fingerprint), when it
     was loaded and how long that took, the memory it holds."""
@@ -37,7 +38,7 @@ async def admin_models(state: Admin) -> dict[str, Any]:
     return {"models": models, "retiring": len(state.registry.retiring)}
 
 
-@router.post("/reload", response_model=ReloadResult)
+@router.post("/reload", response_model=ReloadResult, responses=ADMIN_ERRORS)
 async def reload(state: Admin) -> dict[str, Any]:
     """Look at the models directory now: load new and changed models, retire removed ones, and load
     again the ones unloaded here. Answers once the changes are served."""
@@ -45,7 +46,7 @@ async def reload(state: Admin) -> dict[str, Any]:
     return dataclasses.asdict(await state.watcher.reload(unloaded_too=True))
 
 
-@router.post("/models/{name}/unload", response_model=AdminModels)
+@router.post("/models/{name}/unload", response_model=AdminModels, responses=ADMIN_UNLOAD_ERRORS)
 async def unload(name: str, state: Admin) -> dict[str, Any]:
     """Stop serving a model: new requests get 404, running ones finish. It stays unloaded until its
     directory changes or `POST /admin/reload`."""

@@ -17,7 +17,7 @@ from service.admission import Admitted, admit, log_completion, logged
 from service.errors import ServiceError, error_body
 from service.generation import ClientGone, GenerationSpec, SequenceResult, best_first
 from service.model_entry import ModelEntry
-from service.schemas.errors import OPENAI_GENERATION, OPENAI_LISTING
+from service.schemas.errors import OPENAI_GENERATION, OPENAI_LISTING, OPENAI_MODEL
 from service.schemas.openai import (
     Choice,
     Completion,
@@ -181,7 +181,7 @@ async def list_models(state: Annotated[ServiceState, Depends(ready_service)]) ->
     return ModelList(data=[ModelCard(**model_card(entry)) for entry in state.registry.ready])
 
 
-@router.get("/models/{name}", response_model=ModelDetail, responses=OPENAI_LISTING)
+@router.get("/models/{name}", response_model=ModelDetail, responses=OPENAI_MODEL)
 async def model_detail(name: str, state: Annotated[ServiceState, Depends(ready_service)]) -> ModelDetail:
     """One model, with its model card's text (where it came from: corpus, training, samples)."""
     entry = state.model(name, param="name")

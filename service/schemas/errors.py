@@ -9,13 +9,14 @@ from pydantic import BaseModel, Field
 
 class TGIError(BaseModel):
     error: str = Field(description="what was wrong, naming the field or character")
-    error_type: str = Field(description="validation, not_found, unauthorized, too_large, overloaded, "
-                                        "unavailable or generation")
+    error_type: str = Field(description="validation, not_found, unauthorized, forbidden, conflict, too_large, "
+                                        "overloaded, unavailable or generation")
 
 
 class OpenAIErrorDetail(BaseModel):
     message: str
-    type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error or server_error")
+    type: str = Field(description="invalid_request_error, authentication_error, permission_error, "
+                                  "rate_limit_error or server_error")
     param: str | None = Field(description="the request field at fault, when there is one")
     code: str | None
 
@@ -55,3 +56,13 @@ OPENAI_GENERATION = error_responses(OpenAIError, {
 })
 OPENAI_LISTING = error_responses(OpenAIError, {**AUTH, 503: GENERATION[503]})
 TGI_AUTH = error_responses(TGIError, AUTH)
+OPENAI_MODEL = error_responses(OpenAIError, {**AUTH, 404: "no served model has that name", 503: GENERATION[503]})
+ADMIN = {
+    401: "the request lacks `Authorization: Bearer <CHARLM_ADMIN_KEY>`",
+    403: "administration is off: CHARLM_ADMIN_KEY is unset",
+    503: "the service is starting or shutting down",
+}
+ADMIN_ERRORS = error_responses(TGIError, ADMIN)
+ADMIN_UNLOAD_ERRORS = error_responses(TGIError, {
+    **ADMIN, 404: "no model directory has that name", 409: "the model is not ready (loading, unloaded or failed)",
+})
