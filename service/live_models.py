@@ -80,13 +80,17 @@ class ModelWatcher:
             await asyncio.gather(*(self._load(path, signature, report) for path, signature in changed))
             return report
 
-    def unload(self, name: str) -> None:
+    async def unload(self, name: str) -> bool:
         """Stop serving a ready model; it finishes what it runs, and stays unloaded until its
-        directory changes or an explicit reload."""
-        entry = self.registry.entries[name]
-        unloaded = ModelEntry(name, entry.path, signature=entry.signature, phase="unloaded")
-        self.registry.install(unloaded)
-        self._retire(entry, "unloaded")
+        directory changes or an explicit reload. False when it is not (or no longer) ready."""
+        async with self._lock:  # never in the middle of a look, which might serve it again
+            entry = self.registry.entries.get(name)
+            if entry is None or entry.status != "ready":
+                return False
+            unloaded = ModelEntry(name, entry.path, signature=entry.signature, phase="unloaded")
+            self.registry.install(unloaded)
+            self._retire(entry, "unloaded")
+            return True
 
     def _scan(self) -> dict[str, tuple[Path, Signature]]:
         return {path.name: (path, directory_signature(path)) for path in model_directories(self.models_dir)}

@@ -55,8 +55,8 @@ async def unload(name: str, state: Admin) -> dict[str, Any]:
     if entry is None:
         raise ServiceError(404, f"no model directory {name!r}; known: {', '.join(sorted(state.registry.entries))}",
                            param="name")
-    if entry.status != "ready":
-        raise ServiceError(409, f"model {name!r} is {entry.status}, not ready: nothing to unload",
+    if not await state.watcher.unload(name):
+        status = state.registry.entries[name].status if name in state.registry.entries else "gone"
+        raise ServiceError(409, f"model {name!r} is {status}, not ready: nothing to unload",
                            param="name", kind="conflict")
-    state.watcher.unload(name)
     return await admin_models(state)
