@@ -64,9 +64,10 @@ class ModelWatcher:
         async with self._lock:
             self._stopped = True
 
-    async def reload(self, unloaded_too: bool = False) -> ReloadReport:
-        """Bring the served models in line with the directory; `unloaded_too` loads again the models
-        an administrator unloaded (otherwise they stay unloaded until their directory changes)."""
+    async def reload(self, explicit: bool = False) -> ReloadReport:
+        """Bring the served models in line with the directory. An `explicit` look (an administrator's)
+        also loads again the models unloaded by hand and tries the failed ones again (a poll leaves
+        them be until their directory changes)."""
         async with self._lock:
             report = ReloadReport()
             if self._stopped:
@@ -76,7 +77,7 @@ class ModelWatcher:
                 self._remove(name)
                 report.removed.append(name)
             changed = [(path, signature) for path, signature in seen.values()
-                       if self._wants_load(path.name, signature, unloaded_too)]
+                       if self._wants_load(path.name, signature, explicit)]
             await asyncio.gather(*(self._load(path, signature, report) for path, signature in changed))
             return report
 
@@ -95,13 +96,13 @@ class ModelWatcher:
     def _scan(self) -> dict[str, tuple[Path, Signature]]:
         return {path.name: (path, directory_signature(path)) for path in model_directories(self.models_dir)}
 
-    def _wants_load(self, name: str, signature: Signature, unloaded_too: bool) -> bool:
+    def _wants_load(self, name: str, signature: Signature, explicit: bool) -> bool:
         entry = self.registry.entries.get(name)
         if entry is None:
             return True
         if entry.status == "loading":
             return False
-        if entry.status == "unloaded" and unloaded_too:
+        if entry.status in ("unloaded", "failed") and explicit:
             return True
         return signature != entry.signature
 

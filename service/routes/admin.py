@@ -40,10 +40,10 @@ async def admin_models(state: Admin) -> dict[str, Any]:
 
 @router.post("/reload", response_model=ReloadResult, responses=ADMIN_ERRORS)
 async def reload(state: Admin) -> dict[str, Any]:
-    """Look at the models directory now: load new and changed models, retire removed ones, and load
-    again the ones unloaded here. Answers once the changes are served."""
+    """Look at the models directory now: load new and changed models, retire removed ones, load again
+    the ones unloaded here and try the failed ones again. Answers once the changes are served."""
     assert state.watcher is not None
-    return dataclasses.asdict(await state.watcher.reload(unloaded_too=True))
+    return dataclasses.asdict(await state.watcher.reload(explicit=True))
 
 
 @router.post("/models/{name}/unload", response_model=AdminModels, responses=ADMIN_UNLOAD_ERRORS)
