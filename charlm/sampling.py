@@ -73,14 +73,15 @@ def sample(logits: Tensor, rows: SamplingRows, counts: Tensor | None = None, con
     batch where no row uses them, whose rows then come out exactly as with them.
     No host synchronisation and no data-dependent shapes: safe inside a CUDA graph.
     """
-    adjusted = adjust_logits(logits.float(), rows) if controls else logits.float()  # (B, V)
+    logits = logits.float()  # (B, V); once: in bf16 this is a conversion
+    adjusted = adjust_logits(logits, rows) if controls else logits  # (B, V)
     probs, order = filtered_sorted_probs(adjusted, rows, controls)
     uniform = uniform_noise(rows.key, rows.drawn)  # (B,)
     cdf = probs.cumsum(dim=-1)  # (B, V)
     rank = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:]).clamp(max=logits.size(-1) - 1)  # (B, 1)
     drawn = order.gather(1, rank).squeeze(1)  # (B,)
     ids = torch.where(rows.temperature > 0, drawn, adjusted.argmax(dim=-1))
-    log_softmax = logits.float().log_softmax(dim=-1)  # (B, V)
+    log_softmax = logits.log_softmax(dim=-1)  # (B, V)
     rows.drawn.add_(1 if counts is None else counts)
     if controls:
         rows.count(ids, counts)

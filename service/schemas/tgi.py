@@ -89,23 +89,23 @@ class Token(BaseModel):
     special: bool = False
 
 
-class BestOfSequence(BaseModel):
+class SequenceDetails(BaseModel):
+    """What TGI reports of one generated sequence: the chosen one's details, and each other
+    best_of candidate's."""
+
+    finish_reason: str
+    generated_tokens: int
+    seed: int | None
+    prefill: list[Token] = Field(default_factory=list)
+    tokens: list[Token]
+    top_tokens: list[list[Token]] | None = None
+
+
+class BestOfSequence(SequenceDetails):
     generated_text: str
-    finish_reason: str
-    generated_tokens: int
-    seed: int | None
-    prefill: list[Token] = Field(default_factory=list)
-    tokens: list[Token]
-    top_tokens: list[list[Token]] | None = None
 
 
-class Details(BaseModel):
-    finish_reason: str
-    generated_tokens: int
-    seed: int | None
-    prefill: list[Token] = Field(default_factory=list)
-    tokens: list[Token]
-    top_tokens: list[list[Token]] | None = None
+class Details(SequenceDetails):
     best_of_sequences: list[BestOfSequence] | None = None
 
 
