@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.browser import chromium, open_page, wait_for_outputs, wait_for_script
+from tests.service.browser import open_page, wait_for_outputs, wait_for_script
 from tests.service.helpers import LONG, engine_of, live_server, wait_until
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -22,28 +22,10 @@ PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models: Path) -> Iterator[tuple[str, Any]]:
-    with live_server(tiny_models, max_new_tokens=LONG) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def guarded_server(tiny_models: Path) -> Iterator[tuple[str, Any]]:
     """An API key, and room for one sequence per model: a second one is refused (429)."""
     with live_server(tiny_models, api_key=KEY, max_batch_size=1, max_queued=0, max_new_tokens=LONG) as running:
         yield running
-
-
-@pytest.fixture()
-def page(browser: Any, server: tuple[str, Any]) -> Iterator[Any]:
-    with open_page(browser, server[0]) as page:
-        yield page
 
 
 def cancelled_count(base: str) -> float:

@@ -4,35 +4,14 @@ shades, alternatives on hover and on keyboard focus, summary numbers, branching.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.service.browser import chromium, open_page, wait_for_outputs
-from tests.service.helpers import LONG, live_server
+from tests.service.browser import wait_for_outputs
 
 SETTINGS = {"temperature": 0.8, "top_k": 0, "top_p": 1, "repetition_penalty": 1, "min_p": 0, "top_n_tokens": 5}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models: Path) -> Iterator[tuple[str, Any]]:
-    with live_server(tiny_models, max_new_tokens=LONG) as running:
-        yield running
-
-
-@pytest.fixture()
-def page(browser: Any, server: tuple[str, Any]) -> Iterator[Any]:
-    with open_page(browser, server[0]) as page:
-        yield page
 
 
 def generate_in_page(page: Any, chars: int, seed: int, shaded: bool = True) -> Any:
