@@ -33,9 +33,9 @@ from charlm.models import CharModel, build_model
 from charlm.models.base import decode_attention
 from charlm.sampling import SamplingParams, SamplingRows, sample
 from charlm.vocab import Vocab
-from service.engine import Engine
-from service.registry import DTYPES
-from service.sequences import Finished, GenerationRequest
+from service.control.registry import DTYPES
+from service.engine.engine import Engine
+from service.engine.sequences import Finished, GenerationRequest
 
 PROMPT = "ROMEO:\n"
 GPT_BABY = {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.0}

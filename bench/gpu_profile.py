@@ -19,7 +19,7 @@ from charlm.decoding import SlotDecoder
 from charlm.generation import prompt_ids
 from charlm.graphs import try_capture
 from charlm.sampling import SamplingParams
-from service.registry import DTYPES
+from service.control.registry import DTYPES
 
 
 def filled_decoder(args: argparse.Namespace) -> SlotDecoder:

@@ -13,9 +13,9 @@ import uvicorn
 from pydantic import ValidationError
 
 from charlm.cli import CommandError
-from service.app import create_app
+from service.frontend.app import create_app
+from service.frontend.state import ServiceState
 from service.settings import Settings
-from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 DRAIN_POLL_S = 0.05

@@ -127,7 +127,7 @@ def compose_binary() -> Path | None:
 
 def served_paths() -> set[str]:
     """The HTTP paths charlm serves, from its OpenAPI schema."""
-    from service.app import create_app  # the service only for this; the rest reads files
+    from service.frontend.app import create_app  # the service only for this; the rest reads files
 
     return set(create_app().openapi()["paths"])
 

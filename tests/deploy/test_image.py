@@ -45,7 +45,7 @@ def test_dockerignore_keeps_tests_git_venvs_and_caches_out():
     for path in [".git", "tests/conftest.py", ".venv/bin/python", "bench/serve.py", "docs",
                  "service/__pycache__/app.cpython-311.pyc", "models/shakespeare-gpt/training_state.pt"]:
         assert not in_build_context(path), f"{path} would be sent to the build"
-    for path in ["service/app.py", "models/shakespeare-gpt/model.safetensors", "pyproject.toml"]:
+    for path in ["service/frontend/app.py", "models/shakespeare-gpt/model.safetensors", "pyproject.toml"]:
         assert in_build_context(path), f"{path} would be missing from the build"
 
 

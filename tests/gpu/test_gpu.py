@@ -15,8 +15,8 @@ from charlm.checkpoint import LoadedModel, load_model
 from charlm.decoding import SlotDecoder
 from charlm.generation import prompt_ids
 from charlm.sampling import SamplingParams, noise_key, uniform_noise
-from service.engine import Engine
-from service.sequences import Finished, GenerationRequest
+from service.engine.engine import Engine
+from service.engine.sequences import Finished, GenerationRequest
 from tests.service.helpers import live_server
 
 pytestmark = [

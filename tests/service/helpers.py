@@ -19,9 +19,9 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from service.app import create_app
+from service.frontend.app import create_app
+from service.frontend.state import ServiceState
 from service.settings import Settings
-from service.state import ServiceState
 from tests.helpers import wait_until
 
 ARCHITECTURES = ["gpt", "lstm", "lstm_attention"]

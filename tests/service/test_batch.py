@@ -8,9 +8,9 @@ from charlm.checkpoint import load_model
 from charlm.decoding import SlotDecoder
 from charlm.generation import prompt_ids
 from charlm.sampling import SamplingParams
-from service.batch import RunningBatch
-from service.sequences import EngineMetrics, Finished, GenerationRequest
-from service.stopping import FinishReason
+from service.engine.batch import RunningBatch
+from service.engine.sequences import EngineMetrics, Finished, GenerationRequest
+from service.engine.stopping import FinishReason
 
 CUDA_LIKE = {"fixed_shape": True, "feed_prompts": True}
 

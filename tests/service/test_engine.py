@@ -8,9 +8,9 @@ import pytest
 from charlm.checkpoint import load_model
 from charlm.generation import generate, prompt_ids
 from charlm.sampling import SamplingParams
-from service.engine import Engine, EngineClosed, QueueFull
-from service.sequences import Finished, GenerationRequest
-from service.stopping import FinishReason
+from service.engine.engine import Engine, EngineClosed, QueueFull
+from service.engine.sequences import Finished, GenerationRequest
+from service.engine.stopping import FinishReason
 
 PROMPTS = ["the king", "", "my lord and", "war", "night of love and war and"]
 

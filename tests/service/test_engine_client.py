@@ -14,12 +14,12 @@ import torch
 from charlm.checkpoint import load_model
 from charlm.generation import generate, prompt_ids
 from charlm.sampling import SamplingParams
-from service.engine import EngineClosed, QueueFull
-from service.engine_client import EngineClient
-from service.engine_process import EngineSpec
-from service.metrics import ServiceMetrics
-from service.sequences import Finished, GenerationRequest
-from service.stopping import FinishReason
+from service.engine.engine import EngineClosed, QueueFull
+from service.engine.process import EngineSpec
+from service.engine.sequences import Finished, GenerationRequest
+from service.engine.stopping import FinishReason
+from service.frontend.engine_client import EngineClient
+from service.frontend.metrics import ServiceMetrics
 
 
 @pytest.fixture()

@@ -25,7 +25,7 @@ from schemathesis.checks import (
     unsupported_method,
 )
 
-from service.app import create_app
+from service.frontend.app import create_app
 from service.settings import Settings
 from tests.service.helpers import live_server
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from service.routes.playground import PLAYGROUND_DIR
+from service.frontend.routes.playground import PLAYGROUND_DIR
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-from service.stopping import StopMatcher
+from service.engine.stopping import StopMatcher
 
 
 def feed(matcher, text):

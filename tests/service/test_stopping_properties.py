@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.stopping import StopMatcher
+from service.engine.stopping import StopMatcher
 
 ALPHABET = "ab "
 texts = st.text(alphabet=ALPHABET, max_size=40)

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from service.schemas.openai import CompletionRequest
-from service.schemas.tgi import GenerateRequest, Parameters
+from service.frontend.schemas.openai import CompletionRequest
+from service.frontend.schemas.tgi import GenerateRequest, Parameters
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),

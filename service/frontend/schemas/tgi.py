@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from charlm.sampling import MAX_SEED, MAX_TOP_K, SamplingParams
-from service.schemas.common import MAX_TOP_N, StrictModel, check_stop, require_neutral
+from service.frontend.schemas.common import MAX_TOP_N, StrictModel, check_stop, require_neutral
 
 DEFAULT_MAX_NEW_TOKENS = 100
 

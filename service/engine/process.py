@@ -1,4 +1,4 @@
-"""An engine in a process of its own: the child's side (`service.engine_client` is the server's).
+"""An engine in a process of its own: the child's side (`service.frontend.engine_client` is the server's).
 
 The child loads its model, starts an `Engine` and relays: requests and cancellations come in on
 one pipe; after each turn of the engine's loop, everything it produced (every sequence's events,
@@ -19,10 +19,10 @@ import torch
 
 from charlm.checkpoint import ModelDirError, load_model
 from charlm.sampling import SamplingParams
-from service.engine import Engine, EngineClosed, QueueFull
-from service.metrics import RecordingMetrics
-from service.sequences import Event, Finished, GenerationRequest
-from service.stopping import FinishReason
+from service.engine.engine import Engine, EngineClosed, QueueFull
+from service.engine.sequences import Event, Finished, GenerationRequest
+from service.engine.stopping import FinishReason
+from service.frontend.metrics import RecordingMetrics
 
 logger = logging.getLogger(__name__)
 COMMAND_POLL_S = 0.05  # how often the child looks whether its engine has ended, between commands

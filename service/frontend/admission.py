@@ -9,11 +9,11 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from service.errors import ServiceError
-from service.generation import GenerationSpec, Submission, encode_prompt
-from service.model_entry import ModelEntry
-from service.sequences import Finished
-from service.state import ServiceState, request_id
+from service.control.model_entry import ModelEntry
+from service.engine.sequences import Finished
+from service.frontend.errors import ServiceError
+from service.frontend.generation import GenerationSpec, Submission, encode_prompt
+from service.frontend.state import ServiceState, request_id
 
 logger = logging.getLogger("service.requests")
 T = TypeVar("T")

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from charlm.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, LoadedModel, ModelDirError, load_model
-from service.engine import Engine, EngineClosed
-from service.engine_client import EngineClient
-from service.engine_process import EngineSpec
-from service.metrics import ServiceMetrics
+from service.engine.engine import Engine, EngineClosed
+from service.engine.process import EngineSpec
+from service.frontend.engine_client import EngineClient
+from service.frontend.metrics import ServiceMetrics
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from charlm.sampling import SamplingParams, resolve_seed
 from charlm.vocab import Vocab
-from service.stopping import FinishReason, StopMatcher
+from service.engine.stopping import FinishReason, StopMatcher
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import ServerSentEvent
 
-from service.admission import Admitted, admit, log_completion, logged
-from service.errors import ServiceError, error_body
-from service.generation import ClientGone, GenerationSpec, SequenceResult, best_first
-from service.model_entry import ModelEntry
-from service.schemas.errors import OPENAI_GENERATION, OPENAI_LISTING, OPENAI_MODEL
-from service.schemas.openai import (
+from service.control.model_entry import ModelEntry
+from service.engine.sequences import Event, Finished, GeneratedToken
+from service.engine.stopping import FinishReason
+from service.frontend.admission import Admitted, admit, log_completion, logged
+from service.frontend.errors import ServiceError, error_body
+from service.frontend.generation import ClientGone, GenerationSpec, SequenceResult, best_first
+from service.frontend.schemas.errors import OPENAI_GENERATION, OPENAI_LISTING, OPENAI_MODEL
+from service.frontend.schemas.openai import (
     Choice,
     Completion,
     CompletionRequest,
@@ -28,11 +30,9 @@ from service.schemas.openai import (
     ModelList,
     Usage,
 )
-from service.sequences import Event, Finished, GeneratedToken
-from service.sse import STREAM_RESPONSE, sse_response
-from service.state import ServiceState, ready_service
-from service.stopping import FinishReason
-from service.stream_text import KEEPALIVE, OpenAIChunks, data_event
+from service.frontend.sse import STREAM_RESPONSE, sse_response
+from service.frontend.state import ServiceState, ready_service
+from service.frontend.stream_text import KEEPALIVE, OpenAIChunks, data_event
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 DEFAULT_MAX_TOKENS = 16

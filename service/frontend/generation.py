@@ -19,11 +19,11 @@ from typing import Any
 from charlm.generation import prompt_ids
 from charlm.sampling import MAX_SEED, SamplingParams
 from charlm.vocab import UnknownCharactersError
-from service.engine import Engine, EngineClosed, QueueFull
-from service.engine_client import EngineClient
-from service.errors import ServiceError
-from service.model_entry import ModelEntry
-from service.sequences import Event, Finished, GeneratedToken, GenerationRequest
+from service.control.model_entry import ModelEntry
+from service.engine.engine import Engine, EngineClosed, QueueFull
+from service.engine.sequences import Event, Finished, GeneratedToken, GenerationRequest
+from service.frontend.engine_client import EngineClient
+from service.frontend.errors import ServiceError
 from service.settings import Settings
 
 DISCONNECT_POLL_S = 0.05  # how often a non-streaming request checks that its client is still there

@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import charlm
-from service.schemas.errors import TGI_AUTH
-from service.schemas.system import HEALTH_RESPONSES, Info
-from service.state import ServiceState, check_api_key, service_state
+from service.frontend.schemas.errors import TGI_AUTH
+from service.frontend.schemas.system import HEALTH_RESPONSES, Info
+from service.frontend.state import ServiceState, check_api_key, service_state
 
 router = APIRouter(tags=["system"])
 

@@ -14,8 +14,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ServiceError, error_body
-from service.metrics import ServiceMetrics
+from service.frontend.errors import ServiceError, error_body
+from service.frontend.metrics import ServiceMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
 MODEL_HEADER = "x-charlm-model"  # on generation responses: the model that answered,

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.schemas.errors import OpenAIError, OpenAIErrorDetail, TGIError
+from service.frontend.schemas.errors import OpenAIError, OpenAIErrorDetail, TGIError
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The models this process serves, by name: each with its engine; failures kept, reported, not fatal.
-Models come and go while it serves (`service.live_models`): a replaced version's engine retires,
+Models come and go while it serves (`service.control.live_models`): a replaced version's engine retires,
 finishing what it runs, while the new one takes the new requests."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from service.engine import Engine
-from service.engine_client import EngineClient
-from service.metrics import ServiceMetrics
-from service.model_entry import EngineConfig, ModelEntry, load_entry
+from service.control.model_entry import EngineConfig, ModelEntry, load_entry
+from service.engine.engine import Engine
+from service.frontend.engine_client import EngineClient
+from service.frontend.metrics import ServiceMetrics
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)

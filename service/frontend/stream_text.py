@@ -13,7 +13,7 @@ import functools
 import json
 import math
 
-from service.sequences import Alternative, GeneratedToken
+from service.engine.sequences import Alternative, GeneratedToken
 
 KEEPALIVE = ": keep-alive\n\n"
 

@@ -9,11 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import EventSourceResponse
 
-from service.admission import Admitted, admit, log_completion, logged
-from service.errors import ServiceError
-from service.generation import ClientGone, GenerationSpec, SequenceResult, best_first
-from service.schemas.errors import TGI_GENERATION
-from service.schemas.tgi import (
+from service.engine.sequences import Alternative, Finished, GeneratedToken
+from service.engine.stopping import FinishReason
+from service.frontend.admission import Admitted, admit, log_completion, logged
+from service.frontend.errors import ServiceError
+from service.frontend.generation import ClientGone, GenerationSpec, SequenceResult, best_first
+from service.frontend.schemas.errors import TGI_GENERATION
+from service.frontend.schemas.tgi import (
     DEFAULT_MAX_NEW_TOKENS,
     BestOfSequence,
     CompatGenerateRequest,
@@ -24,11 +26,9 @@ from service.schemas.tgi import (
     StreamResponse,
     Token,
 )
-from service.sequences import Alternative, Finished, GeneratedToken
-from service.sse import STREAM_RESPONSE, sse_response
-from service.state import ServiceState, ready_service
-from service.stopping import FinishReason
-from service.stream_text import KEEPALIVE, data_event, tgi_character_event
+from service.frontend.sse import STREAM_RESPONSE, sse_response
+from service.frontend.state import ServiceState, ready_service
+from service.frontend.stream_text import KEEPALIVE, data_event, tgi_character_event
 
 router = APIRouter(tags=["TGI"])
 

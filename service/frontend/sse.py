@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi.sse import EventSourceResponse, ServerSentEvent, format_sse_event
 from pydantic import BaseModel
 
-from service.errors import ServiceError, error_body
+from service.frontend.errors import ServiceError, error_body
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from charlm.sampling import MAX_SEED, MAX_TOP_K, SamplingParams
-from service.schemas.common import StrictModel, check_stop, require_neutral
+from service.frontend.schemas.common import StrictModel, check_stop, require_neutral
 
 MAX_LOGPROBS = 5  # as OpenAI allows
 MAX_LOGIT_BIAS_ENTRIES = 1024

@@ -4,7 +4,7 @@ Requests wait in a bounded queue and join the running batch at the next step,
 their prompt prefilled into a free row of the model's fixed-size decode state.
 Each step samples one character for every active sequence, hands the characters
 that are safe to show to each request's callback, and retires finished sequences
-at once (`service.batch`). The model runs in the engine's own thread, so the
+at once (`service.engine.batch`). The model runs in the engine's own thread, so the
 HTTP event loop stays free while it computes.
 """
 
@@ -22,9 +22,9 @@ from charlm.decoding import SlotDecoder
 from charlm.device_memory import DecoderMemoryError
 from charlm.models import CharModel
 from charlm.vocab import Vocab
-from service.batch import RunningBatch
-from service.sequences import EngineMetrics, GenerationRequest, Row
-from service.stopping import FinishReason
+from service.engine.batch import RunningBatch
+from service.engine.sequences import EngineMetrics, GenerationRequest, Row
+from service.engine.stopping import FinishReason
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from charlm.decoding import NewSequence, PendingStep, SlotDecoder, StepResult
 from charlm.vocab import Vocab
-from service.sequences import Alternative, EngineMetrics, GenerationRequest, Row
-from service.stopping import FinishReason
+from service.engine.sequences import Alternative, EngineMetrics, GenerationRequest, Row
+from service.engine.stopping import FinishReason
 
 logger = logging.getLogger(__name__)
 

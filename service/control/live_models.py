@@ -21,10 +21,10 @@ import logging
 from pathlib import Path
 
 from charlm.checkpoint import WEIGHTS_FILE, weights_fingerprint
-from service.engine import Engine
-from service.engine_client import EngineClient
-from service.model_entry import ModelEntry, Signature, directory_signature, load_entry
-from service.registry import Registry, model_directories
+from service.control.model_entry import ModelEntry, Signature, directory_signature, load_entry
+from service.control.registry import Registry, model_directories
+from service.engine.engine import Engine
+from service.frontend.engine_client import EngineClient
 
 logger = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import charlm
-from service import errors
-from service.generation import Mailbox
-from service.live_models import ModelWatcher
-from service.metrics import ServiceMetrics
-from service.middleware import MODEL_HEADER, REQUEST_ID_HEADER, VERSION_HEADER, RequestContextMiddleware
-from service.openapi import openapi_with_limits
-from service.registry import NoModelsError, Registry
-from service.routes import admin, openai, playground, system, tgi
+from service.control.live_models import ModelWatcher
+from service.control.registry import NoModelsError, Registry
+from service.frontend import errors
+from service.frontend.generation import Mailbox
+from service.frontend.metrics import ServiceMetrics
+from service.frontend.middleware import MODEL_HEADER, REQUEST_ID_HEADER, VERSION_HEADER, RequestContextMiddleware
+from service.frontend.openapi import openapi_with_limits
+from service.frontend.routes import admin, openai, playground, system, tgi
+from service.frontend.state import ServiceState
 from service.settings import Settings
-from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 

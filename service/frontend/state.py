@@ -9,12 +9,12 @@ import time
 from fastapi import Request
 from pydantic import SecretStr
 
-from service.errors import ServiceError
-from service.generation import Mailbox
-from service.live_models import ModelWatcher
-from service.metrics import ServiceMetrics
-from service.model_entry import ModelEntry
-from service.registry import Registry
+from service.control.live_models import ModelWatcher
+from service.control.model_entry import ModelEntry
+from service.control.registry import Registry
+from service.frontend.errors import ServiceError
+from service.frontend.generation import Mailbox
+from service.frontend.metrics import ServiceMetrics
 from service.settings import Settings
 
 

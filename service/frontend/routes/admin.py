@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from service.errors import ServiceError
-from service.model_entry import ModelEntry
-from service.schemas.errors import ADMIN_ERRORS, ADMIN_UNLOAD_ERRORS
-from service.schemas.system import AdminModels, ReloadResult
-from service.state import ServiceState, admin_service
+from service.control.model_entry import ModelEntry
+from service.frontend.errors import ServiceError
+from service.frontend.schemas.errors import ADMIN_ERRORS, ADMIN_UNLOAD_ERRORS
+from service.frontend.schemas.system import AdminModels, ReloadResult
+from service.frontend.state import ServiceState, admin_service
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 Admin = Annotated[ServiceState, Depends(admin_service)]

@@ -1,4 +1,4 @@
-"""An engine in a process of its own: the server's side, with the API of `service.engine.Engine`.
+"""An engine in a process of its own: the server's side, with the API of `service.engine.engine.Engine`.
 
 `submit_all` decides on 429 here, from the requests in flight, sends the requests down one pipe,
 and a reader thread hands each sequence's events from the other pipe to its callback, as the
@@ -14,11 +14,11 @@ import multiprocessing
 import threading
 import time
 
-from service.engine import EngineClosed, QueueFull
-from service.engine_process import EngineSpec, RequestSpec, run
-from service.metrics import ServiceMetrics
-from service.sequences import Event, Finished, GenerationRequest
-from service.stopping import FinishReason
+from service.engine.engine import EngineClosed, QueueFull
+from service.engine.process import EngineSpec, RequestSpec, run
+from service.engine.sequences import Event, Finished, GenerationRequest
+from service.engine.stopping import FinishReason
+from service.frontend.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
