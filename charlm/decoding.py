@@ -49,16 +49,35 @@ class StepResult:
     each row's `TOP_ALTERNATIVES` most likely characters (read before the buffer is reused)."""
 
     def __init__(self, values: np.ndarray, top_k: int):
-        self.ids: list[int] = values[:, 0].astype(np.int64).tolist()
-        self.logprobs: list[float] = values[:, 1].tolist()
-        self._values = values
-        self._top_k = top_k
+        self.values = values  # (n, 2 + 2K) float32: id, log-prob, K alternative ids, K log-probs
+        self.top_k = top_k
+
+    @property
+    def id_array(self) -> np.ndarray:
+        return self.values[:, 0].astype(np.int32)  # (n,)
+
+    @property
+    def logprob_array(self) -> np.ndarray:
+        return self.values[:, 1]  # (n,) float32
+
+    @property
+    def ids(self) -> list[int]:
+        return self.id_array.tolist()
+
+    @property
+    def logprobs(self) -> list[float]:
+        return self.logprob_array.tolist()
+
+    def top_arrays(self, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `n` most likely characters of `rows` at this step: ids (R, n) int32, log-probs (R, n)."""
+        k = min(n, self.top_k)
+        block = self.values[rows]  # (R, 2 + 2K)
+        return block[:, 2 : 2 + k].astype(np.int32), block[:, 2 + self.top_k : 2 + self.top_k + k]
 
     def top(self, row: int, n: int) -> list[tuple[int, float]]:
         """The `n` most likely characters of `row` at this step, as (id, log-probability)."""
-        k = self._top_k
-        ids = self._values[row, 2 : 2 + min(n, k)].astype(np.int64).tolist()
-        return list(zip(ids, self._values[row, 2 + k : 2 + k + min(n, k)].tolist(), strict=True))
+        ids, logprobs = self.top_arrays(np.array([row]), n)
+        return list(zip(ids[0].tolist(), logprobs[0].tolist(), strict=True))
 
 
 class PendingStep:

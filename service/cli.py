@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
-import time
-from types import FrameType
+import os
 from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 
 from charlm.cli import CommandError
+from service.control.registry import NoModelsError
 from service.frontend.app import create_app
+from service.frontend.server import DrainingServer, uvicorn_config
 from service.frontend.state import ServiceState
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
-DRAIN_POLL_S = 0.05
-CANCEL_WAIT_S = 5.0  # after the grace period, for cancelled streams to send their final event
 
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:
@@ -49,34 +46,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise CommandError(f"invalid settings: {problems}") from None
 
 
-class DrainingServer(uvicorn.Server):
-    """On SIGTERM or Ctrl-C: /health turns 503 and new requests get 503 at once, streams in flight
-    finish (up to shutdown_grace_s), then the server stops. A second signal stops it at once."""
-
-    def __init__(self, config: uvicorn.Config, state: ServiceState):
-        super().__init__(config)
-        self.state = state
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.state.draining or self.state.registry is None:
-            super().handle_exit(sig, frame)
-            return
-        self.state.draining = True
-        logger.info("draining: finishing %d sequences before exit", self.state.active_sequences())
-        threading.Thread(target=self._exit_when_idle, name="drain", daemon=True).start()
-
-    def _exit_when_idle(self) -> None:
-        deadline = time.monotonic() + self.state.settings.shutdown_grace_s
-        while self.state.active_sequences() and time.monotonic() < deadline:
-            time.sleep(DRAIN_POLL_S)
-        if self.state.active_sequences() and self.state.registry is not None:
-            logger.warning("grace period over: cancelling %d sequences", self.state.active_sequences())
-            self.state.registry.cancel_all()  # each stream still gets its final event
-            while self.state.active_sequences() and time.monotonic() < deadline + CANCEL_WAIT_S:
-                time.sleep(DRAIN_POLL_S)
-        self.should_exit = True
-
-
 class StartupTracebackFilter(logging.Filter):
     """When no model loads, the reason is logged once, plainly; uvicorn's traceback of it is noise."""
 
@@ -88,13 +57,31 @@ class StartupTracebackFilter(logging.Filter):
         return not (self.state.startup_error and record.getMessage().startswith("Traceback"))
 
 
+def resolve_workers(settings: Settings) -> int:
+    """HTTP front ends: the setting, or by the cores (0): one below four cores, where the engines need
+    every core there is; above, a quarter of them, at most eight."""
+    if settings.workers:
+        return settings.workers
+    cores = os.cpu_count() or 1
+    return 1 if cores < 4 else min(8, cores // 4)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     logging.getLogger().setLevel(settings.log_level.upper())
+    workers = resolve_workers(settings)
+    if workers > 1:
+        if not settings.engine_process:
+            raise CommandError(f"{workers} front ends need engines in processes of their own: "
+                               "CHARLM_ENGINE_PROCESS=false works with CHARLM_WORKERS=1 only")
+        from service.supervisor import serve_with_supervisor
+
+        try:
+            return serve_with_supervisor(settings, workers)
+        except NoModelsError as exc:
+            raise CommandError(str(exc)) from None
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=int(CANCEL_WAIT_S))
-    server = DrainingServer(config, app.state.service)
+    server = DrainingServer(uvicorn_config(app, settings), app.state.service)
     logging.getLogger("uvicorn.error").addFilter(StartupTracebackFilter(app.state.service))
     try:
         server.run()

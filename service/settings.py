@@ -24,6 +24,10 @@ class Settings(BaseSettings):
         0, ge=0, le=4096, description="sequences stepped together per model; 0: 256 on CUDA, 32 on CPU"
     )
     cuda_graphs: bool = Field(True, description="on CUDA, replay each model's decode step as a CUDA graph")
+    workers: int = Field(
+        0, ge=0, le=64, description="HTTP front-end processes sharing the port and every model's engine; "
+        "0: 1 below 4 cores, else cores / 4 (at most 8)"
+    )
     engine_process: bool = Field(
         True, description="run each model's engine in a process of its own (false: a thread of the server's)"
     )
@@ -43,6 +47,10 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS")
     stream_interval: int = Field(
         1, ge=1, le=1024, description="a stream's characters are sent every this many (1: each as it comes)"
+    )
+    stream_writes_per_s: float = Field(
+        20_000, gt=0, description="stream writes per second per front end before characters are grouped: with S "
+        "streams open, a stream writes at most every S / this seconds; an idle stream writes at once"
     )
     sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between keep-alive comments")
     shutdown_grace_s: float = Field(30.0, ge=0, description="how long streams may finish after SIGTERM")

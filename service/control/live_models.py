@@ -8,9 +8,10 @@ model retires the same way. A directory that fails to load (a copy still under w
 is reported and tried again when it changes; a served version stays served meanwhile.
 
 Loading runs in worker threads (and the engine in a process of its own, by default), so the event
-loop and the other models' streams go on. The registry itself is changed only on the event loop,
-between two requests' admissions: a request is always queued on the version that the registry
-named when it was admitted.
+loop and the other models' streams go on. The registry itself is changed only on the event loop;
+after each change, and before an old version is told to retire, `changed` is awaited: it returns
+once every front end routes new requests by the changed registry. So a request is always queued on
+a version that is still taking requests.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from charlm.checkpoint import WEIGHTS_FILE, weights_fingerprint
-from service.control.model_entry import ModelEntry, Signature, directory_signature, load_entry
+from service.control.engines import EngineHandle
+from service.control.model_entry import ModelEntry, Signature, directory_signature, make_entry
 from service.control.registry import Registry, model_directories
-from service.engine.engine import Engine
-from service.frontend.engine_client import EngineClient
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,16 @@ class ReloadReport:
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # name: why it is not served
 
 
+async def nobody_to_tell() -> None:
+    return None
+
+
 class ModelWatcher:
-    def __init__(self, registry: Registry, models_dir: Path):
+    def __init__(self, registry: Registry, models_dir: Path,
+                 changed: Callable[[], Awaitable[None]] = nobody_to_tell):
         self.registry = registry
         self.models_dir = models_dir
+        self.changed = changed  # returns once every front end follows the registry
         self._lock = asyncio.Lock()  # one look at a time
         self._stopped = False
         self._joins: set[asyncio.Task[None]] = set()
@@ -73,12 +80,18 @@ class ModelWatcher:
             if self._stopped:
                 return report
             seen = await asyncio.to_thread(self._scan)
-            for name in [name for name in self.registry.entries if name not in seen]:
-                self._remove(name)
-                report.removed.append(name)
+            gone = [name for name in self.registry.entries if name not in seen]
+            removed = [self.registry.entries.pop(name) for name in gone]
+            if removed:
+                await self.changed()
+            for entry in removed:
+                self._retire(entry, "its directory was removed")
+                report.removed.append(entry.name)
             changed = [(path, signature) for path, signature in seen.values()
                        if self._wants_load(path.name, signature, explicit)]
             await asyncio.gather(*(self._load(path, signature, report) for path, signature in changed))
+            if changed:
+                await self.changed()  # a served version's reload error, set or cleared
             return report
 
     async def unload(self, name: str) -> bool:
@@ -90,6 +103,7 @@ class ModelWatcher:
                 return False
             unloaded = ModelEntry(name, entry.path, signature=entry.signature, phase="unloaded")
             self.registry.install(unloaded)
+            await self.changed()
             self._retire(entry, "unloaded")
             return True
 
@@ -114,16 +128,20 @@ class ModelWatcher:
             return  # the weights are the served ones (a training summary was rewritten): nothing to do
         if not serving:  # shown as loading meanwhile; a served version is served until replaced
             self.registry.install(ModelEntry(name, path, signature=signature, phase="loading"))
+            await self.changed()
         fresh = await asyncio.to_thread(self._load_and_start, path)
         if fresh.status != "ready":
             report.failed[name] = str(fresh.reason)
+            self.registry.load_failures[name] += 1
             if serving and current is not None:  # keep serving what works; try again on the next change
                 current.signature, current.reload_error = fresh.signature, fresh.reason
             else:
                 self.registry.install(fresh)
+            await self.changed()
             return
-        self.registry.config.metrics.model_reloads.labels(name).inc()
+        self.registry.reloads[name] += 1
         displaced = self.registry.install(fresh)
+        await self.changed()
         if displaced is not None and serving:
             self._retire(displaced, f"replaced by version {fresh.version}")
             report.replaced.append(name)
@@ -132,13 +150,9 @@ class ModelWatcher:
         logger.info("model %s version %s is served", name, fresh.version)
 
     def _load_and_start(self, path: Path) -> ModelEntry:
-        entry = load_entry(path, self.registry.config)
-        entry.start(self.registry.config.metrics)
+        entry = make_entry(path, self.registry.config)
+        entry.start()
         return entry
-
-    def _remove(self, name: str) -> None:
-        entry = self.registry.entries.pop(name)
-        self._retire(entry, "its directory was removed")
 
     def _retire(self, entry: ModelEntry, why: str) -> None:
         engine = self.registry.retire(entry)
@@ -149,7 +163,7 @@ class ModelWatcher:
         self._joins.add(task)
         task.add_done_callback(self._joins.discard)
 
-    async def _join(self, name: str, version: str | None, engine: Engine | EngineClient) -> None:
+    async def _join(self, name: str, version: str | None, engine: EngineHandle) -> None:
         await asyncio.to_thread(engine.join)
         self.registry.forget(engine)
         logger.info("model %s version %s unloaded", name, version)

@@ -1,20 +1,22 @@
-"""One model directory as the service holds it: its loaded version, its engine, its status; and how
-a directory becomes one (load the weights, make the engine; a failure is kept, never raised)."""
+"""One model directory as the control plane holds it: its served version, its engine, its status;
+and how a directory becomes one (an engine started on it; a failure is kept, never raised)."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from charlm.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, LoadedModel, ModelDirError, load_model
+from charlm.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, ModelDirError, load_model
+from service.control.engines import EngineHandle, EngineProcess, EngineThread, socket_path
 from service.engine.engine import Engine, EngineClosed
-from service.engine.process import EngineSpec
-from service.frontend.engine_client import EngineClient
-from service.frontend.metrics import ServiceMetrics
+from service.engine.process import EngineSpec, ModelInfo
+from service.engine.sequences import EngineMetrics
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,19 +42,20 @@ class EngineConfig:
     """How every model's engine is made, decided once at startup."""
 
     settings: Settings
-    metrics: ServiceMetrics
     device: torch.device
     dtype: torch.dtype
     max_batch_size: int
     threads: int  # intra-op CPU threads per engine
+    runtime_dir: Path  # where engine processes listen
+    engine_metrics: Callable[[str], EngineMetrics]  # for an engine in a thread, per model name
+    serials: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
 
 
 @dataclasses.dataclass
 class ModelEntry:
     name: str
     path: Path
-    loaded: LoadedModel | None = None  # with engine processes, a CPU copy that describes the model
-    engine: Engine | EngineClient | None = None
+    engine: EngineHandle | None = None
     error: str | None = None
     signature: Signature = ()  # of the directory when this version was read
     loaded_at: float = 0.0  # Unix time the version was loaded
@@ -61,9 +64,13 @@ class ModelEntry:
     reload_error: str | None = None  # why the directory's newer contents are not served (this version is)
 
     @property
+    def info(self) -> ModelInfo | None:
+        return self.engine.info if self.engine is not None else None
+
+    @property
     def version(self) -> str | None:
         """The weights' fingerprint."""
-        return self.loaded.fingerprint if self.loaded is not None else None
+        return self.info.version if self.info is not None else None
 
     @property
     def status(self) -> str:
@@ -77,57 +84,47 @@ class ModelEntry:
         """Why a failed model is not served: it did not load or start, or its engine process died."""
         return self.engine.failure if self.engine is not None and self.engine.failure else self.error
 
-    def start(self, metrics: ServiceMetrics) -> None:
-        """Start the engine (it warms up first); one that fails is kept as failed, with its reason."""
+    def start(self) -> bool:
+        """Start the engine (it loads and warms up first); one that fails is kept as failed, with its
+        reason. True when it started."""
         if self.engine is None:
-            return
+            return False
         started = time.monotonic()
         try:
             self.engine.start()
-            self.load_s += time.monotonic() - started
         except EngineClosed as exc:
             logger.error("model %s failed to start: %s", self.name, exc)
-            metrics.model_load_failures.labels(self.name).inc()
-            self.engine.join()
             self.engine, self.error = None, str(exc)
-
-    def describe(self) -> dict[str, object]:
-        """The status and what goes with it, for /health, /info and /admin/models."""
-        status = self.status
-        described: dict[str, object] = {"status": status}
-        if status == "ready" and self.engine is not None:
-            described.update(version=self.version, active=self.engine.active, queued=self.engine.queued)
-        elif status == "failed":
-            described["error"] = self.reason
-        if self.reload_error is not None:
-            described["reload_error"] = self.reload_error
-        return described
+            return False
+        self.loaded_at, self.load_s = time.time(), self.load_s + time.monotonic() - started
+        info = self.info
+        assert info is not None
+        logger.info("model %s: %s, %s parameters, %d characters, version %s", self.name, info.architecture,
+                    f"{info.parameters:,}", len(info.chars), info.version)
+        return True
 
 
-def load_entry(path: Path, config: EngineConfig) -> ModelEntry:
-    """Check and load a model directory and make its engine: in a process of its own (which loads the
-    weights again, on the device; the copy here, on the CPU, only describes the model) or in a
-    thread of this one. The engine is not started yet."""
-    settings, device, dtype = config.settings, config.device, config.dtype
+def make_entry(path: Path, config: EngineConfig) -> ModelEntry:
+    """A model directory's entry with its engine made, not started: in a process of its own (which
+    loads the weights, on the device) or in a thread of this one (the weights loaded here)."""
+    settings = config.settings
     entry = ModelEntry(path.name, path, signature=directory_signature(path))
     started = time.monotonic()
+    if settings.engine_process:
+        address = socket_path(config.runtime_dir, next(config.serials))
+        spec = EngineSpec(path.name, path, str(config.device), config.dtype, config.max_batch_size,
+                          settings.max_queued, settings.cuda_graphs, config.threads, settings.log_level,
+                          address=address)
+        entry.engine = EngineProcess(spec)
+        return entry
     try:
-        entry.loaded = load_model(path, device="cpu" if settings.engine_process else device, dtype=dtype)
+        loaded = load_model(path, device=config.device, dtype=config.dtype)
     except ModelDirError as exc:
         entry.error = str(exc)
         logger.error("model %s failed to load: %s", path.name, exc)
-        config.metrics.model_load_failures.labels(path.name).inc()
         return entry
-    loaded = entry.loaded
-    if settings.engine_process:
-        spec = EngineSpec(path.name, path, str(device), dtype, config.max_batch_size, settings.max_queued,
-                          settings.cuda_graphs, config.threads, settings.log_level, loaded.fingerprint)
-        entry.engine = EngineClient(spec, config.metrics)
-    else:
-        entry.engine = Engine(path.name, loaded.model, loaded.vocab, config.max_batch_size, settings.max_queued,
-                              config.metrics.for_model(path.name), cuda_graphs=settings.cuda_graphs)
-    entry.loaded_at, entry.load_s = time.time(), time.monotonic() - started
-    logger.info("model %s: %s, %s parameters, %d characters, on %s (%s), version %s", path.name,
-                loaded.model.architecture, f"{loaded.model.num_parameters():,}", len(loaded.vocab), device,
-                str(dtype).removeprefix("torch."), loaded.fingerprint)
+    engine = Engine(path.name, loaded.model, loaded.vocab, config.max_batch_size, settings.max_queued,
+                    config.engine_metrics(path.name), cuda_graphs=settings.cuda_graphs)
+    entry.engine = EngineThread(engine, loaded)
+    entry.load_s = time.monotonic() - started
     return entry

@@ -1,20 +1,24 @@
-"""The models this process serves, by name: each with its engine; failures kept, reported, not fatal.
+"""The models the server serves, by name: each with its engine; failures kept, reported, not fatal.
 Models come and go while it serves (`service.control.live_models`): a replaced version's engine retires,
-finishing what it runs, while the new one takes the new requests."""
+finishing what it runs, while the new one takes the new requests. One registry per server, whatever
+the number of its HTTP front ends."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from service.control.model_entry import EngineConfig, ModelEntry, load_entry
-from service.engine.engine import Engine
-from service.frontend.engine_client import EngineClient
-from service.frontend.metrics import ServiceMetrics
+from service.control.engines import EngineHandle
+from service.control.model_entry import EngineConfig, ModelEntry, make_entry
+from service.engine.sequences import EngineMetrics
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -67,18 +71,17 @@ class Registry:
         self.config = config
         self.device, self.dtype, self.max_batch_size = config.device, config.dtype, config.max_batch_size
         self.configured_default = default_model
-        self.retiring: list[Engine | EngineClient] = []  # replaced or removed versions, finishing their work
-        ready = [e.name for e in entries if e.status == "ready"]
-        if not ready:
-            problems = "; ".join(f"{e.name}: {e.reason}" for e in entries) or "no model directories"
-            raise NoModelsError(f"no model could be loaded ({problems})")
-        if default_model not in ready:
-            logger.warning("default model %r is not available; using %r", default_model, ready[0])
-        config.metrics.models_loaded.set_function(lambda: len(self.ready))
+        self.retiring: list[EngineHandle] = []  # replaced or removed versions, finishing their work
+        # Model versions loaded after startup, and directories that failed to load or start (metrics).
+        self.reloads: collections.Counter[str] = collections.Counter()
+        self.load_failures: collections.Counter[str] = collections.Counter(
+            e.name for e in entries if e.status == "failed")
 
     @classmethod
-    def load(cls, settings: Settings, metrics: ServiceMetrics) -> Registry:
-        """Load every model directory under settings.models_dir; their engines start in `start`."""
+    def load(cls, settings: Settings, engine_metrics: Callable[[str], EngineMetrics] = lambda name: EngineMetrics()
+             ) -> Registry:
+        """Make an engine for every model directory under settings.models_dir (engine processes start
+        loading at once); `start` waits for them."""
         device = resolve_device(settings.device)
         directory = settings.models_dir
         if not directory.is_dir():
@@ -87,9 +90,10 @@ class Registry:
         if device.type == "cpu":
             torch.set_num_threads(1)  # loading needs no more; the engine threads compute
         threads = settings.torch_threads or cpu_threads(len(paths))
-        config = EngineConfig(settings, metrics, device, resolve_dtype(settings.dtype, device),
-                              resolve_batch_size(settings.max_batch_size, device), threads)
-        entries = [load_entry(path, config) for path in paths]
+        runtime_dir = Path(tempfile.mkdtemp(prefix="charlm-"))
+        config = EngineConfig(settings, device, resolve_dtype(settings.dtype, device),
+                              resolve_batch_size(settings.max_batch_size, device), threads, runtime_dir, engine_metrics)
+        entries = [make_entry(path, config) for path in paths]
         if device.type == "cpu" and not settings.engine_process:
             torch.set_num_threads(threads)
         return cls(entries, settings.default_model, config)
@@ -112,19 +116,25 @@ class Registry:
         return entry
 
     def start(self) -> None:
-        """Start every engine (each warms up first); one that fails is reported like a load failure."""
-        for entry in self.ready:
-            entry.start(self.config.metrics)
-        if not self.ready:
-            raise NoModelsError("no model could be started: " + "; ".join(
-                f"{e.name}: {e.reason}" for e in self.entries.values()))
+        """Start every engine (each loads and warms up first); one that fails is reported like a load
+        failure. Raises NoModelsError when none started."""
+        for entry in self.entries.values():
+            if entry.engine is not None and not entry.start():
+                self.load_failures[entry.name] += 1
+        ready = [e.name for e in self.ready]
+        if not ready:
+            problems = "; ".join(f"{e.name}: {e.reason}" for e in self.entries.values()) or "no model directories"
+            self.close(0)
+            raise NoModelsError(f"no model could be loaded ({problems})")
+        if self.configured_default not in ready:
+            logger.warning("default model %r is not available; using %r", self.configured_default, ready[0])
 
     def install(self, entry: ModelEntry) -> ModelEntry | None:
         """Serve `entry` under its name from now on; returns the entry it displaces, if any."""
         old, self.entries[entry.name] = self.entries.get(entry.name), entry
         return old
 
-    def retire(self, entry: ModelEntry) -> Engine | EngineClient | None:
+    def retire(self, entry: ModelEntry) -> EngineHandle | None:
         """Give `entry`'s engine no more requests; what it runs or has queued still finishes. Returns
         the engine, to be joined (then it is `forget`-ten)."""
         engine, entry.engine = entry.engine, None
@@ -133,12 +143,12 @@ class Registry:
             self.retiring.append(engine)
         return engine
 
-    def forget(self, engine: Engine | EngineClient) -> None:
+    def forget(self, engine: EngineHandle) -> None:
         if engine in self.retiring:
             self.retiring.remove(engine)
 
     @property
-    def engines(self) -> list[Engine | EngineClient]:
+    def engines(self) -> list[EngineHandle]:
         """Every engine that runs: the served versions' and the retiring ones'."""
         return [e.engine for e in self.entries.values() if e.engine is not None] + list(self.retiring)
 
@@ -158,6 +168,7 @@ class Registry:
                 engine.cancel_all()
         for engine in engines:
             engine.join()
+        shutil.rmtree(self.config.runtime_dir, ignore_errors=True)
 
 
 def model_directories(directory: Path) -> list[Path]:

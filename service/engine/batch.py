@@ -6,6 +6,11 @@ processes the results of an earlier step: each row takes its character, and the
 rows that finished leave at once (the decoder moves the last row into the hole,
 and `rows` follows). On CUDA the results are processed one step late, so the
 GPU computes a step while the host handles the previous one.
+
+What the rows release goes into a `StepEventsBuilder` as arrays: an ordinary row
+releases the character it drew, so a step's ordinary rows go in as slices of the
+step's results; only rows with stop strings, alternatives or an end take a
+Python path of their own.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from charlm.decoding import NewSequence, PendingStep, SlotDecoder, StepResult
-from charlm.vocab import Vocab
-from service.engine.sequences import Alternative, EngineMetrics, GenerationRequest, Row
+from service.engine.events import StepEventsBuilder
+from service.engine.sequences import EngineMetrics, GenerationRequest, Held, Row
 from service.engine.stopping import FinishReason
 
 logger = logging.getLogger(__name__)
@@ -27,11 +34,12 @@ class RunningBatch:
     """`changed` is called whenever rows join or leave, before any of their events go out (so that
     a client that has its answer never sees gauges from before it)."""
 
-    def __init__(self, decoder: SlotDecoder, vocab: Vocab, metrics: EngineMetrics,
+    def __init__(self, decoder: SlotDecoder, chars: list[str], metrics: EngineMetrics, out: StepEventsBuilder,
                  changed: Callable[[], None] = lambda: None):
         self.decoder = decoder
-        self.vocab = vocab
+        self.chars = chars  # the vocabulary, for stop strings
         self.metrics = metrics
+        self.out = out
         self.changed = changed
         self.rows: list[Row] = []  # rows[i] is in the decoder's row i
         # Launched steps whose results wait, with the rows they advanced (in row order).
@@ -49,22 +57,19 @@ class RunningBatch:
         now = time.monotonic()
         groups: dict[int, list[Row]] = {}
         for request in requests:
-            row = Row(request, self.vocab, now)
+            row = Row(request, now)
             if request.max_new_tokens == 0:
-                row.finish(FinishReason.LENGTH, now)
-                row.deliver()
+                self.out.finish(row.finished(FinishReason.LENGTH, now))
                 continue
             groups.setdefault(self.decoder.prompt_length(request.prompt_ids), []).append(row)
         for group in groups.values():
-            sequences = [NewSequence(r.request.prompt_ids, r.request.params, r.seed, r.request.top_n > 0)
-                         for r in group]
+            sequences = [NewSequence(r.request.prompt_ids, r.request.params, r.seed, r.top_n > 0) for r in group]
             try:
                 first = self.decoder.add_group(sequences)
             except Exception as exc:
                 logger.exception("requests %s: prefill failed", ", ".join(r.request.request_id for r in group))
                 for row in group:
-                    row.finish(FinishReason.ERROR, now, f"prefill failed: {exc}")
-                    row.deliver()
+                    self.out.finish(row.finished(FinishReason.ERROR, now, f"prefill failed: {exc}"))
                 continue
             for offset, row in enumerate(group):
                 row.slot = first + offset
@@ -80,8 +85,6 @@ class RunningBatch:
             self._retire(row, row.request.ended_early(now) or FinishReason.CANCELLED, now)
         if ended:
             self.changed()
-            for row in ended:
-                row.deliver()
         if self.rows:
             self.pending.append((self.decoder.launch(), list(self.rows)))
             self.max_batch_seen = max(self.max_batch_seen, len(self.rows))
@@ -90,36 +93,82 @@ class RunningBatch:
             self._process(step.result(), rows, step.drew)
 
     def _process(self, result: StepResult, rows: list[Row], drew: list[bool] | None) -> None:
-        """Each row takes its character; finished rows leave; every row's events go out."""
+        """Each row takes its character: ordinary rows in bulk, the others one by one; finished rows
+        leave."""
         now = time.monotonic()
-        ids, logprobs, metrics = result.ids, result.logprobs, self.metrics
-        advanced, retired = 0, False
+        plain: list[int] = []  # rows that release the character they drew, and go on
+        special: list[int] = []  # rows with stop strings or alternatives, or that end now
+        gaps: list[float] = []
         for i, row in enumerate(rows):
-            if row.done:  # finished after this step was launched: its character is not wanted
+            if row.done or (drew is not None and not drew[i]):  # gone, or still feeding its prompt
                 continue
-            if drew is not None and not drew[i]:  # still feeding its prompt
-                continue
-            top = self._alternatives(result, i, row.request.top_n) if row.request.top_n else ()
-            reason = row.advance(ids[i], logprobs[i], top, now, metrics)
-            advanced += 1
-            if reason is not None:
-                self._retire(row, reason, now)
-                retired = True
-        metrics.chars(advanced)
+            row.produced += 1
+            if row.last_char_at is None:
+                row.first_char_s = now - row.request.submitted_at
+                self.metrics.first_char(row.first_char_s)
+            else:
+                gaps.append(now - row.last_char_at)
+            row.last_char_at = now
+            if row.matcher is None and not row.top_n and row.produced < row.limit:
+                plain.append(i)
+            else:
+                special.append(i)
+        if gaps:
+            self.metrics.inter_chars(gaps)
+        self.metrics.chars(len(plain) + len(special))
+        ids, logprobs = result.id_array, result.logprob_array  # (n,)
+        if plain:
+            index = np.array(plain)
+            keys = np.array([rows[i].key for i in plain], np.int64)
+            clients = np.array([rows[i].client for i in plain], np.int32)
+            self.out.add(keys, clients, np.ones(len(plain), np.int32), ids[index], logprobs[index])
+        retired = False
+        for i in special:
+            retired |= self._advance(rows[i], int(ids[i]), float(logprobs[i]), result, i, now)
         if retired:
             self.changed()
-        for row in rows:
-            row.deliver()
 
-    def _alternatives(self, result: StepResult, index: int, n: int) -> tuple[Alternative, ...]:
-        chars = self.vocab.chars
-        return tuple(Alternative(i, chars[i], lp) for i, lp in result.top(index, n))
+    def _advance(self, row: Row, char_id: int, logprob: float, result: StepResult, i: int, now: float) -> bool:
+        """A row off the common path takes its character; True when it finished."""
+        top = None
+        if row.top_n:
+            top_ids, top_logprobs = result.top_arrays(np.array([i]), row.top_n)
+            top = (top_ids[0].tolist(), top_logprobs[0].tolist())
+        if row.matcher is not None:
+            released, stopped = row.matcher.push(self.chars[char_id], (char_id, logprob, top))
+            self._release(row, released)
+            if stopped:
+                self._retire(row, FinishReason.STOP, now)
+                return True
+        else:
+            self._release(row, [(char_id, logprob, top)])
+        if row.produced >= row.limit:
+            self._retire(row, FinishReason.LENGTH, now)
+            return True
+        return False
+
+    def _release(self, row: Row, held: list[Held]) -> None:
+        """One row's released characters, as a segment of their own."""
+        if not held:
+            return
+        ids = np.array([h[0] for h in held], np.int32)
+        logprobs = np.array([h[1] for h in held], np.float32)
+        first = self.out.add(np.array([row.key], np.int64), np.array([row.client], np.int32),
+                             np.array([len(held)], np.int32), ids, logprobs)
+        with_top = [j for j, h in enumerate(held) if h[2] is not None]
+        if with_top:
+            top_ids = np.array([held[j][2][0] for j in with_top], np.int32)  # type: ignore[index]
+            top_logprobs = np.array([held[j][2][1] for j in with_top], np.float32)  # type: ignore[index]
+            self.out.add_top(np.array(with_top, np.int32) + first, top_ids, top_logprobs)
 
     def _retire(self, row: Row, reason: FinishReason, now: float, error: str | None = None) -> None:
-        """Finish `row` and free its decoder row; the last row moves into it."""
+        """Finish `row` (held-back characters are released unless a stop string matched) and free
+        its decoder row; the last row moves into it."""
         if reason is FinishReason.CANCELLED:
             self.metrics.cancelled()
-        row.finish(reason, now, error)
+        if row.matcher is not None and reason is not FinishReason.STOP:
+            self._release(row, row.matcher.flush())
+        self.out.finish(row.finished(reason, now, error))
         moved = self.decoder.remove(row.slot)
         last = self.rows.pop()
         if moved is not None:
@@ -134,5 +183,6 @@ class RunningBatch:
         self.decoder.clear()
         self.changed()
         for row in rows:
-            row.finish(reason, now, error)
-            row.deliver()
+            if row.matcher is not None and reason is not FinishReason.STOP:
+                self._release(row, row.matcher.flush())
+            self.out.finish(row.finished(reason, now, error))

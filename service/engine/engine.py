@@ -2,19 +2,19 @@
 
 Requests wait in a bounded queue and join the running batch at the next step,
 their prompt prefilled into a free row of the model's fixed-size decode state.
-Each step samples one character for every active sequence, hands the characters
-that are safe to show to each request's callback, and retires finished sequences
-at once (`service.engine.batch`). The model runs in the engine's own thread, so the
-HTTP event loop stays free while it computes.
+Each step samples one character for every active sequence, retires finished
+sequences at once (`service.engine.batch`), and hands everything the turn released,
+for all sequences together, to the engine's sink (`service.engine.events`). The
+model runs in the engine's own thread, so whoever submits never waits on it.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -23,6 +23,7 @@ from charlm.device_memory import DecoderMemoryError
 from charlm.models import CharModel
 from charlm.vocab import Vocab
 from service.engine.batch import RunningBatch
+from service.engine.events import CallbackSink, EventSink, StepEventsBuilder
 from service.engine.sequences import EngineMetrics, GenerationRequest, Row
 from service.engine.stopping import FinishReason
 
@@ -42,11 +43,10 @@ class Engine:
 
     def __init__(
         self, name: str, model: CharModel, vocab: Vocab, max_batch_size: int, max_queued: int,
-        metrics: EngineMetrics | None = None, cuda_graphs: bool = True,
-        after_step: Callable[[], None] = lambda: None,
+        metrics: EngineMetrics | None = None, cuda_graphs: bool = True, sink: EventSink | None = None,
     ):
-        """`after_step` is called by the engine thread after every turn of its loop (an engine
-        process sends what the turn produced)."""
+        """`sink` receives what every turn of the engine's loop produced (from the engine thread);
+        by default each request's `on_events` does."""
         self.name = name
         self.model = model
         self.vocab = vocab
@@ -55,7 +55,9 @@ class Engine:
         self.max_queued = max_queued  # waiting requests beyond the free rows of the batch
         self.metrics = metrics or EngineMetrics()
         self.cuda_graphs = cuda_graphs
-        self.after_step = after_step
+        self.sink: EventSink = sink or CallbackSink(vocab.chars)
+        self.out = StepEventsBuilder()
+        self._keys = itertools.count()
         self._cv = threading.Condition()
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._admitting = 0  # taken from the queue, not yet in the batch (their prefill runs)
@@ -109,6 +111,10 @@ class Engine:
             room = self.max_queued + max(0, self.max_batch_size - self.active)
             if len(self._waiting) + len(requests) > room:
                 raise QueueFull(f"model {self.name} has {len(self._waiting)} requests waiting")
+            for request in requests:
+                if request.key < 0:
+                    request.key = next(self._keys)
+            self.sink.accepted(requests)
             self._waiting.extend(requests)
             self._cv.notify()
             self.metrics.batch_changed(self.active, len(self._waiting))
@@ -145,7 +151,7 @@ class Engine:
             reserved = torch.cuda.memory_reserved(self.device) if self.device.type == "cuda" else 0
             decoder = SlotDecoder(self.model, self.max_batch_size, graphs=self.cuda_graphs, name=self.name)
             decoder.warm_up([self.vocab.start_id] * 8)
-            self._batch = RunningBatch(decoder, self.vocab, self.metrics, self._batch_changed)
+            self._batch = RunningBatch(decoder, self.vocab.chars, self.metrics, self.out, self._batch_changed)
             self.memory = {"decode_state_bytes": decoder.state_bytes, "cuda_graphs": decoder.graphed}
             if self.device.type == "cuda":
                 self.memory["device_bytes"] = torch.cuda.memory_reserved(self.device) - reserved
@@ -169,10 +175,17 @@ class Engine:
                 except Exception as exc:  # a failed step must not kill the engine
                     logger.exception("engine %s: step failed", self.name)
                     batch.retire_all(FinishReason.ERROR, f"generation failed: {exc}")
-                self.after_step()
+                self._deliver()
             if batch is not None:
                 batch.retire_all(FinishReason.CANCELLED)
-            self.after_step()
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Everything this turn produced, to the sink (which may skip an empty turn)."""
+        try:
+            self.sink.deliver(self.out.take())
+        except Exception:  # the sink's failure must not stop the engine
+            logger.exception("engine %s: delivering a step's events failed", self.name)
 
     def _next_admissions(self, batch: RunningBatch) -> list[GenerationRequest] | None:
         """Wait for work; the requests that join now, or None when the engine should stop."""
@@ -200,9 +213,7 @@ class Engine:
         if reason is FinishReason.CANCELLED:
             self.metrics.cancelled()
         now = time.monotonic()
-        row = Row(request, self.vocab, now)
-        row.finish(reason, now)
-        row.deliver()
+        self.out.finish(Row(request, now).finished(reason, now))
 
     def _batch_changed(self) -> None:
         self.metrics.batch_changed(self.active, len(self._waiting))

@@ -1,31 +1,37 @@
-"""An engine in a process of its own: the child's side (`service.frontend.engine_client` is the server's).
+"""An engine in a process of its own, serving every front end that connects to it.
 
-The child loads its model, starts an `Engine` and relays: requests and cancellations come in on
-one pipe; after each turn of the engine's loop, everything it produced (every sequence's events,
-and what its metrics counted) goes out on the other pipe in one message. So the engine's Python
-never waits on the HTTP side's interpreter, nor the HTTP side on the engine's.
+The process loads its model, starts an `Engine`, reports to the control plane that started it
+(one pipe: started or failed, then close and cancel commands, then ended), and listens on a Unix
+socket. Each front end that connects gets a `Link`: its requests and cancellations arrive there
+(a thread per link), and after every turn of the engine's loop the relay sends each link its part
+of what the turn produced, as one message (`service.engine.wire`). Admission is decided here, from
+the requests of every front end together. A front end that goes away has its requests cancelled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
+import signal
 import threading
-import time
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
 import torch
 
-from charlm.checkpoint import ModelDirError, load_model
-from charlm.sampling import SamplingParams
+from charlm.checkpoint import LoadedModel, ModelDirError, load_model
+from charlm.sampling_params import SamplingParams
+from charlm.vocab import Vocab
+from service.engine import wire
 from service.engine.engine import Engine, EngineClosed, QueueFull
-from service.engine.sequences import Event, Finished, GenerationRequest
-from service.engine.stopping import FinishReason
-from service.frontend.metrics import RecordingMetrics
+from service.engine.events import StepEvents
+from service.engine.metrics import RecordingMetrics
+from service.engine.sequences import GenerationRequest
 
 logger = logging.getLogger(__name__)
-COMMAND_POLL_S = 0.05  # how often the child looks whether its engine has ended, between commands
+COMMAND_POLL_S = 0.05  # how often the process looks whether its engine has ended, between commands
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,135 +45,216 @@ class EngineSpec:
     cuda_graphs: bool
     threads: int  # intra-op CPU threads
     log_level: str
-    fingerprint: str = ""  # of the weights the server loaded: the child must serve the same version
+    fingerprint: str = ""  # of the weights the control plane read: the engine must serve the same version
+    address: str = ""  # the Unix socket front ends connect to
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a front end needs to know of a served version: to encode prompts and to describe it."""
+
+    architecture: str
+    parameters: int
+    chars: list[str]  # the vocabulary, by id
+    start_char: str  # where a generation from an empty prompt starts
+    context_length: int | None
+    version: str  # the weights' fingerprint
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> ModelInfo:
+        model, vocab = loaded.model, loaded.vocab
+        return cls(model.architecture, model.num_parameters(), list(vocab.chars), vocab.start_char,
+                   model.context_size, loaded.fingerprint)
+
+    @functools.cached_property
+    def vocab(self) -> Vocab:
+        return Vocab(self.chars, self.start_char)
 
 
 @dataclasses.dataclass(frozen=True)
 class RequestSpec:
-    """What crosses the pipe of a `GenerationRequest` (its callback stays with the server)."""
+    """What crosses the socket of a `GenerationRequest`."""
 
-    id: int
+    key: int
     prompt_ids: list[int]
     max_new_tokens: int
     params: SamplingParams
     stop: tuple[str, ...]
     top_n: int
-    stream_interval: int
     timeout_s: float | None
     request_id: str
     submitted_at: float  # time.monotonic() is one clock for every process of the machine
 
     @classmethod
-    def of(cls, id_: int, r: GenerationRequest) -> RequestSpec:
-        return cls(id_, r.prompt_ids, r.max_new_tokens, r.params, r.stop, r.top_n, r.stream_interval,
-                   r.timeout_s, r.request_id, r.submitted_at)
+    def of(cls, r: GenerationRequest) -> RequestSpec:
+        return cls(r.key, r.prompt_ids, r.max_new_tokens, r.params, r.stop, r.top_n, r.timeout_s, r.request_id,
+                   r.submitted_at)
+
+    def request(self, client: int) -> GenerationRequest:
+        return GenerationRequest(self.prompt_ids, self.max_new_tokens, self.params, stop=self.stop, top_n=self.top_n,
+                                 timeout_s=self.timeout_s, request_id=self.request_id, submitted_at=self.submitted_at,
+                                 key=self.key, client=client)
+
+
+class Link:
+    """One front end's connection: its requests by key, and one lock for what is sent to it."""
+
+    def __init__(self, connection: Connection, index: int):
+        self.connection = connection
+        self.index = index
+        self.requests: dict[int, GenerationRequest] = {}
+        self.lock = threading.Lock()
+        self.open = True
+
+    def send(self, payload: bytes) -> None:
+        try:
+            with self.lock:
+                self.connection.send_bytes(payload)
+        except (OSError, ValueError):  # the front end is gone: its reader cancels its requests
+            self.open = False
 
 
 class Relay:
-    """The child's requests by id, and the events they produce until the next `flush`."""
+    """The engine's sink: each turn's events, split by front end, one message each."""
 
-    def __init__(self, events: Connection, engine_name: str):
-        self.events = events
-        self.name = engine_name
+    def __init__(self) -> None:
         self.metrics = RecordingMetrics()
-        self.lock = threading.Lock()
-        self.pending: list[tuple[int, list[Event]]] = []
-        self.requests: dict[int, GenerationRequest] = {}
-        self.engine: Engine | None = None
-        self.sent_batch = (0, 0)  # (active, queued) last sent
+        self.links: dict[int, Link] = {}
+        self.lock = threading.Lock()  # the links
+        self.sent_batch: dict[int, tuple[int, int]] = {}  # per link: (active, queued) last sent
 
-    def request(self, spec: RequestSpec) -> GenerationRequest:
-        request = GenerationRequest(
-            spec.prompt_ids, spec.max_new_tokens, spec.params, on_events=lambda events: self.post(spec.id, events),
-            stop=spec.stop, top_n=spec.top_n, stream_interval=spec.stream_interval, timeout_s=spec.timeout_s,
-            request_id=spec.request_id, submitted_at=spec.submitted_at,
-        )
-        self.requests[spec.id] = request
-        return request
+    def accepted(self, requests: list[GenerationRequest]) -> None:
+        pass
 
-    def post(self, id_: int, events: list[Event]) -> None:  # the engine thread, or the command thread
+    def deliver(self, events: StepEvents) -> None:
         with self.lock:
-            self.pending.append((id_, events))
-            if isinstance(events[-1], Finished):
-                self.requests.pop(id_, None)
+            links = [link for link in self.links.values() if link.open]
+        if not links:
+            return
+        snapshot = self.metrics.snapshot
+        batch = (snapshot.active, snapshot.queued)
+        reporter = links[0]  # the oldest front end counts the metrics, so that they add up once
+        counted = self.metrics.take() if snapshot.counted else None
+        for link in links:
+            part = events.for_client(link.index) if events else events
+            metrics = counted if link is reporter else None
+            if not part and metrics is None and self.sent_batch.get(link.index) == batch:
+                continue
+            self.sent_batch[link.index] = batch
+            link.send(wire.encode_step(part, *batch, metrics))
+            for end in part.finished:
+                link.requests.pop(end.key, None)
 
-    def flush(self) -> None:
-        """One message with everything since the last flush (the engine thread after each turn of
-        its loop, or the command thread): nothing when nothing happened."""
+    def add(self, connection: Connection, index: int) -> Link:
+        link = Link(connection, index)
         with self.lock:
-            items, self.pending = self.pending, []
-            snapshot = self.metrics.take()
-            batch = (snapshot.active, snapshot.queued)
-            counted = snapshot.first_chars or snapshot.chars or snapshot.cancelled or any(snapshot.inter_counts)
-            if not items and not counted and batch == self.sent_batch:
-                return
-            self.sent_batch = batch
-            largest = self.engine.max_batch_seen if self.engine is not None else 0
-            self.events.send(("events", items, snapshot, largest))
+            self.links[index] = link
+        return link
 
-    def refuse(self, specs: list[RequestSpec], reason: str) -> None:
-        """Requests the engine would not take (it is closing): each ends, cancelled, with the reason."""
-        now = time.monotonic()
-        for spec in specs:
-            end = Finished(FinishReason.CANCELLED, "", 0, len(spec.prompt_ids), spec.params.seed or 0, 0.0, None,
-                           now - spec.submitted_at, reason)
-            self.post(spec.id, [end])
-        self.flush()
+    def remove(self, link: Link) -> None:
+        with self.lock:
+            self.links.pop(link.index, None)
+            self.sent_batch.pop(link.index, None)
 
 
-def run(spec: EngineSpec, commands: Connection, events: Connection) -> None:
-    """The child process: load, warm up, report, then serve commands until the engine ends."""
+def serve_link(engine: Engine, link: Link, relay: Relay) -> None:
+    """A front end's commands, until it goes away; then its requests are cancelled."""
+    while True:
+        try:
+            kind, *args = link.connection.recv()
+        except (EOFError, OSError):
+            break
+        if kind == "submit":
+            submission, specs = args
+            requests = [spec.request(link.index) for spec in specs]
+            for request in requests:
+                link.requests[request.key] = request
+            try:
+                engine.submit_all(requests)
+            except (QueueFull, EngineClosed) as exc:
+                for request in requests:
+                    link.requests.pop(request.key, None)
+                refusal = "full" if isinstance(exc, QueueFull) else "closed"
+                link.send(wire.encode(wire.ADMISSION, submission, refusal, str(exc)))
+                continue
+            link.send(wire.encode(wire.ADMISSION, submission, None, ""))
+        elif kind == "cancel":
+            for key in args[0]:
+                if (request := link.requests.get(key)) is not None:
+                    request.cancel()
+    link.open = False
+    relay.remove(link)
+    for request in list(link.requests.values()):
+        request.cancel()
+    link.connection.close()
+
+
+def accept_links(listener: Listener, engine: Engine, relay: Relay) -> None:
+    """Every front end that connects, each served by a thread of its own."""
+    index = 0
+    while True:
+        try:
+            connection = listener.accept()
+        except OSError:  # the listener was closed: the engine is ending
+            return
+        link = relay.add(connection, index)
+        threading.Thread(target=serve_link, args=(engine, link, relay), daemon=True,
+                         name=f"link-{index}").start()
+        index += 1
+
+
+def run(spec: EngineSpec, control: Connection) -> None:
+    """The engine process: load, warm up, listen, report, then serve until the engine ends. Signals
+    are its control plane's to act on (a terminal's Ctrl-C reaches every process of the server): it
+    ends when told to close, or when the control plane goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=spec.log_level.upper(), format="%(levelname)s:     [engine %(process)d] %(message)s")
     torch.set_num_threads(1)  # loading needs no more; the engine thread computes
     try:
         loaded = load_model(spec.path, device=spec.device, dtype=spec.dtype)
     except ModelDirError as exc:
-        events.send(("failed", str(exc)))
+        control.send(("failed", str(exc)))
         return
     if spec.fingerprint and loaded.fingerprint != spec.fingerprint:
-        events.send(("failed", f"{spec.path}: the weights changed while loading (version {loaded.fingerprint}, "
-                               f"expected {spec.fingerprint}); the next look at the directory loads them again"))
+        control.send(("failed", f"{spec.path}: the weights changed while loading (version {loaded.fingerprint}, "
+                                f"expected {spec.fingerprint}); the next look at the directory loads them again"))
         return
-    relay = Relay(events, spec.name)
+    relay = Relay()
     engine = Engine(spec.name, loaded.model, loaded.vocab, spec.max_batch_size, spec.max_queued, relay.metrics,
-                    cuda_graphs=spec.cuda_graphs, after_step=relay.flush)
-    relay.engine = engine
+                    cuda_graphs=spec.cuda_graphs, sink=relay)
     if spec.device == "cpu":
         torch.set_num_threads(spec.threads)
     try:
         engine.start()
     except EngineClosed as exc:
-        events.send(("failed", str(exc)))
+        control.send(("failed", str(exc)))
         return
-    events.send(("started", engine.memory))
-    serve_commands(engine, relay, commands)
+    listener = Listener(spec.address, family="AF_UNIX", backlog=64)
+    threading.Thread(target=accept_links, args=(listener, engine, relay), daemon=True, name="accept").start()
+    control.send(("started", engine.memory, ModelInfo.of(loaded)))
+    serve_control(engine, control)
     engine.join()
-    relay.flush()
-    events.send(("ended",))
+    for link in list(relay.links.values()):
+        link.send(wire.encode(wire.LIFE, "ended"))
+    listener.close()
+    with contextlib.suppress(OSError):  # the control plane may be gone already (it stopped at once)
+        control.send(("ended",))
 
 
-def serve_commands(engine: Engine, relay: Relay, commands: Connection) -> None:
-    """Until the engine thread ends (closed, and its sequences done) or the server goes away."""
+def serve_control(engine: Engine, control: Connection) -> None:
+    """The control plane's commands, until the engine thread ends (closed, and its sequences done)
+    or the control plane goes away."""
     while not engine.join(0):
         try:
-            if not commands.poll(COMMAND_POLL_S):
+            if not control.poll(COMMAND_POLL_S):
                 continue
-            kind, *args = commands.recv()
+            kind, *args = control.recv()
         except (EOFError, OSError):  # the server is gone: nobody will read the results
             engine.close()
             engine.cancel_all()
             return
-        if kind == "submit":
-            specs: list[RequestSpec] = args[0]
-            try:
-                engine.submit_all([relay.request(s) for s in specs])
-            except (QueueFull, EngineClosed) as exc:
-                relay.refuse(specs, str(exc))
-        elif kind == "cancel":
-            for id_ in args[0]:
-                if (request := relay.requests.get(id_)) is not None:
-                    request.cancel()
-        elif kind == "cancel_all":
+        if kind == "cancel_all":
             engine.cancel_all()
         elif kind == "close":
             engine.close(finish_queued=args[0])

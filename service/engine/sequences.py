@@ -8,15 +8,14 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from charlm.sampling import SamplingParams, resolve_seed
-from charlm.vocab import Vocab
+from charlm.sampling_params import SamplingParams, resolve_seed
 from service.engine.stopping import FinishReason, StopMatcher
 
 logger = logging.getLogger(__name__)
 
 
-# Named tuples rather than frozen dataclasses: one is made per character of every sequence,
-# on the engine thread, and a tuple is several times cheaper to build.
+# Named tuples rather than frozen dataclasses: where per-character events are wanted one by one
+# (`service.engine.events.CallbackSink`, non-streaming answers), a tuple is several times cheaper.
 class Alternative(NamedTuple):
     id: int
     text: str
@@ -34,7 +33,7 @@ class GeneratedToken(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Finished:
     reason: FinishReason
-    text: str  # everything released to the client, stop string excluded
+    text: str  # everything released to the client, stop string excluded ("" as the engine sends it)
     generated_tokens: int  # characters the model produced, a matched stop string included
     prompt_tokens: int
     seed: int
@@ -42,6 +41,8 @@ class Finished:
     first_char_s: float | None  # from submission to the first generated character
     total_s: float
     error: str | None = None
+    key: int = -1  # the request's key, and the front end it came from
+    client: int = 0
 
 
 Event = GeneratedToken | Finished
@@ -51,23 +52,25 @@ Event = GeneratedToken | Finished
 class GenerationRequest:
     """One sequence to generate.
 
-    `on_events` is called from the engine thread, at most once per step, with the
-    events since the last call in order (released characters, then Finished if it
-    ended): every `stream_interval` characters, or only at the end when it is 0.
-    It must be quick and thread-safe.
+    What it produces goes to the engine's sink, every step, for all sequences at once
+    (`service.engine.events`). `on_events`, for callers in the engine's own process, is called by a
+    `CallbackSink` with each step's events of this request (released characters, then Finished if
+    it ended); it must be quick and thread-safe. `key` names the request in the sink's events
+    (given by the caller, or by the engine when -1), `client` the front end it came from.
     """
 
     prompt_ids: list[int]
     max_new_tokens: int
     params: SamplingParams
-    on_events: Callable[[list[Event]], None]
+    on_events: Callable[[list[Event]], None] | None = None
     stop: tuple[str, ...] = ()
     top_n: int = 0  # also report this many most likely characters at each step
-    stream_interval: int = 1  # deliver every this many characters; 0: only when the sequence ends
     timeout_s: float | None = None
     request_id: str = ""
     cancelled: bool = False
     submitted_at: float = dataclasses.field(default_factory=time.monotonic)
+    key: int = -1
+    client: int = 0
     # Set by an engine in another process, to hear of a cancellation.
     on_cancel: Callable[[], None] | None = dataclasses.field(default=None, repr=False)
 
@@ -93,92 +96,55 @@ class EngineMetrics:
 
     def batch_changed(self, active: int, queued: int) -> None: ...
     def first_char(self, seconds: float) -> None: ...
-    def inter_char(self, seconds: float) -> None: ...
+    def inter_chars(self, seconds: list[float]) -> None: ...
     def chars(self, count: int) -> None: ...
     def cancelled(self) -> None: ...
 
 
+Held = tuple[int, float, "tuple[list[int], list[float]] | None"]  # a held-back character: id, log-prob, alternatives
+
+
 class Row:
-    """Host-side bookkeeping of one active sequence (one row of the batch).
+    """Host-side bookkeeping of one active sequence (one row of the batch). The batch reads and
+    writes its counters directly: this runs for every row at every step."""
 
-    Events wait in `outbox` until the engine delivers them at the end of the step.
-    """
+    __slots__ = (
+        "admitted_at",
+        "client",
+        "done",
+        "first_char_s",
+        "key",
+        "last_char_at",
+        "limit",
+        "matcher",
+        "produced",
+        "request",
+        "seed",
+        "slot",
+        "top_n",
+    )
 
-    def __init__(self, request: GenerationRequest, vocab: Vocab, admitted_at: float):
+    def __init__(self, request: GenerationRequest, admitted_at: float):
         self.request = request
-        self.vocab = vocab
+        self.key, self.client = request.key, request.client
         self.seed = resolve_seed(request.params.seed)
         self.slot = -1  # its row in the decoder, once admitted
         self.done = False
-        self.matcher: StopMatcher[GeneratedToken] = StopMatcher(request.stop)
-        self.chars = vocab.chars
-        self.max_new_tokens = request.max_new_tokens
+        # Only rows with stop strings hold characters back; the others release each one at once.
+        self.matcher: StopMatcher[Held] | None = StopMatcher(request.stop) if any(
+            request.stop) else None
+        self.limit = request.max_new_tokens
+        self.top_n = request.top_n
         self.admitted_at = admitted_at
         self.last_char_at: float | None = None
         self.first_char_s: float | None = None
         self.produced = 0
-        self.text: list[str] = []
-        self.outbox: list[Event] = []
 
-    def advance(
-        self, char_id: int, logprob: float, top: tuple[Alternative, ...], now: float, metrics: EngineMetrics
-    ) -> FinishReason | None:
-        """Take the next sampled character; returns why the sequence ends, if it does.
-
-        It runs for every character of every sequence on the engine thread: the common
-        case (no stop strings) takes a short path.
-        """
-        last = self.last_char_at
-        if last is None:
-            self.first_char_s = now - self.request.submitted_at
-            metrics.first_char(self.first_char_s)
-        else:
-            metrics.inter_char(now - last)
-        self.last_char_at = now
-        produced = self.produced = self.produced + 1
-        text = self.chars[char_id]
-        token = GeneratedToken(produced, char_id, text, logprob, top)
-        if self.matcher.stops:
-            released, stopped = self.matcher.push(text, token)
-            self.emit(released)
-            if stopped:
-                return FinishReason.STOP
-        else:
-            self.text.append(text)
-            self.outbox.append(token)
-        if produced >= self.max_new_tokens:
-            return FinishReason.LENGTH
-        return None
-
-    def emit(self, tokens: list[GeneratedToken]) -> None:
-        self.text.extend(token.text for token in tokens)
-        self.outbox.extend(tokens)
-
-    def finish(self, reason: FinishReason, now: float, error: str | None = None) -> None:
-        """End the sequence: held-back characters are released unless a stop string matched."""
+    def finished(self, reason: FinishReason, now: float, error: str | None = None) -> Finished:
+        """The sequence's end (the text is filled in by whoever collects its characters)."""
         self.done = True
-        if reason is not FinishReason.STOP:
-            self.emit(self.matcher.flush())
-        self.outbox.append(Finished(
-            reason=reason,
-            text="".join(self.text),
-            generated_tokens=self.produced,
-            prompt_tokens=len(self.request.prompt_ids),
-            seed=self.seed,
-            queued_s=self.admitted_at - self.request.submitted_at,
-            first_char_s=self.first_char_s,
-            total_s=now - self.request.submitted_at,
-            error=error,
-        ))
-
-    def deliver(self) -> None:
-        """Hand this step's events to the request; a failing callback cancels only its request."""
-        events = self.outbox
-        if not events or (not self.done and not 0 < self.request.stream_interval <= len(events)):
-            return
-        self.outbox = []
-        try:
-            self.request.on_events(events)
-        except Exception:
-            logger.exception("request %s: delivering events failed; cancelling it", self.request.request_id)
-            self.request.cancel()
+        return Finished(
+            reason=reason, text="", generated_tokens=self.produced, prompt_tokens=len(self.request.prompt_ids),
+            seed=self.seed, queued_s=self.admitted_at - self.request.submitted_at, first_char_s=self.first_char_s,
+            total_s=now - self.request.submitted_at, error=error, key=self.key, client=self.client,
+        )

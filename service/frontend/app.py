@@ -1,4 +1,9 @@
-"""The FastAPI application: routers, error handlers, middleware; models load in the lifespan."""
+"""The FastAPI application: routers, error handlers, middleware; models load in the lifespan.
+
+On its own (one front end) the app runs the control plane itself: it loads the models, starts
+their engines and follows the models directory. As one of several front ends it follows a
+supervisor's control plane instead (`control_address`: `service.frontend.remote`).
+"""
 
 from __future__ import annotations
 
@@ -11,47 +16,52 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import charlm
-from service.control.live_models import ModelWatcher
 from service.control.registry import NoModelsError, Registry
 from service.frontend import errors
-from service.frontend.generation import Mailbox
 from service.frontend.metrics import ServiceMetrics
 from service.frontend.middleware import MODEL_HEADER, REQUEST_ID_HEADER, VERSION_HEADER, RequestContextMiddleware
+from service.frontend.models import FrontModels, LocalModels
 from service.frontend.openapi import openapi_with_limits
+from service.frontend.remote import RemoteModels
 from service.frontend.routes import admin, openai, playground, system, tgi
 from service.frontend.state import ServiceState
+from service.frontend.streams import Pacer
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, control_address: str | None = None) -> FastAPI:
     settings = settings or Settings()
-    state = ServiceState(settings, ServiceMetrics())
+    metrics = ServiceMetrics()
+    state = ServiceState(settings, metrics, Pacer(settings.stream_writes_per_s, settings.sse_keepalive_s))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            registry = await asyncio.to_thread(Registry.load, settings, state.metrics)
-            await asyncio.to_thread(registry.start)
+            models = await (follow_supervisor(control_address, state) if control_address
+                            else run_control_plane(settings, metrics))
         except NoModelsError as exc:
             state.startup_error = str(exc)
             logger.error("cannot start: %s", exc)
             raise
-        state.mailbox = Mailbox(asyncio.get_running_loop())
-        state.registry = registry
-        state.watcher = watcher = ModelWatcher(registry, settings.models_dir)
-        polling = asyncio.create_task(watcher.poll(settings.models_poll_s)) if settings.models_poll_s else None
-        names = ", ".join(e.name for e in registry.ready)
-        logger.info("serving %s (default %s)", names, registry.default_model)
+        metrics.count_control_plane(lambda: (models.reloads, models.load_failures))
+        state.models, state.loop = models, asyncio.get_running_loop()
+        polling = None
+        if isinstance(models, LocalModels) and settings.models_poll_s:
+            polling = asyncio.create_task(models.watcher.poll(settings.models_poll_s))
+        names = ", ".join(v.name for v in models.ready)
+        logger.info("serving %s (default %s)", names, models.default_model)
         try:
             yield
         finally:
             state.draining = True
             if polling is not None:
                 polling.cancel()
-            await watcher.stop()
-            await asyncio.to_thread(registry.close, settings.shutdown_grace_s)
+            await models.stop()
+            if isinstance(models, LocalModels):
+                await asyncio.to_thread(models.registry.close, settings.shutdown_grace_s)
+            models.close()
 
     app = FastAPI(
         title="charlm",
@@ -77,3 +87,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=[REQUEST_ID_HEADER, MODEL_HEADER, VERSION_HEADER],
         )
     return app
+
+
+async def run_control_plane(settings: Settings, metrics: ServiceMetrics) -> LocalModels:
+    """Load every model and start its engine here; the front end follows this control plane."""
+    registry = await asyncio.to_thread(Registry.load, settings, metrics.for_model)
+    await asyncio.to_thread(registry.start)
+    models = LocalModels(registry, metrics)
+    await models.refresh()
+    return models
+
+
+async def follow_supervisor(address: str, state: ServiceState) -> FrontModels:
+    models = await RemoteModels.connect(address, state.metrics)
+    models.on_drain = lambda: state.request_drain()
+    return models

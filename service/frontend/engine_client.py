@@ -1,167 +1,258 @@
-"""An engine in a process of its own: the server's side, with the API of `service.engine.engine.Engine`.
+"""A front end's side of one model's engine: the only code here that knows where the engine runs.
 
-`submit_all` decides on 429 here, from the requests in flight, sends the requests down one pipe,
-and a reader thread hands each sequence's events from the other pipe to its callback, as the
-in-process engine would, and applies what the child's metrics counted. A cancellation travels as
-a message; if the child dies, every sequence in flight ends with an error.
+`EngineClient` talks to an engine process over its Unix socket from the event loop: a submission
+goes out as one message and waits for the engine's answer (admitted, or refused: 429 and 503 are
+decided by the engine, which counts every front end's requests); each step message's characters
+go straight to their sequences (`service.frontend.streams`), with no thread between. If the engine
+process dies, every sequence in flight ends with an error. `ThreadEngineClient` gives the same
+API for an engine in a thread of this process (`CHARLM_ENGINE_PROCESS=false`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import itertools
 import logging
-import multiprocessing
-import threading
+import pickle
 import time
 
-from service.engine.engine import EngineClosed, QueueFull
-from service.engine.process import EngineSpec, RequestSpec, run
-from service.engine.sequences import Event, Finished, GenerationRequest
+from service.engine import wire
+from service.engine.engine import Engine, EngineClosed, QueueFull
+from service.engine.events import StepEvents
+from service.engine.process import RequestSpec
+from service.engine.sequences import Finished, GenerationRequest
 from service.engine.stopping import FinishReason
 from service.frontend.metrics import ServiceMetrics
+from service.frontend.streams import SequenceStream, Submission
 
 logger = logging.getLogger(__name__)
 
 
-class EngineClient:
-    def __init__(self, spec: EngineSpec, metrics: ServiceMetrics):
-        """Starts the child at once, so that several models load in parallel; `start` waits for it."""
-        self.name = spec.name
-        self.max_batch_size = spec.max_batch_size
-        self.max_queued = spec.max_queued
+class EngineConnection:
+    """What both kinds of client share: the sequences in flight, by key, and their delivery."""
+
+    def __init__(self, name: str, metrics: ServiceMetrics):
+        self.name = name
         self.metrics = metrics
-        self.memory: dict[str, object] = {}
-        self.max_batch_seen = 0
-        self.failure: str | None = None  # why the child is gone, when it went unexpectedly
-        self._lock = threading.Lock()  # the requests in flight
-        self._send_lock = threading.Lock()
-        self._open = True
-        self._requests: dict[int, GenerationRequest] = {}
-        self._ids = itertools.count()
-        self._batch = (0, 0)  # (active, queued) as the child last counted them
-        context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA
-        commands_out, self._commands = context.Pipe(duplex=False)
-        self._events, events_in = context.Pipe(duplex=False)
-        self._process = context.Process(target=run, args=(spec, commands_out, events_in), daemon=True,
-                                        name=f"engine-{spec.name}")
-        self._process.start()
-        commands_out.close()
-        events_in.close()
-        self._reader = threading.Thread(target=self._read, name=f"engine-client-{spec.name}", daemon=True)
+        self.sequences: dict[int, SequenceStream] = {}
+        self.keys = itertools.count()
+        self.failure: str | None = None  # why the engine is gone, when it went unexpectedly
+        self.closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """This front end's sequences that have not ended."""
+        return len(self.sequences)
 
     @property
     def active(self) -> int:
-        return self._batch[0]
+        """The engine's running sequences (every front end's)."""
+        raise NotImplementedError
 
     @property
     def queued(self) -> int:
-        """Requests in flight that the child does not run yet: ones on their way count too, so that a
-        drain waiting for `active + queued` to reach 0 never misses one."""
-        return max(0, len(self._requests) - self._batch[0])
+        raise NotImplementedError
 
-    @property
-    def cuda_graphed(self) -> bool:
-        return bool(self.memory.get("cuda_graphs"))
+    async def submit(self, submission: Submission, specs: list[RequestSpec]) -> None:
+        """Queue the sequences, all or none: QueueFull or EngineClosed when the engine refuses."""
+        raise NotImplementedError
 
-    def start(self) -> None:
-        """Wait for the child to load and warm up; raises EngineClosed with its reason if it could not."""
-        try:
-            kind, *args = self._events.recv()
-        except (EOFError, OSError):
-            self._process.join(5)
-            raise EngineClosed(f"the engine process exited with status {self._process.exitcode}") from None
-        if kind == "failed":
-            self._process.join(30)
-            raise EngineClosed(args[0])
-        self.memory = args[0]
-        self._reader.start()
-
-    def submit(self, request: GenerationRequest) -> None:
-        self.submit_all([request])
-
-    def submit_all(self, requests: list[GenerationRequest]) -> None:
-        """Queue all the requests or none, by the in-process engine's rule: the batch's rows and
-        max_queued more."""
-        with self._lock:
-            if not self._open:
-                raise EngineClosed(self.failure or f"model {self.name} is shutting down")
-            waiting = max(0, len(self._requests) - self.max_batch_size)
-            if len(self._requests) + len(requests) > self.max_queued + self.max_batch_size:
-                raise QueueFull(f"model {self.name} has {waiting} requests waiting")
-            specs = []
-            for request in requests:
-                id_ = next(self._ids)
-                self._requests[id_] = request
-                request.on_cancel = lambda id_=id_: self._send(("cancel", [id_]))
-                specs.append(RequestSpec.of(id_, request))
-            self._send(("submit", specs))
-
-    def close(self, finish_queued: bool = False) -> None:
-        """Take no new requests; the child runs the active ones to the end, and cancels the queued ones
-        or, with `finish_queued`, runs them too."""
-        with self._lock:
-            self._open = False
-        self._send(("close", finish_queued))
+    def cancel(self, keys: list[int]) -> None:
+        raise NotImplementedError
 
     def cancel_all(self) -> None:
-        self._send(("cancel_all",))
+        """Cancel this front end's sequences (each still ends, cancelled, within a step)."""
+        if self.sequences:
+            self.cancel(list(self.sequences))
 
-    def join(self, timeout: float | None = None) -> bool:
-        self._process.join(timeout)
-        if self._process.is_alive():
-            return False
-        if self._reader.is_alive():
-            self._reader.join(timeout)
-        return not self._reader.is_alive()
+    def close(self) -> None:
+        self.closed = True
 
-    def _send(self, message: tuple) -> None:
-        try:
-            with self._send_lock:  # requests, cancellations and closing come from several threads
-                self._commands.send(message)
-        except (OSError, ValueError):  # the child is gone: the reader ends every sequence
-            pass
+    def _register(self, submission: Submission, specs: list[RequestSpec]) -> list[RequestSpec]:
+        if self.closed:
+            raise EngineClosed(self.failure or f"model {self.name} is shutting down")
+        keyed = []
+        for sequence, spec in zip(submission.sequences, specs, strict=True):
+            sequence.key = next(self.keys)
+            self.sequences[sequence.key] = sequence
+            keyed.append(dataclasses.replace(spec, key=sequence.key))
+        return keyed
 
-    def _read(self) -> None:
-        """The reader thread: every message from the child, until it ends."""
-        while True:
-            try:
-                kind, *args = self._events.recv()
-            except (EOFError, OSError):
-                self.failure = f"the engine process of model {self.name} exited unexpectedly"
-                logger.error("%s (status %s)", self.failure, self._process.exitcode)
-                self._fail_all(self.failure)
-                return
-            if kind == "ended":
-                self._fail_all(f"model {self.name} stopped")  # nothing should be left; never hang one
-                return
-            items, snapshot, self.max_batch_seen = args
-            self._batch = (snapshot.active, snapshot.queued)
-            self.metrics.apply(self.name, snapshot)  # before the events: a finished client sees fresh gauges
-            for id_, events in items:
-                self._deliver(id_, events)
+    def _unregister(self, submission: Submission) -> None:
+        for sequence in submission.sequences:
+            self.sequences.pop(sequence.key, None)
 
-    def _deliver(self, id_: int, events: list[Event]) -> None:
-        request = self._requests.get(id_)
-        if request is None:
-            return
-        if isinstance(events[-1], Finished):
-            with self._lock:
-                self._requests.pop(id_, None)
-        try:
-            request.on_events(events)
-        except Exception:
-            logger.exception("request %s: delivering events failed; cancelling it", request.request_id)
-            request.cancel()
+    def dispatch(self, events: StepEvents) -> None:
+        """A step's characters to their sequences, then the ends."""
+        if len(events.keys):
+            counts = events.counts.tolist()
+            first = 0
+            sequences = self.sequences
+            for key, count in zip(events.keys.tolist(), counts, strict=True):
+                sequence = sequences.get(key)
+                if sequence is not None:
+                    sequence.add(events, first, count)
+                first += count
+        for end in events.finished:
+            sequence = self.sequences.pop(end.key, None)
+            if sequence is not None:
+                sequence.finish(end)
 
-    def _fail_all(self, reason: str) -> None:
-        with self._lock:
-            self._open = False
-            left, self._requests = self._requests, {}
+    def fail_all(self, reason: str) -> None:
+        """End every sequence in flight with an error (the engine is gone)."""
+        self.closed = True
+        left, self.sequences = self.sequences, {}
         now = time.monotonic()
-        for request in left.values():
-            end = Finished(FinishReason.ERROR, "", 0, len(request.prompt_ids), request.params.seed or 0, 0.0, None,
-                           now - request.submitted_at, reason)
+        for sequence in left.values():
+            sequence.finish(Finished(FinishReason.ERROR, "", 0, 0, 0, 0.0, None, now, reason, key=sequence.key))
+
+
+class EngineClient(EngineConnection):
+    """An engine process, over its Unix socket, from this front end's event loop."""
+
+    def __init__(self, name: str, address: str, metrics: ServiceMetrics):
+        super().__init__(name, metrics)
+        self.address = address
+        self._counts = (0, 0)
+        self.transport: asyncio.Transport | None = None
+        self.reader = wire.FrameReader()
+        self.admissions: dict[int, asyncio.Future[tuple[str | None, str]]] = {}
+        self.submissions = itertools.count()
+        self.ended = False  # the engine said it ended (a retired version)
+
+    @property
+    def active(self) -> int:
+        return self._counts[0]
+
+    @property
+    def queued(self) -> int:
+        return self._counts[1]
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), self.address)
+
+    async def submit(self, submission: Submission, specs: list[RequestSpec]) -> None:
+        """Queue the sequences, all or none: QueueFull or EngineClosed when the engine refuses."""
+        keyed = self._register(submission, specs)
+        number = next(self.submissions)
+        answer = self.admissions[number] = asyncio.get_running_loop().create_future()
+        self._send(("submit", number, keyed))
+        try:
+            refusal, reason = await answer
+        finally:
+            self.admissions.pop(number, None)
+        if refusal is not None:
+            self._unregister(submission)
+            raise (QueueFull if refusal == "full" else EngineClosed)(reason)
+
+    def cancel(self, keys: list[int]) -> None:
+        self._send(("cancel", keys))
+
+    def close(self) -> None:
+        """Disconnect (the engine cancels whatever this front end still runs there)."""
+        super().close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _send(self, command: tuple[object, ...]) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # the engine is gone: connection_lost ends every sequence
+        self.transport.write(wire.frame(pickle.dumps(command)))
+
+    def received(self, data: bytes) -> None:
+        for payload in self.reader.feed(data):
+            kind = payload[:1]
+            if kind == wire.STEP:
+                message = wire.decode_step(payload)
+                self._counts = (message.active, message.queued)
+                self.metrics.engine_counts(self.name, message.active, message.queued, message.metrics)
+                self.dispatch(message.events)
+            elif kind == wire.ADMISSION:
+                number, refusal, reason = wire.decode(payload)
+                if (answer := self.admissions.get(number)) is not None and not answer.done():
+                    answer.set_result((refusal, reason))
+            elif kind == wire.LIFE and wire.decode(payload)[0] == "ended":
+                self.ended = True
+
+    def lost(self) -> None:
+        """The connection ended: the engine ended (a retired version, or shutdown) or died."""
+        reason = f"model {self.name} stopped"
+        if not self.ended and not self.closed:
+            self.failure = reason = f"the engine process of model {self.name} exited unexpectedly"
+            logger.error(reason)
+        for answer in self.admissions.values():
+            if not answer.done():
+                answer.set_result(("closed", reason))
+        self.fail_all(reason)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: EngineClient):
+        self.client = client
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.client.received(data)
+        except Exception:  # a bug here must not cut every stream of the model
+            logger.exception("model %s: handling the engine's message failed", self.client.name)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.lost()
+
+
+class ThreadEngineClient(EngineConnection):
+    """An engine in a thread of this process: its steps come to the event loop as they are."""
+
+    def __init__(self, engine: Engine, metrics: ServiceMetrics, loop: asyncio.AbstractEventLoop):
+        super().__init__(engine.name, metrics)
+        self.engine = engine
+        self.loop = loop
+        self.requests: dict[int, GenerationRequest] = {}
+        engine.sink = _ThreadSink(self)
+
+    @property
+    def active(self) -> int:
+        return self.engine.active
+
+    @property
+    def queued(self) -> int:
+        return self.engine.queued
+
+    async def submit(self, submission: Submission, specs: list[RequestSpec]) -> None:
+        keyed = self._register(submission, specs)
+        requests = [spec.request(client=0) for spec in keyed]
+        try:
+            self.engine.submit_all(requests)
+        except (QueueFull, EngineClosed):
+            self._unregister(submission)
+            raise
+        for request in requests:
+            self.requests[request.key] = request
+
+    def cancel(self, keys: list[int]) -> None:
+        for key in keys:
+            if (request := self.requests.get(key)) is not None:
+                request.cancel()
+
+    def dispatch(self, events: StepEvents) -> None:
+        super().dispatch(events)
+        for end in events.finished:
+            self.requests.pop(end.key, None)
+
+
+class _ThreadSink:
+    def __init__(self, client: ThreadEngineClient):
+        self.client = client
+
+    def accepted(self, requests: list[GenerationRequest]) -> None:
+        pass
+
+    def deliver(self, events: StepEvents) -> None:
+        if events:
             try:
-                request.on_events([end])
-            except Exception:
-                logger.exception("request %s: delivering its end failed", request.request_id)
+                self.client.loop.call_soon_threadsafe(self.client.dispatch, events)
+            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+                self.client.engine.cancel_all()
+

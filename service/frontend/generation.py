@@ -1,33 +1,31 @@
 """From an HTTP request to engine sequences and back, on the event loop.
 
 A protocol's route turns its request into a `GenerationSpec` and one prompt per
-sequence; `Submission` queues them on the model's engine all at once (all or
-none) and merges their events into one asyncio queue. Leaving the event
-iterator early, or a client disconnect, cancels every unfinished sequence.
+sequence; `Queued` queues them on the model's engine all at once (all or none),
+and their characters come back into a `Submission` (`service.frontend.streams`),
+which a streaming response writes as they come and a plain answer collects. A
+client that disconnects, or a response that ends early, cancels every
+unfinished sequence.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from charlm.generation import prompt_ids
-from charlm.sampling import MAX_SEED, SamplingParams
-from charlm.vocab import UnknownCharactersError
-from service.control.model_entry import ModelEntry
-from service.engine.engine import Engine, EngineClosed, QueueFull
-from service.engine.sequences import Event, Finished, GeneratedToken, GenerationRequest
-from service.frontend.engine_client import EngineClient
+from charlm.sampling_params import MAX_SEED, SamplingParams
+from charlm.vocab import UnknownCharactersError, Vocab
+from service.engine.engine import EngineClosed, QueueFull
+from service.engine.events import StepEvents
+from service.engine.process import RequestSpec
+from service.engine.sequences import Alternative, Finished, GeneratedToken
+from service.frontend.engine_client import EngineConnection
 from service.frontend.errors import ServiceError
-from service.settings import Settings
-
-DISCONNECT_POLL_S = 0.05  # how often a non-streaming request checks that its client is still there
-QUIET: tuple[int, list[Event]] = (-1, [])  # put in a submission's queue when nothing came for a while
+from service.frontend.models import ModelView
+from service.frontend.streams import Pacer, SequenceStream, Submission
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +36,7 @@ class GenerationSpec:
     params: SamplingParams
     stop: tuple[str, ...] = ()
     top_n: int = 0
-    stream_interval: int = 0  # a stream's events every this many characters; 0: all at the end
+    stream_interval: int = 0  # a stream writes once this many characters are ready; 0: all at the end
 
 
 @dataclasses.dataclass
@@ -57,16 +55,18 @@ def best_first(results: list[SequenceResult]) -> list[int]:
     return sorted(range(len(results)), key=lambda i: -results[i].mean_logprob)
 
 
-def encode_prompt(entry: ModelEntry, prompt: str, settings: Settings, param: str) -> list[int]:
-    """Prompt ids for the model; 422 naming characters outside its vocabulary."""
-    if len(prompt) > settings.max_prompt_chars:
-        raise ServiceError(422, f"prompt of {len(prompt)} characters exceeds the limit of "
-                           f"{settings.max_prompt_chars}", param=param)
-    assert entry.loaded is not None
+def encode_prompt(vocab: Vocab, prompt: str, limit: int, param: str) -> list[int]:
+    """Prompt ids for the model (the start character for an empty prompt); 422 naming characters
+    outside its vocabulary."""
+    if len(prompt) > limit:
+        raise ServiceError(422, f"prompt of {len(prompt)} characters exceeds the limit of {limit}", param=param)
+    if not prompt:
+        return [vocab.start_id]
     try:
-        return prompt_ids(entry.loaded.vocab, prompt)
+        ids: list[int] = vocab.encode(prompt).tolist()
     except UnknownCharactersError as exc:
         raise ServiceError(422, f"{param}: {exc}", param=param, kind="unknown_characters") from None
+    return ids
 
 
 def offset_seed(params: SamplingParams, offset: int) -> SamplingParams:
@@ -80,125 +80,94 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready; its sequences were cancelled."""
 
 
-class Mailbox:
-    """Delivery from engine threads to the event loop, with one wake-up per burst.
+class Queued:
+    """The sequences of one HTTP request on their engine."""
 
-    Waking the loop costs a system call and a turn of the loop; an engine step hands
-    events to every active request at once, so they travel together.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.lock = threading.Lock()
-        self.items: list[tuple[asyncio.Queue[Any], Any]] = []
-        self.scheduled = False
-
-    def post(self, queue: asyncio.Queue[Any], item: Any) -> None:
-        """Called from any thread; `item` reaches `queue` on the loop's next turn."""
-        with self.lock:
-            self.items.append((queue, item))
-            if self.scheduled:
-                return
-            self.scheduled = True
-        self.loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        with self.lock:
-            items, self.items, self.scheduled = self.items, [], False
-        for queue, item in items:
-            queue.put_nowait(item)
-
-
-class Submission:
-    """The sequences of one HTTP request."""
-
-    def __init__(self, engine: Engine | EngineClient, prompts: list[list[int]], spec: GenerationSpec, request_id: str,
-                 timeout_s: float, mailbox: Mailbox, seed_offsets: list[int] | None = None):
-        self.engine = engine
-        self.mailbox = mailbox
-        self.queue: asyncio.Queue[tuple[int, list[Event]]] = asyncio.Queue()
+    def __init__(self, client: EngineConnection, view: ModelView, prompts: list[list[int]], spec: GenerationSpec,
+                 request_id: str, timeout_s: float, pacer: Pacer, seed_offsets: list[int] | None = None):
+        self.client = client
+        self.view = view
+        self.spec = spec
         offsets = seed_offsets or [0] * len(prompts)
-        self.requests = [
-            GenerationRequest(
-                prompt_ids=ids, max_new_tokens=spec.max_new_tokens, params=offset_seed(spec.params, offset),
-                on_events=functools.partial(self._on_events, index), stop=spec.stop, top_n=spec.top_n,
-                stream_interval=spec.stream_interval, timeout_s=timeout_s, request_id=request_id,
-            )
-            for index, (ids, offset) in enumerate(zip(prompts, offsets, strict=True))
-        ]
-        self.unfinished = set(range(len(prompts)))
+        self.specs = [RequestSpec(-1, ids, spec.max_new_tokens, offset_seed(spec.params, offset), spec.stop,
+                                  spec.top_n, timeout_s, request_id, time.monotonic())
+                      for ids, offset in zip(prompts, offsets, strict=True)]
+        self.submission = Submission(len(prompts), spec.stream_interval, pacer, client.cancel)
+        assert view.info is not None
+        self.chars = view.info.chars
 
-    def _on_events(self, index: int, events: list[Event]) -> None:  # called from the engine thread
-        try:
-            self.mailbox.post(self.queue, (index, events))
-        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-            self.requests[index].cancel()
-
-    def submit(self) -> None:
+    async def submit(self) -> None:
         """Queue every sequence or none: 429 when the engine's queue is full, 503 when it is closing."""
         try:
-            self.engine.submit_all(self.requests)
+            await self.client.submit(self.submission, self.specs)
         except QueueFull as exc:
             raise ServiceError(429, f"too many requests queued: {exc}") from None
         except EngineClosed as exc:
             raise ServiceError(503, str(exc)) from None
 
-    def cancel(self) -> None:
-        for index in self.unfinished:
-            self.requests[index].cancel()
-
-    async def events(self, quiet_s: float) -> AsyncIterator[list[tuple[int, list[Event]]] | None]:
-        """Batches of (sequence index, that sequence's new events) until every sequence has finished:
-        everything that arrived since the last batch, so a stream that fell behind catches up in
-        one write.
-
-        Yields None when `quiet_s` passes without events, so a stream can send a keep-alive.
-        One timer per submission, re-armed, rather than a timeout per event: this loop runs
-        once per step of every stream.
-        """
-        loop = asyncio.get_running_loop()
-        heard = [True]
-
-        def tick() -> None:
-            if not heard[0]:
-                self.queue.put_nowait(QUIET)
-            heard[0] = False
-            timer[0] = loop.call_later(quiet_s, tick)
-
-        timer = [loop.call_later(quiet_s, tick)]
-        try:
-            while self.unfinished:
-                items = [await self.queue.get()]
-                while not self.queue.empty():
-                    items.append(self.queue.get_nowait())
-                batch = [item for item in items if item[0] != QUIET[0]]
-                if not batch:
-                    yield None
-                    continue
-                heard[0] = True
-                for index, events in batch:
-                    if isinstance(events[-1], Finished):
-                        self.unfinished.discard(index)
-                yield batch
-        finally:
-            timer[0].cancel()
-            self.cancel()  # the consumer left early: free the batch rows
+    def tokens(self, sequence: SequenceStream) -> list[GeneratedToken]:
+        """The sequence's pending characters as tokens (taking them)."""
+        chunks, position = sequence.take()
+        tokens: list[GeneratedToken] = []
+        chars = self.chars
+        for events, first, count in chunks:
+            tops = top_alternatives(events, first, count, chars) if len(events.top_index) else {}
+            ids = events.ids[first : first + count].tolist()
+            logprobs = events.logprobs[first : first + count].tolist()
+            for j, (char_id, logprob) in enumerate(zip(ids, logprobs, strict=True)):
+                position += 1
+                tokens.append(GeneratedToken(position, char_id, chars[char_id], logprob, tops.get(first + j, ())))
+        return tokens
 
     async def results(self, disconnected: Callable[[], Awaitable[bool]]) -> list[SequenceResult]:
         """Every sequence's tokens and end; cancels them all if the client disconnects."""
-        tokens: list[list[GeneratedToken]] = [[] for _ in self.requests]
-        ends: dict[int, Finished] = {}
-        checked = time.monotonic()
-        async for batch in self.events(DISCONNECT_POLL_S):
-            if time.monotonic() - checked >= DISCONNECT_POLL_S:
-                checked = time.monotonic()
-                if await disconnected():
-                    self.cancel()
-                    raise ClientGone()
-            for index, events in batch or ():
-                for event in events:
-                    if isinstance(event, Finished):
-                        ends[index] = event
-                    else:
-                        tokens[index].append(event)
-        return [SequenceResult(tokens[i], ends[i]) for i in range(len(self.requests))]
+        watch = asyncio.ensure_future(watch_disconnect(disconnected, self.submission))
+        tokens: list[list[GeneratedToken]] = [[] for _ in self.submission.sequences]
+        try:
+            async for ready in self.submission.updates():
+                for sequence in ready or ():
+                    tokens[sequence.index] += self.tokens(sequence)
+        finally:
+            watch.cancel()
+        if self.submission.gone:
+            raise ClientGone()
+        return [SequenceResult(tokens[s.index], with_text(s.end, tokens[s.index]))
+                for s in self.submission.sequences if s.end is not None]
+
+    def updates(self) -> AsyncIterator[list[SequenceStream] | None]:
+        return self.submission.updates()
+
+
+def with_text(end: Finished | None, tokens: list[GeneratedToken]) -> Finished:
+    assert end is not None
+    return dataclasses.replace(end, text="".join(t.text for t in tokens))
+
+
+def top_alternatives(events: StepEvents, first: int, count: int, chars: list[str]
+                     ) -> dict[int, tuple[Alternative, ...]]:
+    """The alternatives of the characters [first, first + count) of a message, by character index."""
+    out: dict[int, tuple[Alternative, ...]] = {}
+    for row, index in enumerate(events.top_index.tolist()):
+        if first <= index < first + count:
+            out[index] = tuple(Alternative(i, chars[i], lp) for i, lp in
+                               zip(events.top_ids[row].tolist(), events.top_logprobs[row].tolist(), strict=True)
+                               if i >= 0)
+    return out
+
+
+async def watch_disconnect(disconnected: Callable[[], Awaitable[bool]], submission: Submission) -> None:
+    """Wait for the client to go away; then cancel the submission's sequences."""
+    if await disconnected():
+        submission.client_gone()
+
+
+def disconnect_of(receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> Callable[[], Awaitable[bool]]:
+    """Waits for an ASGI connection's disconnect message (the request's body was read before):
+    one task per request, rather than asking again every few milliseconds."""
+    async def disconnected() -> bool:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return True
+
+    return disconnected
+

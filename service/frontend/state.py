@@ -1,20 +1,21 @@
-"""What the running service holds: settings, metrics, the registry, and whether it is draining."""
+"""What a running front end holds: settings, metrics, the models it serves, and whether it is draining."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import time
+from collections.abc import Callable
 
 from fastapi import Request
 from pydantic import SecretStr
 
-from service.control.live_models import ModelWatcher
-from service.control.model_entry import ModelEntry
-from service.control.registry import Registry
+from service.frontend.engine_client import EngineConnection
 from service.frontend.errors import ServiceError
-from service.frontend.generation import Mailbox
 from service.frontend.metrics import ServiceMetrics
+from service.frontend.models import FrontModels, ModelView
+from service.frontend.streams import Pacer
 from service.settings import Settings
 
 
@@ -22,29 +23,31 @@ from service.settings import Settings
 class ServiceState:
     settings: Settings
     metrics: ServiceMetrics
-    registry: Registry | None = None  # None until the models are loaded
-    mailbox: Mailbox | None = None  # engine threads -> event loop; made in the lifespan
-    watcher: ModelWatcher | None = None  # follows the models directory; made in the lifespan
+    pacer: Pacer
+    models: FrontModels | None = None  # None until the models are loaded
+    loop: asyncio.AbstractEventLoop | None = None  # the front end's event loop, once it runs
+    request_drain: Callable[[], None] = lambda: None  # set by the server that drains this front end
+    front_end: int = 0  # which of the server's front ends this is
+    workers: int = 1
     draining: bool = False
     startup_error: str | None = None
     started_at: float = dataclasses.field(default_factory=time.time)
 
     @property
     def ready(self) -> bool:
-        return self.registry is not None and not self.draining
+        return self.models is not None and not self.draining
 
-    def model(self, name: str | None, param: str = "model") -> ModelEntry:
-        """The ready model for a request; 404 naming the ones that exist."""
-        assert self.registry is not None
+    def model(self, name: str | None, param: str = "model") -> tuple[ModelView, EngineConnection]:
+        """The ready model for a request, and its engine's client; 404 naming the ones that exist."""
+        assert self.models is not None
         try:
-            return self.registry.get(name)
+            return self.models.get(name)
         except LookupError as exc:
             raise ServiceError(404, str(exc), param=param, kind="not_found", code="model_not_found") from None
 
     def active_sequences(self) -> int:
-        if self.registry is None:
-            return 0
-        return sum(engine.active + engine.queued for engine in self.registry.engines)
+        """This front end's sequences that have not ended (queued ones included)."""
+        return self.models.in_flight() if self.models is not None else 0
 
 
 def service_state(request: Request) -> ServiceState:
@@ -56,7 +59,7 @@ def ready_service(request: Request) -> ServiceState:
     """Dependency of every generation route: 503 while starting or draining, 401 without the key."""
     state = service_state(request)
     check_api_key(request, state.settings)
-    if state.registry is None:
+    if state.models is None:
         raise ServiceError(503, "the service is starting; models are loading")
     if state.draining:
         raise ServiceError(503, "the service is shutting down and takes no new requests")
@@ -79,7 +82,7 @@ def admin_service(request: Request) -> ServiceState:
     if not bearer_matches(request, state.settings.admin_key):
         raise ServiceError(401, "missing or invalid admin key: send 'Authorization: Bearer <CHARLM_ADMIN_KEY>'",
                            code="invalid_admin_key")
-    if state.registry is None or state.watcher is None:
+    if state.models is None:
         raise ServiceError(503, "the service is starting; models are loading")
     if state.draining:
         raise ServiceError(503, "the service is shutting down")

@@ -2,9 +2,10 @@
 
 An event is written for every character of every stream, on the event loop: at
 hundreds of thousands of characters per second, building and validating models
-per event would cost more than everything else. The final events of a stream,
-written once, still go through the schemas. The JSON here is what `json.dumps`
-writes for the same objects.
+per event would cost more than everything else. Characters arrive as arrays
+(`service.frontend.streams`); each vocabulary entry's JSON fragment is built once
+per model. The final events of a stream, written once, still go through the
+schemas. The JSON here is what `json.dumps` writes for the same objects.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import functools
 import json
 import math
 
+from service.engine.events import StepEvents
 from service.engine.sequences import Alternative, GeneratedToken
 
-KEEPALIVE = ": keep-alive\n\n"
+KEEPALIVE = b": keep-alive\n\n"
 
 
 @functools.lru_cache(maxsize=65536)
@@ -32,16 +34,41 @@ def data_event(json_data: str) -> str:
     return f"data: {json_data}\n\n"
 
 
-def tgi_token(t: GeneratedToken | Alternative) -> str:
-    return (f'{{"id": {t.id}, "text": {json_text(t.text)}, "logprob": {json_float(t.logprob)}, '
-            f'"special": false}}')
+class TGIText:
+    """TGI's per-character stream events for one model's vocabulary."""
 
+    def __init__(self, chars: list[str]):
+        self.chars = chars
+        # '{"id": 5, "text": "a", "logprob": ' for each character id
+        self.heads = [f'{{"id": {i}, "text": {json_text(c)}, "logprob": ' for i, c in enumerate(chars)]
 
-def tgi_character_event(t: GeneratedToken) -> str:
-    """TGI's `StreamResponse` for one character that is not the last of its stream."""
-    top = "[" + ", ".join(tgi_token(a) for a in t.top) + "]" if t.top else "null"
-    return data_event(f'{{"index": {t.position}, "token": {tgi_token(t)}, "top_tokens": {top}, '
-                      f'"generated_text": null, "details": null}}')
+    def token(self, t: GeneratedToken | Alternative) -> str:
+        return f'{self.heads[t.id]}{json_float(t.logprob)}, "special": false}}'
+
+    def plain_events(self, ids: list[int], logprobs: list[float], position: int) -> str:
+        """`StreamResponse` events for characters without alternatives, the first at `position` + 1."""
+        heads = self.heads
+        return "".join(
+            f'data: {{"index": {p}, "token": {heads[i]}{json_float(lp)}, "special": false}}, "top_tokens": null, '
+            f'"generated_text": null, "details": null}}\n\n'
+            for p, i, lp in zip(range(position + 1, position + 1 + len(ids)), ids, logprobs, strict=True))
+
+    def chunk_events(self, chunks: list[tuple[StepEvents, int, int]], position: int, written: list[int]) -> str:
+        """The events of characters in message chunks (none with alternatives), the first at
+        `position` + 1; their ids are added to `written`."""
+        parts = []
+        for events, first, count in chunks:
+            ids = events.ids[first : first + count].tolist()
+            parts.append(self.plain_events(ids, events.logprobs[first : first + count].tolist(), position))
+            written += ids
+            position += count
+        return "".join(parts)
+
+    def event(self, t: GeneratedToken) -> str:
+        """TGI's `StreamResponse` for one character that is not the last of its stream."""
+        top = "[" + ", ".join(self.token(a) for a in t.top) + "]" if t.top else "null"
+        return data_event(f'{{"index": {t.position}, "token": {self.token(t)}, "top_tokens": {top}, '
+                          f'"generated_text": null, "details": null}}')
 
 
 class OpenAIChunks:
@@ -57,8 +84,14 @@ class OpenAIChunks:
 
     def characters(self, index: int, tokens: list[GeneratedToken], offset: int) -> str:
         """One chunk carrying `tokens` of choice `index`; `offset` counts an echoed prompt."""
-        text = json_text("".join(t.text for t in tokens))
+        text = json.dumps("".join(t.text for t in tokens), ensure_ascii=False)
         choice = f'{{"text": {text}, "index": {index}, "logprobs": {self._logprobs(tokens, offset)}, ' \
+                 f'"finish_reason": null}}'
+        return data_event(self.prefix + choice + self.suffix)
+
+    def text_only(self, index: int, text: str) -> str:
+        """One chunk of text without log-probabilities (the common case, without tokens)."""
+        choice = f'{{"text": {json.dumps(text, ensure_ascii=False)}, "index": {index}, "logprobs": null, ' \
                  f'"finish_reason": null}}'
         return data_event(self.prefix + choice + self.suffix)
 

@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.frontend.app import create_app
+from service.frontend.models import LocalModels
 from service.frontend.state import ServiceState
 from service.settings import Settings
 from tests.helpers import wait_until
@@ -52,9 +53,12 @@ def service_state(app: FastAPI) -> ServiceState:
 
 
 def engine_of(app: FastAPI, model: str) -> Any:
-    registry = service_state(app).registry
-    assert registry is not None
-    return registry.entries[model].engine
+    """The `Engine` serving `model` (in these apps, engines run in threads of the app's process)."""
+    models = service_state(app).models
+    assert isinstance(models, LocalModels)
+    handle = models.registry.entries[model].engine
+    assert handle is not None and handle.engine is not None
+    return handle.engine
 
 
 LONG = 1_000_000  # characters: longer than any test waits

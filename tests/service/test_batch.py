@@ -9,14 +9,20 @@ from charlm.decoding import SlotDecoder
 from charlm.generation import prompt_ids
 from charlm.sampling import SamplingParams
 from service.engine.batch import RunningBatch
+from service.engine.events import CallbackSink, StepEventsBuilder
 from service.engine.sequences import EngineMetrics, Finished, GenerationRequest
 from service.engine.stopping import FinishReason
 
 CUDA_LIKE = {"fixed_shape": True, "feed_prompts": True}
 
 
+def batch_of(model, vocab, slots: int, **mode) -> RunningBatch:
+    return RunningBatch(SlotDecoder(model, slots, **mode), vocab.chars, EngineMetrics(), StepEventsBuilder())
+
+
 def run(batch: RunningBatch, specs, cancel_after: dict[int, int] | None = None) -> list[Finished]:
-    """Admit (prompt ids, params, max_new, stop) specs one per step, step until all end."""
+    """Admit (prompt ids, params, max_new, stop) specs one per step, step until all end; each step's
+    events go through a CallbackSink as an engine's would."""
     ends: dict[int, Finished] = {}
     seen = [0] * len(specs)
 
@@ -26,8 +32,10 @@ def run(batch: RunningBatch, specs, cancel_after: dict[int, int] | None = None) 
             if isinstance(event, Finished):
                 ends[index] = event
 
-    requests = [GenerationRequest(ids, n, params, lambda events, i=i: on_events(i, events), stop=stop)
+    sink = CallbackSink(batch.chars)
+    requests = [GenerationRequest(ids, n, params, lambda events, i=i: on_events(i, events), stop=stop, key=i)
                 for i, (ids, params, n, stop) in enumerate(specs)]
+    sink.accepted(requests)
     waiting = list(requests)
     with torch.inference_mode():
         for _ in range(10_000):
@@ -37,6 +45,7 @@ def run(batch: RunningBatch, specs, cancel_after: dict[int, int] | None = None) 
                 if seen[index] >= after:
                     requests[index].cancel()
             batch.step()
+            sink.deliver(batch.out.take())
             if len(ends) == len(specs) and not batch.busy:
                 break
     return [ends[i] for i in range(len(specs))]
@@ -54,9 +63,9 @@ def test_sequences_in_a_pipelined_fixed_batch_equal_each_alone(trained_dir, mode
         (prompt_ids(vocab, "war"), SamplingParams(temperature=1.2, top_p=0.9, seed=4), 40, (",",)),
         (prompt_ids(vocab, "of"), SamplingParams(temperature=1.0, seed=5), 35, ()),
     ]
-    together = run(RunningBatch(SlotDecoder(loaded.model, 3, **mode), vocab, EngineMetrics()), specs)
+    together = run(batch_of(loaded.model, vocab, 3, **mode), specs)
     for spec, end in zip(specs, together, strict=True):
-        alone = run(RunningBatch(SlotDecoder(loaded.model, 3, **mode), vocab, EngineMetrics()), [spec])[0]
+        alone = run(batch_of(loaded.model, vocab, 3, **mode), [spec])[0]
         assert (end.text, end.reason, end.generated_tokens) == (alone.text, alone.reason, alone.generated_tokens)
         assert end.reason in (FinishReason.LENGTH, FinishReason.STOP)
 
@@ -66,7 +75,7 @@ def test_a_cancelled_row_leaves_and_the_others_run_on(trained_dir):
     vocab = loaded.vocab
     ids = prompt_ids(vocab, "the")
     specs = [(ids, SamplingParams(seed=s), 40, ()) for s in range(3)]
-    ends = run(RunningBatch(SlotDecoder(loaded.model, 3, **CUDA_LIKE), vocab, EngineMetrics()), specs,
+    ends = run(batch_of(loaded.model, vocab, 3, **CUDA_LIKE), specs,
                cancel_after={1: 5})
     assert ends[1].reason is FinishReason.CANCELLED and 5 <= ends[1].generated_tokens < 40
     assert [ends[i].generated_tokens for i in (0, 2)] == [40, 40]

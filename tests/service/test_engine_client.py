@@ -1,12 +1,16 @@
-"""An engine in a process of its own (these tests start real child processes): the same sequences as
-the engine in a thread, cancellation across the pipe, 429 decided on this side, metrics carried
-over, and a child that dies ends its sequences with an error instead of leaving them hanging."""
+"""An engine in a process of its own, reached by front ends over its socket (these tests start real
+engine processes): the same sequences as generated here, cancellation across the socket, 429
+decided by the engine from every front end's requests, metrics carried over, a front end that goes
+away has its requests cancelled, and an engine that dies ends its sequences with an error instead
+of leaving them hanging."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-import queue
 import signal
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,94 +18,139 @@ import torch
 from charlm.checkpoint import load_model
 from charlm.generation import generate, prompt_ids
 from charlm.sampling import SamplingParams
+from service.control.engines import EngineProcess
 from service.engine.engine import EngineClosed, QueueFull
-from service.engine.process import EngineSpec
-from service.engine.sequences import Finished, GenerationRequest
+from service.engine.process import EngineSpec, RequestSpec
 from service.engine.stopping import FinishReason
 from service.frontend.engine_client import EngineClient
 from service.frontend.metrics import ServiceMetrics
+from service.frontend.streams import Pacer, Submission, chunk_ids
+
+pytestmark = pytest.mark.anyio
+
+
+def spec_for(path: Path, runtime: Path, **overrides) -> EngineSpec:
+    values = dict(name=path.name, path=path, device="cpu", dtype=torch.float32, max_batch_size=2, max_queued=1,
+                  cuda_graphs=False, threads=1, log_level="warning", address=str(runtime / "engine.sock"))
+    return EngineSpec(**{**values, **overrides})
 
 
 @pytest.fixture()
-def client(tiny_models):
-    spec = EngineSpec("tiny-gpt", tiny_models / "tiny-gpt", "cpu", torch.float32, max_batch_size=2, max_queued=1,
-                      cuda_graphs=False, threads=1, log_level="warning")
-    engine = EngineClient(spec, ServiceMetrics())
-    engine.start()
-    yield engine
-    engine.close()
-    engine.cancel_all()
-    assert engine.join(60)
+def engine(tiny_models, tmp_path):
+    handle = EngineProcess(spec_for(tiny_models / "tiny-gpt", tmp_path))
+    handle.start()
+    yield handle
+    handle.close()
+    handle.cancel_all()
+    assert handle.join(60)
 
 
-def collecting(events: queue.Queue, name: str):
-    return lambda batch: [events.put((name, e)) for e in batch]
+async def connected(handle: EngineProcess, metrics: ServiceMetrics | None = None) -> EngineClient:
+    assert handle.address is not None
+    client = EngineClient(handle.name, handle.address, metrics or ServiceMetrics())
+    await client.connect()
+    return client
 
 
-def finish_of(events: queue.Queue, names: set[str]) -> dict[str, Finished]:
-    ends: dict[str, Finished] = {}
-    while set(ends) != names:
-        name, event = events.get(timeout=60)
-        if isinstance(event, Finished):
-            ends[name] = event
-    return ends
+async def submit(client: EngineClient, prompts: list[list[int]], params: list[SamplingParams], max_new: int,
+                 interval: int = 0) -> Submission:
+    submission = Submission(len(prompts), interval, Pacer(1e9, 60), client.cancel)
+    specs = [RequestSpec(-1, ids, max_new, p, (), 0, None, "test", time.monotonic())
+             for ids, p in zip(prompts, params, strict=True)]
+    await client.submit(submission, specs)
+    return submission
 
 
-def test_sequences_equal_the_ones_generated_in_this_process(client, tiny_models):
+async def texts(submission: Submission, chars: list[str]) -> list[tuple[str, FinishReason, str | None]]:
+    """Each sequence's text, finish reason and error, once all have ended."""
+    collected: dict[int, list[int]] = {s.index: [] for s in submission.sequences}
+    async for ready in submission.updates():
+        for sequence in ready or ():
+            collected[sequence.index] += chunk_ids(sequence.take()[0]).tolist()
+    ends = [s.end for s in submission.sequences]
+    return [("".join(chars[i] for i in collected[k]), e.reason, e.error) for k, e in enumerate(ends) if e]
+
+
+async def test_sequences_equal_the_ones_generated_in_this_process(engine, tiny_models):
     loaded = load_model(tiny_models / "tiny-gpt")
-    events: queue.Queue = queue.Queue()
-    prompts = {"a": "the king", "b": "war"}
-    params = {"a": SamplingParams(temperature=0.9, seed=5), "b": SamplingParams(temperature=1.1, top_k=4, seed=6)}
-    client.submit_all([GenerationRequest(prompt_ids(loaded.vocab, prompts[n]), 40, params[n], collecting(events, n))
-                       for n in prompts])
-    ends = finish_of(events, set(prompts))
-    for name, prompt in prompts.items():
-        reference = "".join(c.char for c in generate(loaded.model, loaded.vocab, prompt, 40, params[name]))
-        assert ends[name].text == reference and ends[name].reason is FinishReason.LENGTH
-    counted = client.metrics.registry.get_sample_value("charlm_chars_generated_total", {"model": "tiny-gpt"})
-    assert counted == 80  # counted in the child, carried here
+    metrics = ServiceMetrics()
+    client = await connected(engine, metrics)
+    prompts = ["the king", "war"]
+    params = [SamplingParams(temperature=0.9, seed=5), SamplingParams(temperature=1.1, top_k=4, seed=6)]
+    submission = await submit(client, [prompt_ids(loaded.vocab, p) for p in prompts], params, 40)
+    results = await texts(submission, loaded.vocab.chars)
+    for prompt, p, (text, reason, _) in zip(prompts, params, results, strict=True):
+        reference = "".join(c.char for c in generate(loaded.model, loaded.vocab, prompt, 40, p))
+        assert text == reference and reason is FinishReason.LENGTH
+    counted = metrics.registry.get_sample_value("charlm_chars_generated_total", {"model": "tiny-gpt"})
+    assert counted == 80  # counted in the engine process, carried here
+    client.close()
 
 
-def test_a_cancellation_crosses_the_pipe(client):
-    events: queue.Queue = queue.Queue()
-    request = GenerationRequest([1, 2], 10**9, SamplingParams(), collecting(events, "endless"))
-    client.submit(request)
-    events.get(timeout=60)  # it runs
-    request.cancel()
-    assert finish_of(events, {"endless"})["endless"].reason is FinishReason.CANCELLED
-    assert client.active == 0 and client.queued == 0
+async def test_a_cancellation_crosses_the_socket(engine):
+    client = await connected(engine)
+    submission = await submit(client, [[1, 2]], [SamplingParams()], 10**9, interval=1)
+    updates = submission.updates()
+    assert await anext(updates)  # it runs
+    submission.cancel()
+    async for ready in updates:
+        for sequence in ready or ():
+            sequence.take()
+    assert submission.sequences[0].end.reason is FinishReason.CANCELLED
+    client.close()
 
 
-def test_the_queue_limit_is_decided_here(client):
-    events: queue.Queue = queue.Queue()
-    running = [GenerationRequest([1], 10**9, SamplingParams(), collecting(events, f"r{i}")) for i in range(3)]
-    client.submit_all(running)  # two rows and one waiting: full
+async def test_the_queue_limit_counts_every_front_ends_requests(engine):
+    """Two rows and one queued place in all: the second front end is refused when the first has
+    filled them."""
+    first, second = await connected(engine), await connected(engine)
+    running = await submit(first, [[1], [1], [1]], [SamplingParams()] * 3, 10**9, interval=1)
     with pytest.raises(QueueFull):
-        client.submit(GenerationRequest([1], 5, SamplingParams(), collecting(events, "late")))
-    for request in running:
-        request.cancel()
-    finish_of(events, {"r0", "r1", "r2"})
+        await submit(second, [[1]], [SamplingParams()], 5)
+    running.cancel()
+    await texts(running, ["?"] * 100)
+    done = await submit(second, [[1]], [SamplingParams()], 5)  # room again
+    assert (await texts(done, ["?"] * 100))[0][1] is FinishReason.LENGTH
+    first.close()
+    second.close()
 
 
-def test_a_child_that_dies_ends_its_sequences_with_an_error(tiny_models):
-    spec = EngineSpec("tiny-lstm", tiny_models / "tiny-lstm", "cpu", torch.float32, max_batch_size=2, max_queued=2,
-                      cuda_graphs=False, threads=1, log_level="warning")
-    engine = EngineClient(spec, ServiceMetrics())
-    engine.start()
-    events: queue.Queue = queue.Queue()
-    engine.submit(GenerationRequest([1, 2], 10**9, SamplingParams(), collecting(events, "running")))
-    events.get(timeout=60)
-    os.kill(engine._process.pid, signal.SIGKILL)
-    end = finish_of(events, {"running"})["running"]
+async def test_a_front_end_that_goes_away_has_its_requests_cancelled(engine):
+    leaving, staying = await connected(engine), await connected(engine)
+    await submit(leaving, [[1], [1]], [SamplingParams()] * 2, 10**9, interval=1)
+    leaving.close()
+    for _ in range(500):  # the engine frees both rows within a few steps
+        probe = await submit(staying, [[1]], [SamplingParams()], 1)
+        await texts(probe, ["?"] * 100)
+        if staying.active == 0 and staying.queued == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert staying.active == 0 and staying.queued == 0
+    staying.close()
+
+
+async def test_an_engine_that_dies_ends_its_sequences_with_an_error(tiny_models, tmp_path):
+    handle = EngineProcess(spec_for(tiny_models / "tiny-lstm", tmp_path, max_queued=2))
+    handle.start()
+    client = await connected(handle)
+    submission = await submit(client, [[1, 2]], [SamplingParams()], 10**9, interval=1)
+    updates = submission.updates()
+    assert await anext(updates)
+    assert handle.pid is not None
+    os.kill(handle.pid, signal.SIGKILL)
+    async for ready in updates:
+        for sequence in ready or ():
+            sequence.take()
+    end = submission.sequences[0].end
     assert end.reason is FinishReason.ERROR and "exited unexpectedly" in (end.error or "")
-    assert engine.failure is not None and "exited unexpectedly" in engine.failure
+    assert client.failure is not None and "exited unexpectedly" in client.failure
     with pytest.raises(EngineClosed):
-        engine.submit(GenerationRequest([1], 5, SamplingParams(), collecting(events, "after")))
-    assert engine.join(30)
+        await submit(client, [[1]], [SamplingParams()], 5)
+    assert handle.join(30)
+    assert handle.failure is not None and "exited unexpectedly" in handle.failure
 
 
 def test_a_model_that_cannot_load_is_reported_by_start(tmp_path):
-    spec = EngineSpec("missing", tmp_path / "missing", "cpu", torch.float32, 2, 2, False, 1, "warning")
-    engine = EngineClient(spec, ServiceMetrics())
+    handle = EngineProcess(spec_for(tmp_path / "missing", tmp_path))
     with pytest.raises(EngineClosed, match="not a directory"):
-        engine.start()
+        handle.start()

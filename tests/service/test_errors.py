@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.service.helpers import running_app, service_state, settings_for
+from tests.service.helpers import engine_of, running_app, service_state, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -128,7 +128,7 @@ async def test_full_queue_answers_429_with_retry_after(serve):
         long = tgi(max_new_tokens=400)
         running = asyncio.create_task(client.post("/generate", json=long))
         queued = asyncio.create_task(client.post("/generate", json=long))
-        engine = service_state(app).registry.entries["tiny-gpt"].engine
+        engine = engine_of(app, "tiny-gpt")
         while engine.active + engine.queued < 2:
             await asyncio.sleep(0.01)
         response = await client.post("/generate", json=tgi())

@@ -123,7 +123,7 @@ async def test_a_half_copied_directory_is_never_served_and_is_retried_when_it_ch
         assert "truncated" in str((await client.get("/info")).json()["models"]["half"]["error"])
         assert (await generate(client, "half")).status_code == 404
         assert "charlm_model_load_failures_total{model=\"half\"} 1.0" in (await client.get("/metrics")).text
-        assert (await service_state(app).watcher.reload()).failed == {}  # a poll: unchanged, not tried again
+        assert (await service_state(app).models.watcher.reload()).failed == {}  # a poll: unchanged, not tried again
         assert "half" in dict((await reload(client))["failed"])  # type: ignore[call-overload]  # explicit: tried
         (half / WEIGHTS_FILE).write_bytes(weights)  # the copy completes
         assert (await reload(client))["loaded"] == ["half"]
@@ -157,7 +157,7 @@ async def test_an_unloaded_model_stays_unloaded_until_an_explicit_reload(own_mod
         assert (await generate(client, "spare")).status_code == 404
         assert (await client.post("/admin/models/spare/unload", headers=ADMIN)).status_code == 409
         assert (await client.post("/admin/models/nothing/unload", headers=ADMIN)).status_code == 404
-        assert (await service_state(app).watcher.reload()).loaded == []  # what a poll does: nothing
+        assert (await service_state(app).models.watcher.reload()).loaded == []  # what a poll does: nothing
         assert (await reload(client))["loaded"] == ["spare"]
         assert (await generate(client, "spare")).status_code == 200
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -11,9 +12,9 @@ from fastapi.sse import EventSourceResponse
 
 from service.engine.sequences import Alternative, Finished, GeneratedToken
 from service.engine.stopping import FinishReason
-from service.frontend.admission import Admitted, admit, log_completion, logged
+from service.frontend.admission import Admitted, admit, log_completion, log_if_left
 from service.frontend.errors import ServiceError
-from service.frontend.generation import ClientGone, GenerationSpec, SequenceResult, best_first
+from service.frontend.generation import ClientGone, GenerationSpec, SequenceResult, best_first, disconnect_of
 from service.frontend.schemas.errors import TGI_GENERATION
 from service.frontend.schemas.tgi import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -28,7 +29,7 @@ from service.frontend.schemas.tgi import (
 )
 from service.frontend.sse import STREAM_RESPONSE, sse_response
 from service.frontend.state import ServiceState, ready_service
-from service.frontend.stream_text import KEEPALIVE, data_event, tgi_character_event
+from service.frontend.stream_text import KEEPALIVE, TGIText, data_event
 
 router = APIRouter(tags=["TGI"])
 
@@ -42,7 +43,8 @@ FINISH_REASONS = {  # TGI's names where it has one
 END_TOKEN = Token(id=-1, text="", logprob=0.0, special=True)  # carries the final stream event
 
 
-def admit_tgi(state: ServiceState, request: Request, body: GenerateRequest, stream: bool = False) -> Admitted:
+async def admit_tgi(state: ServiceState, request: Request, body: GenerateRequest, stream: bool = False
+                    ) -> Admitted:
     """One sequence per prompt, or `best_of` candidates each (candidate j draws with seed + j)."""
     p = body.parameters
     prompts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
@@ -57,14 +59,14 @@ def admit_tgi(state: ServiceState, request: Request, body: GenerateRequest, stre
     spec = GenerationSpec(max_new_tokens, p.sampling(), tuple(p.stop), p.top_n_tokens or 0, interval)
     expanded = [prompt for prompt in prompts for _ in range(candidates)]
     offsets = [j for _ in prompts for j in range(candidates)]
-    return admit(state, request, body.model, expanded, spec, "inputs", "parameters.max_new_tokens", offsets)
+    return await admit(state, request, body.model, expanded, spec, "inputs", "parameters.max_new_tokens", offsets)
 
 
-def admit_tgi_stream(body: GenerateRequest, request: Request, state: ServiceState) -> Admitted:
+async def admit_tgi_stream(body: GenerateRequest, request: Request, state: ServiceState) -> Admitted:
     """Everything that can fail before a stream starts: validation, model, prompt, queue."""
     if isinstance(body.inputs, list):
         raise ServiceError(422, "a stream takes one prompt; send a string as inputs", param="inputs")
-    return admit_tgi(state, request, body, stream=True)
+    return await admit_tgi(state, request, body, stream=True)
 
 
 def token(t: GeneratedToken | Alternative) -> Token:
@@ -103,9 +105,9 @@ async def generate(
     body: GenerateRequest, request: Request, state: Annotated[ServiceState, Depends(ready_service)]
 ) -> GenerateResponse | list[GenerateResponse] | Response:
     """Generate a continuation of `inputs` (or of each prompt in a list, batched together)."""
-    admitted = admit_tgi(state, request, body)
+    admitted = await admit_tgi(state, request, body)
     try:
-        results = await admitted.submission.results(request.is_disconnected)
+        results = await admitted.queued.results(disconnect_of(request.receive))
     except ClientGone:
         return Response(status_code=499)
     log_completion(admitted, "/generate", [r.finished for r in results])
@@ -121,34 +123,47 @@ async def generate_stream(
 ) -> EventSourceResponse:
     """Stream the continuation as Server-Sent Events, one per character; the last event carries
     `generated_text` and `details` on a special empty token."""
-    admitted = admit_tgi_stream(body, request, state)
-    return sse_response(logged(admitted, tgi_events(admitted, body, request)), openai=False)
+    admitted = await admit_tgi_stream(body, request, state)
+    return sse_response(tgi_events(admitted, body, request), openai=False)
 
 
 async def tgi_events(admitted: Admitted, body: GenerateRequest, request: Request) -> AsyncIterator[bytes]:
     """One event per character, all that are ready written together; the last event also carries
     `generated_text` and `details`."""
-    keepalive = request.app.state.service.settings.sse_keepalive_s
-    async for batch in admitted.submission.events(keepalive):
-        if batch is None:
-            yield KEEPALIVE.encode()
-            continue
-        parts: list[str] = []
-        for _, events in batch:  # a TGI stream has one sequence
-            tokens = [e for e in events if isinstance(e, GeneratedToken)]
-            end = events[-1] if isinstance(events[-1], Finished) else None
-            if end is None or end.reason is FinishReason.ERROR:
-                parts += [tgi_character_event(t) for t in tokens]
-            if end is None:
+    queued = admitted.queued
+    text = TGIText(queued.chars)
+    written: list[int] = []  # every character id sent, for generated_text
+    try:
+        async for ready in queued.updates():
+            if ready is None:
+                yield KEEPALIVE
                 continue
-            log_completion(admitted, "/generate_stream", [end])
-            if end.reason is FinishReason.ERROR:
-                error = {"error": end.error or "generation failed", "error_type": "generation"}
-                parts.append(data_event(json.dumps(error)))
+            (sequence,) = ready  # a TGI stream has one sequence
+            if sequence.end is None and not body.parameters.top_n_tokens:  # the common case
+                chunks, position = sequence.take()
+                yield text.chunk_events(chunks, position, written).encode()
+                continue
+            tokens = queued.tokens(sequence)
+            written += [t.id for t in tokens]
+            if sequence.end is None:
+                yield "".join(text.event(t) for t in tokens).encode()
             else:
-                parts += [tgi_character_event(t) for t in tokens[:-1]]
-                parts.append(closing_event(tokens[-1] if tokens else None, end, admitted.prompts[0], body))
-        yield "".join(parts).encode()
+                generated = "".join(queued.chars[i] for i in written)
+                yield closing_events(admitted, body, text, tokens, dataclasses.replace(sequence.end, text=generated))
+    finally:
+        log_if_left(admitted)
+
+
+def closing_events(admitted: Admitted, body: GenerateRequest, text: TGIText, tokens: list[GeneratedToken],
+                   end: Finished) -> bytes:
+    """A stream's last characters and its end: an error event, or the last character's event with
+    the text and details."""
+    log_completion(admitted, "/generate_stream", [end])
+    if end.reason is FinishReason.ERROR:
+        error = {"error": end.error or "generation failed", "error_type": "generation"}
+        return ("".join(text.event(t) for t in tokens) + data_event(json.dumps(error))).encode()
+    last = tokens[-1] if tokens else None
+    return ("".join(text.event(t) for t in tokens[:-1]) + closing_event(last, end, admitted.prompts[0], body)).encode()
 
 
 def closing_event(last: GeneratedToken | None, end: Finished, prompt: str, body: GenerateRequest) -> str:
@@ -174,8 +189,8 @@ async def compat_generate(
 ) -> Response | list[GenerateResponse]:
     """TGI's base route: `stream: false` answers a one-element list, `stream: true` streams."""
     if body.stream:
-        admitted = admit_tgi_stream(body, request, state)
-        return sse_response(logged(admitted, tgi_events(admitted, body, request)), openai=False)
+        admitted = await admit_tgi_stream(body, request, state)
+        return sse_response(tgi_events(admitted, body, request), openai=False)
     answer = await generate(body, request, state)
     if isinstance(answer, Response):
         return answer

@@ -29,6 +29,12 @@ class Health(BaseModel):
     models: dict[str, ModelStatus]
 
 
+class FrontEnd(BaseModel):
+    index: int = Field(description="which of the server's HTTP front ends answered (0 to workers - 1)")
+    workers: int = Field(description="the server's HTTP front-end processes")
+    pid: int = Field(description="this front end's process id")
+
+
 class Info(BaseModel):
     version: str
     device: str | None
@@ -36,6 +42,7 @@ class Info(BaseModel):
     default_model: str | None
     limits: dict[str, int | float]
     models: dict[str, ModelInfo]
+    front_end: FrontEnd
 
 
 class AdminModel(ModelStatus):
@@ -46,6 +53,7 @@ class AdminModel(ModelStatus):
     weights_bytes: int | None = Field(None, description="the weights in memory, in the served dtype")
     decode_state_bytes: int | None = None
     device_bytes: int | None = None
+    engine_pid: int | None = Field(None, description="the engine process's id (none for an engine in a thread)")
 
 
 class AdminModels(BaseModel):

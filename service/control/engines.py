@@ -1,0 +1,140 @@
+"""The control plane's handle on one model version's engine: started, closed, joined, watched.
+
+`EngineProcess` starts an engine in a process of its own (`service.engine.process`), which loads
+the model on the device and listens on a Unix socket for the front ends; the handle keeps a pipe
+to it for its life (started or failed, close, cancel, ended) and notices if it dies.
+`EngineThread` runs an engine in a thread of this process instead, on a model loaded here. Either
+way the front ends reach the engine through their own clients (`service.frontend.engine_client`).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from pathlib import Path
+
+from charlm.checkpoint import LoadedModel
+from service.engine.engine import Engine, EngineClosed
+from service.engine.process import EngineSpec, ModelInfo, run
+
+logger = logging.getLogger(__name__)
+START_TIMEOUT_S = 600.0  # loading and warming up a model (graphs captured, memory taken)
+
+
+class EngineProcess:
+    def __init__(self, spec: EngineSpec):
+        """Starts the process at once, so that several models load in parallel; `start` waits."""
+        self.name = spec.name
+        self.address: str | None = spec.address
+        self.memory: dict[str, object] = {}
+        self.info: ModelInfo | None = None
+        self.failure: str | None = None  # why the process is gone, when it went unexpectedly
+        self.engine: Engine | None = None
+        context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA
+        self._control, child_end = context.Pipe()
+        self._process = context.Process(target=run, args=(spec, child_end), daemon=True, name=f"engine-{spec.name}")
+        self._process.start()
+        child_end.close()
+        self._send_lock = threading.Lock()
+        self._watcher = threading.Thread(target=self._watch, name=f"engine-watch-{spec.name}", daemon=True)
+
+    def start(self) -> None:
+        """Wait for the process to load and warm up; raises EngineClosed with its reason if it could not."""
+        try:
+            if not self._control.poll(START_TIMEOUT_S):
+                self._process.kill()
+                raise EngineClosed(f"the engine process did not start within {START_TIMEOUT_S:.0f} s")
+            kind, *args = self._control.recv()
+        except (EOFError, OSError):
+            self._process.join(5)
+            raise EngineClosed(f"the engine process exited with status {self._process.exitcode}") from None
+        if kind == "failed":
+            self._process.join(30)
+            raise EngineClosed(args[0])
+        self.memory, self.info = args[0], args[1]
+        self._watcher.start()
+
+    def close(self, finish_queued: bool = False) -> None:
+        """Take no new requests; the active ones run to their end, the queued ones are cancelled or,
+        with `finish_queued` (a replaced version), run too. The process ends when they are done."""
+        self._send(("close", finish_queued))
+
+    def cancel_all(self) -> None:
+        self._send(("cancel_all",))
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._process.join(timeout)
+        if self._process.is_alive():
+            return False
+        if self._watcher.is_alive():
+            self._watcher.join(timeout)
+        return not self._watcher.is_alive()
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def _send(self, message: tuple[object, ...]) -> None:
+        try:
+            with self._send_lock:
+                self._control.send(message)
+        except (OSError, ValueError):  # the process is gone; the watcher says so
+            pass
+
+    def _watch(self) -> None:
+        """Until the process says it ended, or dies."""
+        try:
+            while self._control.recv()[0] != "ended":
+                pass
+        except (EOFError, OSError):
+            self._process.join(5)
+            self.failure = f"the engine process of model {self.name} exited unexpectedly"
+            logger.error("%s (status %s)", self.failure, self._process.exitcode)
+
+
+class EngineThread:
+    """An engine in a thread of this process, on a model loaded here."""
+
+    def __init__(self, engine: Engine, loaded: LoadedModel):
+        self.name = engine.name
+        self.engine: Engine | None = engine
+        self.address: str | None = None
+        self.info: ModelInfo | None = ModelInfo.of(loaded)
+        self.failure: str | None = None  # an engine in a thread fails only at start (EngineClosed)
+        self.pid: int | None = None
+
+    @property
+    def memory(self) -> dict[str, object]:
+        assert self.engine is not None
+        return self.engine.memory
+
+    def start(self) -> None:
+        assert self.engine is not None
+        self.engine.start()
+
+    def close(self, finish_queued: bool = False) -> None:
+        assert self.engine is not None
+        self.engine.close(finish_queued)
+
+    def cancel_all(self) -> None:
+        assert self.engine is not None
+        self.engine.cancel_all()
+
+    def join(self, timeout: float | None = None) -> bool:
+        assert self.engine is not None
+        return self.engine.join(timeout)
+
+    def kill(self) -> None:
+        self.cancel_all()
+
+
+EngineHandle = EngineProcess | EngineThread
+
+
+def socket_path(directory: Path, serial: int) -> str:
+    """Where engine number `serial` listens (a short path: Unix socket paths are limited)."""
+    return str(directory / f"engine-{serial}.sock")

@@ -1,0 +1,146 @@
+"""What a front end knows of the served models: a view of each model directory, and a client for
+each engine that serves one.
+
+The control plane (`service.control`) decides which versions are served; a front end follows it.
+`LocalModels` runs the control plane in this process (one front end: `--workers 1`, and the app in
+tests); `service.frontend.remote.RemoteModels` follows a supervisor's control plane over a socket
+(several front ends). Either way, after a change the front end connects to new engines before the
+control plane retires old ones, and an old version's client stays until its sequences are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from service.control.live_models import ModelWatcher, ReloadReport
+from service.control.registry import Registry, UnknownModelError
+from service.control.views import ModelView, ServerFacts, views_of
+from service.frontend.engine_client import EngineClient, EngineConnection, ThreadEngineClient
+from service.frontend.metrics import ServiceMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class FrontModels:
+    """The models as this front end serves them."""
+
+    def __init__(self, metrics: ServiceMetrics):
+        self.metrics = metrics
+        self.views: dict[str, ModelView] = {}
+        self.clients: dict[str, EngineConnection] = {}  # by ModelView.engine
+        self.retiring: list[EngineConnection] = []  # clients of versions no longer served, until done
+        self.default_model = ""
+        self.facts = ServerFacts("", "", 0, 0)
+        self.reloads: dict[str, int] = {}  # per model: versions loaded after startup
+        self.load_failures: dict[str, int] = {}
+
+    @property
+    def ready(self) -> list[ModelView]:
+        return [v for v in self.views.values() if self.status(v) == "ready"]
+
+    def status(self, view: ModelView) -> str:
+        """The view's status, or failed when this front end saw its engine die."""
+        client = self.clients.get(view.engine)
+        return "failed" if client is not None and client.failure else view.status
+
+    def reason(self, view: ModelView) -> str | None:
+        client = self.clients.get(view.engine)
+        return client.failure if client is not None and client.failure else view.error
+
+    def get(self, name: str | None) -> tuple[ModelView, EngineConnection]:
+        """The ready model called `name` (the default when None) and its engine's client."""
+        view = self.views.get(name or self.default_model)
+        if view is None or self.status(view) != "ready":
+            raise UnknownModelError(name or self.default_model, [v.name for v in self.ready])
+        return view, self.clients[view.engine]
+
+    def in_flight(self) -> int:
+        """This front end's sequences that have not ended, on every engine."""
+        self.retiring = [c for c in self.retiring if c.in_flight]
+        return sum(c.in_flight for c in self.clients.values()) + sum(c.in_flight for c in self.retiring)
+
+    async def follow(self, views: dict[str, ModelView], default_model: str) -> None:
+        """Serve by `views` from now on: connect to new engines first, then let go of old ones."""
+        wanted = {v.engine: v for v in views.values() if v.engine}
+        fresh: dict[str, EngineConnection] = {}
+        for key, view in wanted.items():
+            if key not in self.clients:
+                try:
+                    fresh[key] = await self._connect(view)
+                except OSError as exc:  # the engine is gone already: its failure is reported on the next change
+                    logger.error("model %s: cannot reach its engine: %s", view.name, exc)
+        for key, client in list(self.clients.items()):
+            if key not in wanted:
+                del self.clients[key]
+                client.closed = True  # takes no new requests; what it runs finishes
+                self.retiring.append(client)
+        self.clients.update(fresh)
+        self.views, self.default_model = views, default_model
+        self.metrics.models_loaded.set(len(self.ready))
+
+    async def _connect(self, view: ModelView) -> EngineConnection:
+        client = EngineClient(view.name, view.engine, self.metrics)
+        await client.connect()
+        return client
+
+    async def reload(self, explicit: bool = True) -> ReloadReport:
+        raise NotImplementedError
+
+    async def unload(self, name: str) -> bool:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """No more changes: the front end is shutting down."""
+
+    def cancel_all(self) -> None:
+        """Cancel this front end's sequences on every engine (each still gets its final event)."""
+        for client in [*self.clients.values(), *self.retiring]:
+            client.cancel_all()
+
+    def close(self) -> None:
+        for client in [*self.clients.values(), *self.retiring]:
+            client.close()
+
+
+class LocalModels(FrontModels):
+    """The control plane in this process: the registry, its engines and the models directory's
+    watcher; the front end follows each change before an old version retires."""
+
+    def __init__(self, registry: Registry, metrics: ServiceMetrics):
+        super().__init__(metrics)
+        self.registry = registry
+        self.watcher = ModelWatcher(registry, registry.config.settings.models_dir, self.refresh)
+        self.facts = ServerFacts.of(registry)
+        self.reloads, self.load_failures = registry.reloads, registry.load_failures
+
+    async def refresh(self) -> None:
+        await self.follow(views_of(self.registry), self.registry.default_model)
+
+    async def _connect(self, view: ModelView) -> EngineConnection:
+        entry = self.registry.entries[view.name]
+        engine = entry.engine
+        if engine is not None and engine.engine is not None:  # in a thread of this process
+            return ThreadEngineClient(engine.engine, self.metrics, asyncio.get_running_loop())
+        return await super()._connect(view)
+
+    def status(self, view: ModelView) -> str:
+        entry = self.registry.entries.get(view.name)
+        if entry is not None and entry.engine is not None and entry.engine.failure:
+            return "failed"
+        return super().status(view)
+
+    def reason(self, view: ModelView) -> str | None:
+        entry = self.registry.entries.get(view.name)
+        if entry is not None and entry.engine is not None and entry.engine.failure:
+            return entry.engine.failure
+        return super().reason(view)
+
+    async def reload(self, explicit: bool = True) -> ReloadReport:
+        return await self.watcher.reload(explicit=explicit)
+
+    async def unload(self, name: str) -> bool:
+        return await self.watcher.unload(name)
+
+    async def stop(self) -> None:
+        await self.watcher.stop()
