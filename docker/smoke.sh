@@ -213,7 +213,7 @@ remove_old_images() {
     local round
     for round in 1 2 3 4 5 6 7 8; do
         [ -n "$(pm images -q --filter dangling=true)" ] || break
-        pm image prune -f >/dev/null
+        pm image prune -f >/dev/null 2>&1 || true  # a clean-up that fails must not fail the test
     done
     log "podman store after clean-up: $(du -shx "$STORE" | cut -f1) ($(pm images -q | wc -l) images)"
 }
