@@ -38,6 +38,9 @@ class UnknownModelError(LookupError):
 def resolve_device(setting: str) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
         raise NoModelsError("CHARLM_DEVICE is cuda but CUDA is not available")
+    if setting == "auto" and not torch.cuda.is_available():
+        logger.warning("no GPU is visible (torch %s, CUDA %s): serving on the CPU",
+                       torch.__version__, torch.version.cuda)
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(setting)

@@ -57,6 +57,17 @@ def instructions_named(keyword: str) -> list[Instruction]:
     return [i for i in dockerfile_instructions() if i.keyword == keyword]
 
 
+def build_argument_defaults() -> dict[str, str]:
+    """Each ARG's default as written (empty when it has none); the last declaration wins."""
+    return {name: default for name, _, default in (i.arguments.partition("=") for i in instructions_named("ARG"))}
+
+
+def makefile_torch_pin() -> str:
+    pin = re.search(r"^TORCH_VERSION := (\S+)$", (REPO / "Makefile").read_text(), flags=re.MULTILINE)
+    assert pin, "the Makefile no longer pins TORCH_VERSION"
+    return pin.group(1)
+
+
 def build_stages() -> list[list[Instruction]]:
     """The instructions of each stage, each list starting with its FROM."""
     stages: list[list[Instruction]] = []

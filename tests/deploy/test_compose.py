@@ -3,6 +3,7 @@ then what they promise, read from the files."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ from tests.deploy.helpers import (
     NGINX_CONF,
     REPO,
     RESET,
+    build_argument_defaults,
     compose_binary,
     compose_combinations,
     load_compose,
@@ -55,6 +57,18 @@ def test_the_cpu_override_removes_the_gpu_reservation_after_merging():
     merged = result.stdout
     assert '"driver": "nvidia"' not in merged and '"capabilities"' not in merged
     assert '"TORCH_FLAVOUR": "cpu"' in merged
+
+
+def test_the_gpu_service_builds_the_image_the_cuda_check_builds():
+    """docker/smoke.sh cuda (CI) checks the Dockerfile's defaults: compose, with no CHARLM_* set,
+    must build with those same arguments, so the image a GPU host builds is the one CI checked."""
+    result = compose("docker-compose.yml", args=("config", "--format", "json"))
+    assert result.returncode == 0, result.stderr
+    arguments = json.loads(result.stdout)["services"]["charlm"]["build"]["args"]
+    defaults = {name: value.strip('"') for name, value in build_argument_defaults().items()}
+    assert {"BASE_IMAGE", "TORCH_VERSION", "TORCH_FLAVOUR", "NVIDIA_REQUIRE_CUDA"} <= set(arguments)
+    for name, value in arguments.items():
+        assert value == defaults[name], f"compose: {name}={value!r}, Dockerfile: {defaults[name]!r}"
 
 
 def charlm_service(name: str = "docker-compose.yml") -> dict:

@@ -11,10 +11,12 @@ import pytest
 from tests.deploy.helpers import (
     DOCKERFILE,
     REPO,
+    build_argument_defaults,
     build_stages,
     hadolint_binary,
     in_build_context,
     instructions_named,
+    makefile_torch_pin,
     served_paths,
 )
 
@@ -84,7 +86,7 @@ def test_every_download_can_trust_the_proxy_ca_secret():
     fetches = re.compile(r"\b(pip install|pip wheel|apt-get update)\b")
     downloads = [i.arguments for i in instructions_named("RUN")
                  if fetches.search(i.arguments) and "--no-index" not in i.arguments]
-    assert len(downloads) >= 4
+    assert len(downloads) >= 3  # apt for Python, pip for the project's wheel, pip for the virtualenv
     for arguments in downloads:
         assert "--mount=type=secret,id=ca_bundle" in arguments, arguments
         for command in re.findall(r"\S+ (?:pip (?:install|wheel)|apt-get (?:update|install))", arguments):
@@ -95,8 +97,38 @@ def test_torch_is_pinned_with_its_flavour_from_build_arguments():
     arguments = {i.arguments.split("=")[0] for i in instructions_named("ARG")}
     assert {"BASE_IMAGE", "TORCH_VERSION", "TORCH_FLAVOUR", "TORCH_INDEX_URL"} <= arguments
     torch = [i.arguments for i in instructions_named("RUN") if "torch==" in i.arguments]
-    assert len(torch) == 1 and '"torch==${TORCH_VERSION}+${TORCH_FLAVOUR}"' in torch[0]
-    assert '--index-url "${TORCH_INDEX_URL}"' in torch[0]
+    assert len(torch) == 1 and '"torch==${TORCH_VERSION}${TORCH_FLAVOUR:++${TORCH_FLAVOUR}}"' in torch[0]
+    assert '${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"}' in torch[0]
+
+
+def test_the_default_build_is_pypis_cuda_torch_on_debian_12():
+    """No flavour means PyPI's torch (its CUDA 13.0 build) from pip's default index; a flavour means
+    PyTorch's index for it. docker/smoke.sh cuda builds and checks exactly these defaults."""
+    defaults = build_argument_defaults()
+    assert defaults["BASE_IMAGE"] == "debian:12-slim"
+    assert defaults["TORCH_VERSION"] == makefile_torch_pin()
+    assert defaults["TORCH_FLAVOUR"] == ""
+    assert defaults["TORCH_INDEX_URL"] == "${TORCH_FLAVOUR:+https://download.pytorch.org/whl/${TORCH_FLAVOUR}}"
+
+
+def test_the_runtime_tells_the_nvidia_toolkit_what_it_needs():
+    environment = " ".join(i.arguments for i in runtime_stage() if i.keyword == "ENV")
+    for setting in ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+                    "NVIDIA_REQUIRE_CUDA=${NVIDIA_REQUIRE_CUDA}"]:
+        assert setting in environment
+    assert build_argument_defaults()["NVIDIA_REQUIRE_CUDA"] == '"cuda>=13.0"'
+
+
+def test_the_virtualenv_is_one_layer_without_a_pip_cache():
+    """One RUN writes /opt/venv (a copy from another stage would write it twice); every pip
+    install keeps no cache, in a layer or in a cache mount."""
+    writers = [i.arguments for i in instructions_named("RUN") if "python3 -m venv /opt/venv" in i.arguments]
+    assert len(writers) == 1 and "torch==" in writers[0]
+    assert not [i for i in instructions_named("COPY") if "/opt/venv" in i.arguments]
+    for run in instructions_named("RUN"):
+        for command in re.findall(r"pip (?:install|wheel)[^&]*", run.arguments):
+            assert "--no-cache-dir" in command, command
+        assert "type=cache" not in run.arguments
 
 
 def test_the_bundled_models_are_the_default_models_directory():
