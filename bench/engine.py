@@ -35,6 +35,7 @@ from charlm.sampling import SamplingParams, SamplingRows, sample
 from charlm.vocab import Vocab
 from service.control.registry import DTYPES
 from service.engine.engine import Engine
+from service.engine.events import StepEvents
 from service.engine.sequences import Finished, GenerationRequest
 
 PROMPT = "ROMEO:\n"
@@ -51,19 +52,29 @@ def load(spec: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Char
     return Path(spec).name, loaded.model, loaded.vocab
 
 
+class EndsSink:
+    """What an engine hands an engine process's relay each turn, kept only for the sequences' ends:
+    the engine's own cost, without a front end's."""
+
+    def __init__(self) -> None:
+        self.ends: queue.Queue[Finished] = queue.Queue()
+
+    def accepted(self, requests: list[GenerationRequest]) -> None:
+        pass
+
+    def deliver(self, events: StepEvents) -> None:
+        for end in events.finished:
+            self.ends.put(end)
+
+
 def engine_rate(engine: Engine, ids: list[int], batch: int, chars: int) -> float:
     """Characters per second for `batch` sequences of `chars` characters, submitted together."""
-    done: queue.Queue[Finished] = queue.Queue()
-
-    def on_events(events: list[object]) -> None:
-        if isinstance(events[-1], Finished):
-            done.put(events[-1])
-
-    requests = [GenerationRequest(ids, chars, SamplingParams(temperature=0.8, seed=seed), on_events)
-                for seed in range(batch)]
+    sink = engine.sink
+    assert isinstance(sink, EndsSink)
+    requests = [GenerationRequest(ids, chars, SamplingParams(temperature=0.8, seed=seed)) for seed in range(batch)]
     start = time.perf_counter()
     engine.submit_all(requests)
-    ends = [done.get(timeout=600) for _ in range(batch)]
+    ends = [sink.ends.get(timeout=600) for _ in range(batch)]
     elapsed = time.perf_counter() - start
     assert all(end.generated_tokens == chars for end in ends), [end.error for end in ends]
     return batch * chars / elapsed
@@ -115,7 +126,7 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device, dtype_nam
     name, model, vocab = load(spec, device, DTYPES[dtype_name])
     ids = prompt_ids(vocab, PROMPT)
     for batch in args.batches:
-        engine = Engine(name, model, vocab, batch, max_queued=batch, cuda_graphs=not args.no_graphs)
+        engine = Engine(name, model, vocab, batch, max_queued=batch, cuda_graphs=not args.no_graphs, sink=EndsSink())
         engine.start()
         engine_rate(engine, ids, batch, min(args.chars, 20))  # first-use costs out of the way
         rate = engine_rate(engine, ids, batch, args.chars)

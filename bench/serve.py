@@ -1,17 +1,21 @@
 """HTTP load: concurrent SSE clients against `charlm serve`, throughput and latency per concurrency.
 
     python bench/serve.py [--url http://127.0.0.1:8000] [--levels 1 8 32 64] [--chars 300] [--rounds 2]
-                          [--procs 2] [--device auto] [--results results.jsonl]
+                          [--procs 2] [--device auto] [--workers N] [--models-dir DIR] [--engine-baseline]
+                          [--results results.jsonl]
 
-Without --url it starts `charlm serve` on a free port (bundled models, max batch size the largest
-level) and stops it afterwards. Each of N clients streams --rounds requests of --chars characters
-one after another from /generate_stream. The clients are spread over --procs processes, so that the
-load generator is not the bottleneck, and start together. Reports aggregate characters per second,
-time to first character and inter-character latency (p50/p99, as the clients see them; characters
-that arrive in one piece share its time), errors, and the CPU that the server (with its engine
-processes, for a server it started) and the clients used, in cores (CPU seconds per second);
-writes a PNG plot. The clients speak bare HTTP/1.1 over kept-alive connections, so that they
-cost little CPU beside the server.
+Without --url it starts `charlm serve` on a free port (the bundled models, or --models-dir; max
+batch size the largest level; --workers HTTP front ends) and stops it afterwards. Each of N clients
+streams --rounds requests of --chars characters one after another from /generate_stream. The
+clients are spread over --procs processes, so that the load generator is not the bottleneck, and
+start together. Reports aggregate characters per second, time to first character and
+inter-character latency (p50/p99, as the clients see them; characters that arrive in one piece
+share its time), errors, and the CPU used, in cores (CPU seconds per second) and in microseconds
+per delivered character: by the server's HTTP front ends (with the supervisor or control plane)
+and by its engine processes, apart, and by the clients. With --engine-baseline, each level is also
+measured in-process first (the same model's engine at that batch size, one thread, no HTTP; as
+bench/engine.py), and the HTTP rate is given as a share of it. Writes a PNG plot. The clients speak
+bare HTTP/1.1 over kept-alive connections, so that they cost little CPU beside the server.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
-import os
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +35,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from spawned import spawned_process  # bench/, beside this script
+from spawned import cpu_seconds, server_processes, spawned_process  # bench/, beside this script
 
 DEFAULT_PLOT = Path(__file__).resolve().parents[1] / "docs" / "serve_bench.png"
 
@@ -43,7 +46,9 @@ class Level:
     chars: int = 0
     errors: int = 0
     seconds: float = 0.0
-    server_cores: float | None = None
+    front_end_cpu_s: float | None = None  # the server's HTTP side (front ends, supervisor or control plane)
+    engine_cpu_s: float | None = None
+    engine_rate: float | None = None  # the same engine in-process, at this batch size
     client_cpu_s: float = 0.0
     first: list[float] = dataclasses.field(default_factory=list)
     gaps: list[float] = dataclasses.field(default_factory=list)
@@ -167,19 +172,6 @@ def run_level(pool: concurrent.futures.Executor, procs: int, url: str, concurren
     return level
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its live child processes (engine processes), from /proc."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def plot(levels: list[Level], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     xs = [lv.concurrency for lv in levels]
@@ -198,18 +190,54 @@ def plot(levels: list[Level], path: Path) -> None:
 
 
 def report(level: Level, args: argparse.Namespace) -> None:
-    cores = "—" if level.server_cores is None else f"{level.server_cores:.2f}"
-    print(f"| {level.concurrency} | {level.rate:,.0f} | {level.percentile(level.first, 50):.1f} / "
+    def cores(cpu_s: float | None) -> str:
+        return "—" if cpu_s is None else f"{cpu_s / level.seconds:.2f}"
+
+    def per_char(cpu_s: float | None) -> str:
+        return "—" if cpu_s is None else f"{cpu_s / level.chars * 1e6:.1f}"
+
+    engine = level.engine_rate
+    baseline = "—" if engine is None else f"{engine:,.0f} ({level.rate / engine:.2f})"
+    front, engines = level.front_end_cpu_s, level.engine_cpu_s
+    print(f"| {level.concurrency} | {level.rate:,.0f} | {baseline} | {level.percentile(level.first, 50):.1f} / "
           f"{level.percentile(level.first, 99):.1f} | {level.percentile(level.gaps, 50):.2f} / "
-          f"{level.percentile(level.gaps, 99):.2f} | {cores} | {level.client_cpu_s / level.seconds:.2f} "
+          f"{level.percentile(level.gaps, 99):.2f} | {cores(front)} / {per_char(front)} "
+          f"| {cores(engines)} / {per_char(engines)} | {level.client_cpu_s / level.seconds:.2f} "
           f"| {level.errors} |", flush=True)
     if args.results:
-        row = {"bench": "serve", "model": args.model, "device": args.device, "streams": level.concurrency,
-               "chars_per_s": level.rate, "first_p50_ms": level.percentile(level.first, 50),
-               "gap_p50_ms": level.percentile(level.gaps, 50), "server_cores": level.server_cores,
+        row = {"bench": "serve", "model": args.model, "device": args.device, "workers": args.workers,
+               "streams": level.concurrency, "chars_per_s": level.rate, "engine_chars_per_s": level.engine_rate,
+               "first_p50_ms": level.percentile(level.first, 50), "gap_p50_ms": level.percentile(level.gaps, 50),
+               "front_end_us_per_char": None if level.front_end_cpu_s is None else
+               level.front_end_cpu_s / level.chars * 1e6,
+               "engine_us_per_char": None if level.engine_cpu_s is None else level.engine_cpu_s / level.chars * 1e6,
                "client_cores": level.client_cpu_s / level.seconds, "errors": level.errors}
         with args.results.open("a") as out:
             out.write(json.dumps(row) + "\n")
+
+
+def engine_baselines(args: argparse.Namespace) -> dict[int, float]:
+    """Characters per second of the same model's engine in this process, at each level's batch size
+    (one thread, no HTTP), measured before the server starts."""
+    import torch
+    from engine import EndsSink, engine_rate  # bench/engine.py
+
+    from charlm.checkpoint import load_model
+    from charlm.generation import prompt_ids
+    from service.engine.engine import Engine
+
+    torch.set_num_threads(1)
+    loaded = load_model(Path(args.models_dir) / args.model)
+    ids = prompt_ids(loaded.vocab, "ROMEO:\n")
+    rates = {}
+    for batch in args.levels:
+        engine = Engine(args.model, loaded.model, loaded.vocab, batch, batch, sink=EndsSink())
+        engine.start()
+        engine_rate(engine, ids, batch, min(args.chars, 20))
+        rates[batch] = engine_rate(engine, ids, batch, args.chars)
+        engine.close()
+        engine.join()
+    return rates
 
 
 def main() -> None:
@@ -223,23 +251,32 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="the started server's --device")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     parser.add_argument("--results", type=Path, help="append one JSON line per level to this file")
+    parser.add_argument("--workers", type=int, default=1, help="the started server's HTTP front ends")
+    parser.add_argument("--models-dir", default="models", help="the started server's models")
+    parser.add_argument("--engine-baseline", action="store_true", help="measure each level in-process too")
     parser.add_argument("--serve-flags", default="", help="more flags for the started server, e.g. "
                         "'--engine-process false --stream-interval 4'")
     args = parser.parse_args()
+    baselines = engine_baselines(args) if args.engine_baseline else {}
     flags = ("--max-batch-size", str(max(args.levels)), "--max-queued", "4096", "--device", args.device,
-             *args.serve_flags.split())
+             "--workers", str(args.workers), "--models-dir", args.models_dir, "--max-new-tokens",
+             str(max(4096, args.chars)), *args.serve_flags.split())
     server = contextlib.nullcontext((args.url, None)) if args.url else spawned_process(*flags)
     levels = []
     with server as (url, process), concurrent.futures.ProcessPoolExecutor(args.procs) as pool:
         run_level(pool, args.procs, url, min(args.procs, 4), 1, 20, args.model)  # warm connections and workers
-        print("| streams | characters / s | first char p50 / p99 (ms) | between chars p50 / p99 (ms) "
-              "| server CPU (cores) | client CPU (cores) | errors |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+        print("| streams | characters / s | in-process engine (HTTP share) | first char p50 / p99 (ms) "
+              "| between chars p50 / p99 (ms) | front ends: cores / µs per char | engines: cores / µs per char "
+              "| client cores | errors |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for concurrency in args.levels:
-            before, started = (cpu_seconds(process.pid) if process else 0.0), time.time()
+            roles = server_processes(url, process.pid) if process else {}
+            before = {role: cpu_seconds(pids) for role, pids in roles.items()}
             level = run_level(pool, args.procs, url, concurrency, args.rounds, args.chars, args.model)
             if process:
-                level.server_cores = (cpu_seconds(process.pid) - before) / (time.time() - started)
+                level.front_end_cpu_s = cpu_seconds(roles["front_ends"]) - before["front_ends"]
+                level.engine_cpu_s = cpu_seconds(roles["engines"]) - before["engines"]
+            level.engine_rate = baselines.get(concurrency)
             levels.append(level)
             report(level, args)
     plot(levels, args.plot)

@@ -4,6 +4,7 @@ told otherwise, stopped with SIGTERM afterwards."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -33,7 +34,8 @@ def spawned_server(*flags: str, startup_s: float = 300) -> Iterator[str]:
 def spawned_process(*flags: str, startup_s: float = 300) -> Iterator[tuple[str, subprocess.Popen]]:
     """`spawned_server`, with the process too (to read its CPU time)."""
     port = free_port()
-    command = [sys.executable, "-m", "charlm", "serve", "--port", str(port), "--log-level", "warning", *flags]
+    command = [sys.executable, "-m", "charlm", "serve", "--port", str(port), "--log-level", "warning",
+               "--admin-key", BENCH_ADMIN_KEY, *flags]
     process = subprocess.Popen(command, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -46,6 +48,47 @@ def spawned_process(*flags: str, startup_s: float = 300) -> Iterator[tuple[str, 
     finally:
         process.terminate()
         process.wait(60)
+
+
+BENCH_ADMIN_KEY = "bench-admin"  # spawned servers answer /admin/models, which names their engines' pids
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [pid], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of `pids` (those still alive), from /proc."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def server_processes(url: str, pid: int) -> dict[str, list[int]]:
+    """A spawned server's processes by role: its engines (from /admin/models) and the rest, which are
+    its HTTP front ends (with the supervisor or, with one front end, the control plane)."""
+    headers = {"Authorization": f"Bearer {BENCH_ADMIN_KEY}"}
+    models = httpx.get(f"{url}/admin/models", headers=headers, timeout=10).json()["models"]
+    engines = [m["engine_pid"] for m in models if m.get("engine_pid")]
+    return {"engines": engines, "front_ends": [p for p in descendants(pid) if p not in engines]}
 
 
 def ready(url: str) -> bool:
