@@ -2,7 +2,9 @@
 # One command that proves the GPU path on a CUDA machine, within about 8 minutes:
 #   the gpu-marked tests; bench/engine.py (engine against the batched naive loop, batch 1/32/256,
 #   bf16 and fp32, every bundled model and a random gpt-baby-size model); bench/serve.py at
-#   1/32/256 streams; where a decode step's GPU time goes (bench/gpu_profile.py); gpt-baby
+#   1/32/256/1,024 streams with one HTTP front end and with four, each beside the same engine
+#   in-process, and shakespeare-lstm at 1,024 streams; where a decode step's GPU time goes
+#   (bench/gpu_profile.py); gpt-baby
 #   training throughput, eager then compiled; then docs/benchmarks-gpu.md (bench/gpu_report.py),
 #   naming the card.
 #
@@ -72,10 +74,12 @@ step engine 240 $PY bench/engine.py --device cuda --dtypes bfloat16 float32 --ba
     --results "$RESULTS"
 step engine-eager 60 $PY bench/engine.py --device cuda --dtypes bfloat16 --batches 1 256 --no-graphs --no-naive \
     --models models/shakespeare-gpt --results "$OUT_DIR/eager.jsonl"
-step serve 100 $PY bench/serve.py --device cuda --levels 1 32 256 --procs 8 --plot "$OUT_DIR/serve.png" \
-    --results "$RESULTS"
-step serve-thread 60 $PY bench/serve.py --device cuda --levels 256 --procs 8 --plot "$OUT_DIR/serve-thread.png" \
-    --serve-flags "--engine-process false" --results "$OUT_DIR/serve-thread.jsonl"
+step serve 110 $PY bench/serve.py --device cuda --levels 1 32 256 1024 --procs 8 --workers 1 --engine-baseline \
+    --plot "$OUT_DIR/serve.png" --results "$RESULTS"
+step serve-workers 80 $PY bench/serve.py --device cuda --levels 256 1024 --procs 8 --workers 4 --engine-baseline \
+    --plot "$OUT_DIR/serve-workers.png" --results "$RESULTS"
+step serve-lstm 60 $PY bench/serve.py --device cuda --model shakespeare-lstm --levels 1024 --procs 8 --workers 4 \
+    --engine-baseline --plot "$OUT_DIR/serve-lstm.png" --results "$RESULTS"
 step profile 120 $PY bench/gpu_profile.py --model random:gpt-baby --batch 256 --compile
 step train-throughput 45 $PY bench/train_throughput.py --presets gpt-baby --device cuda --iters 30 \
     --data "$DATA" --results "$RESULTS"

@@ -218,16 +218,19 @@ def report(level: Level, args: argparse.Namespace) -> None:
 
 def engine_baselines(args: argparse.Namespace) -> dict[int, float]:
     """Characters per second of the same model's engine in this process, at each level's batch size
-    (one thread, no HTTP), measured before the server starts."""
+    (one thread, no HTTP; the device and dtype the server would choose), measured before the server
+    starts."""
     import torch
     from engine import EndsSink, engine_rate  # bench/engine.py
 
     from charlm.checkpoint import load_model
     from charlm.generation import prompt_ids
+    from service.control.registry import resolve_device, resolve_dtype
     from service.engine.engine import Engine
 
     torch.set_num_threads(1)
-    loaded = load_model(Path(args.models_dir) / args.model)
+    device = resolve_device(args.device)
+    loaded = load_model(Path(args.models_dir) / args.model, device=device, dtype=resolve_dtype("auto", device))
     ids = prompt_ids(loaded.vocab, "ROMEO:\n")
     rates = {}
     for batch in args.levels:
