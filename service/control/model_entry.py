@@ -109,6 +109,9 @@ def load_entry(path: Path, config: EngineConfig) -> ModelEntry:
     weights again, on the device; the copy here, on the CPU, only describes the model) or in a
     thread of this one. The engine is not started yet."""
     settings, device, dtype = config.settings, config.device, config.dtype
+    choose_dtype = settings.dtype == "auto" and device.type == "cuda"  # the engine times bf16 against fp32
+    dtype = torch.float32 if choose_dtype else dtype  # weights at full precision until then
+    compile_step = None if settings.compile else False  # None: where it pays (CUDA)
     entry = ModelEntry(path.name, path, signature=directory_signature(path))
     started = time.monotonic()
     try:
@@ -121,13 +124,15 @@ def load_entry(path: Path, config: EngineConfig) -> ModelEntry:
     loaded = entry.loaded
     if settings.engine_process:
         spec = EngineSpec(path.name, path, str(device), dtype, config.max_batch_size, settings.max_queued,
-                          settings.cuda_graphs, config.threads, settings.log_level, loaded.fingerprint)
+                          settings.cuda_graphs, config.threads, settings.log_level, loaded.fingerprint,
+                          compile_step, choose_dtype)
         entry.engine = EngineClient(spec, config.metrics)
     else:
         entry.engine = Engine(path.name, loaded.model, loaded.vocab, config.max_batch_size, settings.max_queued,
-                              config.metrics.for_model(path.name), cuda_graphs=settings.cuda_graphs)
+                              config.metrics.for_model(path.name), cuda_graphs=settings.cuda_graphs,
+                              compile_step=compile_step, choose_dtype=choose_dtype)
     entry.loaded_at, entry.load_s = time.time(), time.monotonic() - started
     logger.info("model %s: %s, %s parameters, %d characters, on %s (%s), version %s", path.name,
                 loaded.model.architecture, f"{loaded.model.num_parameters():,}", len(loaded.vocab), device,
-                str(dtype).removeprefix("torch."), loaded.fingerprint)
+                "dtype auto" if choose_dtype else str(dtype).removeprefix("torch."), loaded.fingerprint)
     return entry

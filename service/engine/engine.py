@@ -20,6 +20,7 @@ import torch
 
 from charlm.decoding import SlotDecoder
 from charlm.device_memory import DecoderMemoryError
+from charlm.dtype_choice import choose_dtype, convert
 from charlm.models import CharModel
 from charlm.vocab import Vocab
 from service.engine.batch import RunningBatch
@@ -43,10 +44,12 @@ class Engine:
     def __init__(
         self, name: str, model: CharModel, vocab: Vocab, max_batch_size: int, max_queued: int,
         metrics: EngineMetrics | None = None, cuda_graphs: bool = True,
-        after_step: Callable[[], None] = lambda: None,
+        after_step: Callable[[], None] = lambda: None, compile_step: bool | None = None, choose_dtype: bool = False,
     ):
         """`after_step` is called by the engine thread after every turn of its loop (an engine
-        process sends what the turn produced)."""
+        process sends what the turn produced). `compile_step`: torch.compile the decode step (None:
+        on CUDA); `choose_dtype`: the model, given in float32, decodes in the faster dtype
+        (`charlm.dtype_choice`), chosen at warm-up."""
         self.name = name
         self.model = model
         self.vocab = vocab
@@ -55,6 +58,7 @@ class Engine:
         self.max_queued = max_queued  # waiting requests beyond the free rows of the batch
         self.metrics = metrics or EngineMetrics()
         self.cuda_graphs = cuda_graphs
+        self.compile_step, self.choose_dtype = compile_step, choose_dtype
         self.after_step = after_step
         self._cv = threading.Condition()
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
@@ -143,10 +147,15 @@ class Engine:
         """
         try:
             reserved = torch.cuda.memory_reserved(self.device) if self.device.type == "cuda" else 0
-            decoder = SlotDecoder(self.model, self.max_batch_size, graphs=self.cuda_graphs, name=self.name)
+            chosen = choose_dtype(self.model, self.max_batch_size) if self.choose_dtype else None
+            if chosen is not None:
+                convert(self.model, chosen.dtype)
+            decoder = SlotDecoder(self.model, self.max_batch_size, graphs=self.cuda_graphs, name=self.name,
+                                  compile=self.compile_step)
             decoder.warm_up([self.vocab.start_id] * 8)
             self._batch = RunningBatch(decoder, self.vocab, self.metrics, self._batch_changed)
-            self.memory = {"decode_state_bytes": decoder.state_bytes, "cuda_graphs": decoder.graphed}
+            self.memory = {"decode_state_bytes": decoder.state_bytes, "cuda_graphs": decoder.graphed,
+                           **decoder.report, **(chosen.describe() if chosen is not None else {})}
             if self.device.type == "cuda":
                 self.memory["device_bytes"] = torch.cuda.memory_reserved(self.device) - reserved
         except Exception as exc:

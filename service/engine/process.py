@@ -40,6 +40,8 @@ class EngineSpec:
     threads: int  # intra-op CPU threads
     log_level: str
     fingerprint: str = ""  # of the weights the server loaded: the child must serve the same version
+    compile_step: bool | None = None  # torch.compile the decode step (None: on CUDA)
+    choose_dtype: bool = False  # `dtype` is float32, and the engine times which dtype decodes faster
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +132,8 @@ def run(spec: EngineSpec, commands: Connection, events: Connection) -> None:
         return
     relay = Relay(events, spec.name)
     engine = Engine(spec.name, loaded.model, loaded.vocab, spec.max_batch_size, spec.max_queued, relay.metrics,
-                    cuda_graphs=spec.cuda_graphs, after_step=relay.flush)
+                    cuda_graphs=spec.cuda_graphs, after_step=relay.flush, compile_step=spec.compile_step,
+                    choose_dtype=spec.choose_dtype)
     relay.engine = engine
     if spec.device == "cpu":
         torch.set_num_threads(spec.threads)
