@@ -106,11 +106,10 @@ def _combine(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, heads, so_b, so_
     tl.store(out_ptr + row * so_b + head * so_h + dims, total.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
 
 
-@functools.cache
-def _kernels() -> tuple[Any, Any]:
-    """The two kernels: compiled for a GPU, or interpreted on a CPU when TRITON_INTERPRET=1 was set
-    before Triton was imported (Triton's own library is decorated at its import)."""
-    return triton.jit(_attend), triton.jit(_combine)
+# Compiled for a GPU, or interpreted on a CPU when TRITON_INTERPRET=1 was set before Triton was
+# imported (Triton's own library is decorated at its import: it cannot be switched later).
+ATTEND: Any = triton.jit(_attend) if IMPORT_ERROR is None else None
+COMBINE: Any = triton.jit(_combine) if IMPORT_ERROR is None else None
 
 
 def split_count(row_heads: int, span: int, device: torch.device) -> int:
@@ -122,13 +121,19 @@ def split_count(row_heads: int, span: int, device: torch.device) -> int:
     return max(1, min(math.ceil(programs / row_heads), math.ceil(span / BLOCK_N)))
 
 
-def attention(q: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, splits: int | None = None) -> Tensor:
+def attention(q: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, splits: int = 0) -> Tensor:
     """Attention of one query per row, q (B, H, 1, hd), over the first lengths[b] of keys and
     values (B, H, S, hd) (any strides, last dimension contiguous); (B, H, 1, hd) in q's dtype.
 
-    Every length must be at least 1 (a step always attends to its own key); `splits` defaults to
-    `split_count`. Interpreted (slowly) on a CPU.
+    Every length must be at least 1 (a step always attends to its own key); `splits` 0 means
+    `split_count`'s. Interpreted (slowly) on a CPU. An operator of its own to torch.compile,
+    which calls it as it is.
     """
+    return torch.ops.charlm.decode_attention(q, keys, values, lengths, splits)
+
+
+@torch.library.custom_op("charlm::decode_attention", mutates_args=())
+def _launch(q: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, splits: int) -> Tensor:
     B, H, _, hd = q.shape
     span = keys.size(2)
     splits = splits or split_count(B * H, span, q.device)
@@ -140,8 +145,7 @@ def attention(q: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, splits: 
     part_acc = torch.empty(parts, block_d, dtype=torch.float32, device=q.device)
     part_max = torch.empty(parts, dtype=torch.float32, device=q.device)
     part_sum = torch.empty(parts, dtype=torch.float32, device=q.device)
-    attend, combine = _kernels()
-    attend[(B * H, splits)](
+    ATTEND[(B * H, splits)](
         q, keys, values, lengths, out, part_acc, part_max, part_sum,
         H, span, keys_per_split, hd**-0.5,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
@@ -149,9 +153,14 @@ def attention(q: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, splits: 
         HEAD_DIM=hd, BLOCK_D=block_d, BLOCK_N=BLOCK_N, SPLITS=splits,
     )
     if splits > 1:
-        combine[(B * H,)](out, part_acc, part_max, part_sum, H, out.stride(0), out.stride(1),
+        COMBINE[(B * H,)](out, part_acc, part_max, part_sum, H, out.stride(0), out.stride(1),
                           HEAD_DIM=hd, BLOCK_D=block_d, SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits))
     return out
+
+
+@_launch.register_fake
+def _(q: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, splits: int) -> Tensor:
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
 def reference(q: Tensor, keys: Tensor, values: Tensor, lengths: Tensor) -> Tensor:

@@ -38,10 +38,8 @@ def cached_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, leng
     `lengths` (B,), the keys each row holds, is given for a one-query step (T = 1) that the Triton
     kernel serves; the mask then says the same and goes unused.
     """
-    if lengths is not None:
-        from charlm import decode_kernel  # Triton's import is slow, and CPU-only installs lack it
-
-        return decode_kernel.attention(q, keys, values, lengths)
+    if lengths is not None:  # the operator charlm.decode_kernel registers (imported by prepare_decoding)
+        return torch.ops.charlm.decode_attention(q, keys, values, lengths, 0)  # (B, H, 1, hd)
     if DECODE_ATTENTION == "bmm":
         scores = torch.matmul(q * q.size(-1) ** -0.5, keys.transpose(-1, -2))  # (B, H, T, S)
         weights = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1)

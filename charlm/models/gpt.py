@@ -184,16 +184,20 @@ class GPT(CharModel):
         """One-query steps attend with the Triton kernel on CUDA when it passes its self-check at
         this model's shapes (see `base.DECODE_ATTENTION`), otherwise with the other ways."""
         how, device, c = base.DECODE_ATTENTION, self.wte.weight.device, self.config
-        if how == "auto" and device.type == "cuda":
-            from charlm import decode_kernel
+        self.attention_kernel = False
+        if how == "auto" and device.type != "cuda":
+            return {"decode_attention": "sdpa", "decode_attention_reason": f"on {device.type}"}
+        if how != "auto":
+            self.attention_kernel = how == "triton"
+            if self.attention_kernel:
+                from charlm import decode_kernel  # registers the kernel's operator
+            return {"decode_attention": how, "decode_attention_reason": f"DECODE_ATTENTION is {how!r}"}
+        from charlm import decode_kernel  # here only: Triton's import is slow, and CPU installs lack it
 
-            problem = decode_kernel.check_logged(device, self.wte.weight.dtype, c.n_embd // c.n_head, c.block_size)
-            self.attention_kernel = problem is None
-            reason = problem or "the Triton kernel passed its self-check"
-            return {"decode_attention": "triton" if problem is None else "sdpa", "decode_attention_reason": reason}
-        self.attention_kernel = how == "triton"
-        reason = f"DECODE_ATTENTION is {how!r}" if how != "auto" else f"on {device.type}"
-        return {"decode_attention": "sdpa" if how == "auto" else how, "decode_attention_reason": reason}
+        problem = decode_kernel.check_logged(device, self.wte.weight.dtype, c.n_embd // c.n_head, c.block_size)
+        self.attention_kernel = problem is None
+        reason = problem or "the Triton kernel passed its self-check"
+        return {"decode_attention": "triton" if problem is None else "sdpa", "decode_attention_reason": reason}
 
     def init_state(self, batch_size: int, device: torch.device | str) -> GPTState:
         c = self.config
