@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One command that proves the GPU path on a CUDA machine, within 8 minutes, in order of what matters:
-#   the gpu-marked tests (the Triton decode attention kernel against SDPA, compiled and graphed steps,
-#   batch invariance); the issue's targets as served (bench/engine.py: compiled step, attention
-#   chosen at startup, dtype auto for the LSTM), then the same shapes as before (step as written,
-#   SDPA) in the same run; kernels and kernel time per step of every bundled model
-#   (bench/gpu_profile.py); the engine of every bundled model in bf16 and fp32 at batch 1/32/256
+# One command that proves the GPU path on a CUDA machine, within 8 minutes, in order of what matters
+# (steps that no longer fit the budget are skipped and reported): the gpu-marked tests behind the
+#   targets (the Triton decode attention kernel against SDPA, compiled steps, batch invariance); the
+#   issue's targets as served (bench/engine.py: compiled step, attention chosen at startup, dtype
+#   auto for the LSTM), then the same shapes as before (step as written, SDPA) in the same run;
+#   kernels and kernel time per step of every bundled model (bench/gpu_profile.py); the other
+#   gpu-marked tests; the engine of every bundled model in bf16 and fp32 at batch 1/32/256
 #   (not compiled: the dtype table); the CPU engine; bench/serve.py at 1/32/256 streams; gpt-baby
 #   training throughput; then docs/benchmarks-gpu.md (bench/gpu_report.py), naming the card.
 #
@@ -85,7 +86,10 @@ BABY=random:gpt-baby GPT=models/shakespeare-gpt LSTM=models/shakespeare-lstm
 if [ "$DRY" = 1 ]; then
     step gpu-tests 60 $PY -m pytest -q -p no:cacheprovider -m gpu --collect-only tests/gpu
 else
-    step gpu-tests 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu --junitxml "$OUT_DIR/gpu-tests.xml"
+    # The tests behind the issue's targets first, with a report of their own (a step cut short writes none).
+    TARGET_TESTS="alone_equals or triton_kernel or compiled_step"
+    step gpu-tests-targets 120 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu -k "$TARGET_TESTS" \
+        --junitxml "$OUT_DIR/gpu-tests.xml"
 fi
 # The targets as served, then the same shapes as before in this run (the baseline of each figure).
 step targets-gpt-baby 110 $ENGINE --models $BABY --dtypes $HALF --batches $B256 $B1024 --results "$RESULTS"
@@ -97,6 +101,7 @@ step baseline 90 bash -c "$ENGINE --no-compile --attention sdpa --models $BABY $
 step profile $((PROFILE_BUDGET + 40)) $PY bench/gpu_profile.py --device $DEV --batch $B256 --budget-s $PROFILE_BUDGET \
     --steps $PROFILE_STEPS --results "$OUT_DIR/profile.jsonl" --dtype $HALF \
     $([ "$DRY" = 1 ] && echo --models $GPT $LSTM)
+[ "$DRY" = 1 ] || step gpu-tests 90 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu -k "not ($TARGET_TESTS)"
 step engine 100 $ENGINE --no-compile --dtypes $HALF float32 --batches $B1 $B32 $B256 --results "$OUT_DIR/engine.jsonl" \
     --models $GPT $LSTM models/pushkin-lstm-attention models/shakespeare-gpt-large
 step cpu-engine 40 $PY bench/engine.py --device cpu --chars 100 --no-naive --no-step-alone --models $GPT --batches 1 32 \

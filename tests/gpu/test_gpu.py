@@ -74,8 +74,7 @@ def test_a_seeded_row_alone_equals_the_same_row_in_a_full_batch_of_255_others(tr
     alone, full = SlotDecoder(loaded.model, 256), SlotDecoder(loaded.model, 256)
     for decoder in (alone, full):
         decoder.warm_up([loaded.vocab.start_id] * 4)
-        assert decoder.graphed and decoder.report["compiled"] is True, decoder.report
-        assert loaded.model.architecture != "gpt" or decoder.report["decode_attention"] == "triton"
+        assert decoder.graphed  # compiled where it compiles (test_a_compiled_step_... says whether)
     with torch.inference_mode():
         alone_row = alone.add(prompt_ids(loaded.vocab, "the"), SamplingParams(temperature=0.9, top_k=20), 77)
     full_row = fill(full, loaded, 255, target_seed=77)
@@ -175,7 +174,8 @@ def test_the_sampling_controls_replay_as_a_graph_and_keep_batch_invariance(train
     loaded = on_gpu(trained_dir)
     controlled = SamplingParams(temperature=0.9, repetition_penalty=1.3, min_p=0.05, typical_p=0.9,
                                 presence_penalty=0.5, logit_bias=((0, -2.0),))
-    alone, full = SlotDecoder(loaded.model, 256), SlotDecoder(loaded.model, 256)  # compiled, as served
+    # Not compiled: the graph with controls is the subject here, and compiling costs the check's time.
+    alone, full = SlotDecoder(loaded.model, 256, compile=False), SlotDecoder(loaded.model, 256, compile=False)
     for decoder in (alone, full):
         decoder.warm_up([loaded.vocab.start_id] * 4)
         assert decoder.graphed
@@ -202,13 +202,14 @@ def test_the_triton_kernel_equals_scaled_dot_product_attention_on_the_gpu(dtype)
                                    atol=decode_kernel.TOLERANCE[dtype], rtol=0)
 
 
-@pytest.mark.parametrize("architecture", ["gpt", "lstm"])
+@pytest.mark.parametrize("architecture", ["gpt", "lstm", "lstm_attention"])
 def test_a_compiled_step_decodes_what_the_step_as_written_decodes(tiny_models, architecture):
     loaded = on_gpu(tiny_models / f"tiny-{architecture}", torch.float32)
     compiled, written = SlotDecoder(loaded.model, 16), SlotDecoder(loaded.model, 16, compile=False)
     for decoder in (compiled, written):
         decoder.warm_up([loaded.vocab.start_id] * 4)
-    assert compiled.report["compiled"] is True and compiled.report["compile_s"] > 0
+    assert compiled.report["compiled"] is True and compiled.report["compile_s"] > 0, compiled.report
+    assert architecture != "gpt" or compiled.report["decode_attention"] == "triton", compiled.report
     rows = [fill(decoder, loaded, 9, target_seed=5) for decoder in (compiled, written)]
     (ids, logprobs), (expected_ids, expected_logprobs) = decode(compiled, rows[0], 40), decode(written, rows[1], 40)
     assert ids == expected_ids
