@@ -86,7 +86,12 @@ def choose_dtype(model: CharModel, batch: int) -> DtypeChoice:
     if device.type != "cuda":
         return DtypeChoice(torch.float32, "float32 on a CPU (dtype auto)")
     started = time.perf_counter()
-    times = {dtype: step_ms(convert(copy.deepcopy(model), dtype), batch) for dtype in CANDIDATES}
+    try:
+        times = {dtype: step_ms(convert(copy.deepcopy(model), dtype), batch) for dtype in CANDIDATES}
+    except Exception as exc:  # timing is an optimisation: never a failed start
+        reason = f"dtype auto: timing failed ({type(exc).__name__}: {exc}); bfloat16, the CUDA default"
+        logger.warning("%s", reason)
+        return DtypeChoice(torch.bfloat16, reason)
     bf16, fp32 = times[torch.bfloat16], times[torch.float32]
     chosen = torch.float32 if fp32 < bf16 * (1 - TIE) else torch.bfloat16
     reason = (f"dtype auto: a decode step at batch {batch} took {bf16:.3f} ms in bfloat16 and {fp32:.3f} ms in "
