@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 # `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the large CUDA build.
 TORCH_INDEX ?=
 
-.PHONY: install test lint typecheck unit serve sample bench reliability gpu-check clean
+.PHONY: install test lint typecheck unit serve sample bench reliability gpu-check gpu-check-dry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ reliability: install
 # GPU_CHECK_ARGS="--wheels DIR --data FILE" for machines without the web stack or ../shared.
 gpu-check:
 	bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
+
+# The same steps on this machine's CPU at tiny sizes (a few minutes): checks the script, measures nothing.
+gpu-check-dry: install
+	PYTHON=$(BIN)/python bash bench/gpu_check.sh --dry-run --out /tmp/charlm-gpu-check-dry
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

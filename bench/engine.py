@@ -1,8 +1,9 @@
 """In-process decode throughput of the batching engine, against the naive re-run-the-context loop.
 
     python bench/engine.py [--models models/shakespeare-gpt random:gpt-baby] [--device auto]
-                           [--dtypes float32 bfloat16] [--batches 1 8 32 64] [--chars 300]
-                           [--threads N] [--no-graphs] [--results results.jsonl]
+                           [--dtypes float32 bfloat16 auto] [--batches 1 8 32 64] [--chars 300]
+                           [--threads N] [--no-graphs] [--no-compile] [--attention auto|sdpa|bmm]
+                           [--no-naive] [--no-step-alone] [--results results.jsonl]
 
 For each model, dtype and batch size B, B seeded requests of --chars characters are submitted at
 once to an engine with max_batch_size B; characters per second is B * chars / wall time. The naive
@@ -12,6 +13,10 @@ context (cropped to block_size) of all B rows through `forward` and sample from 
 Recurrent models have no cropped context to re-run: their loop is left out. "step alone" is the
 decoder's step with every row active and none of the engine's per-character bookkeeping. `random:gpt-baby` is
 a randomly initialised model of the gpt-baby preset's size with tinyshakespeare's 65 characters.
+The engine decodes as the server does (on CUDA: the step compiled, then captured; the Triton decode
+attention kernel where it passes its self-check); `--no-compile` and `--attention sdpa` give the path
+before those, for a baseline in the same run. `--dtypes auto` loads the model in float32 and lets the
+engine time which dtype decodes faster (CHARLM_DTYPE=auto); its rows name the dtype chosen.
 Prints a Markdown table; with --results, appends one JSON line per measurement.
 """
 
@@ -29,7 +34,7 @@ import torch
 
 from charlm.checkpoint import load_model
 from charlm.generation import prompt_ids
-from charlm.models import CharModel, build_model
+from charlm.models import CharModel, base, build_model
 from charlm.models.base import decode_attention
 from charlm.sampling import SamplingParams, SamplingRows, sample
 from charlm.vocab import Vocab
@@ -100,12 +105,13 @@ def naive_rate(model: CharModel, ids: list[int], batch: int, chars: int) -> floa
 
 
 @torch.inference_mode()
-def decoder_step_ms(model: CharModel, ids: list[int], batch: int, graphs: bool, steps: int = 200) -> float:
+def decoder_step_ms(model: CharModel, ids: list[int], batch: int, graphs: bool, compile: bool | None,
+                    steps: int = 200) -> float:
     """The decode step alone, every row active, without the engine's bookkeeping: ms per step
     with the host waiting for each result, as the engine does."""
     from charlm.decoding import SlotDecoder
 
-    decoder = SlotDecoder(model, batch, graphs=graphs)
+    decoder = SlotDecoder(model, batch, graphs=graphs, compile=compile)
     decoder.warm_up(ids)
     for seed in range(batch):
         decoder.add(ids, SamplingParams(temperature=0.8), seed)
@@ -123,27 +129,35 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure(args: argparse.Namespace, spec: str, device: torch.device, dtype_name: str) -> None:
-    name, model, vocab = load(spec, device, DTYPES[dtype_name])
-    ids = prompt_ids(vocab, PROMPT)
+    auto = dtype_name == "auto"
     for batch in args.batches:
-        engine = Engine(name, model, vocab, batch, max_queued=batch, cuda_graphs=not args.no_graphs, sink=EndsSink())
+        # Loaded for each batch: `dtype auto` converts the model in place to what it chose.
+        name, model, vocab = load(spec, device, torch.float32 if auto else DTYPES[dtype_name])
+        ids = prompt_ids(vocab, PROMPT)
+        engine = Engine(name, model, vocab, batch, max_queued=batch, cuda_graphs=not args.no_graphs,
+                        compile_step=False if args.no_compile else None, choose_dtype=auto, sink=EndsSink())
         engine.start()
         engine_rate(engine, ids, batch, min(args.chars, 20))  # first-use costs out of the way
         rate = engine_rate(engine, ids, batch, args.chars)
-        graphs = engine.cuda_graphed
+        graphs, memory = engine.cuda_graphed, engine.memory
         engine.close()
         engine.join()
         naive = naive_rate(model, ids, batch, args.chars) if model.context_size and not args.no_naive else None
-        step_ms = decoder_step_ms(model, ids, batch, not args.no_graphs)
+        step_ms = None if args.no_step_alone else decoder_step_ms(model, ids, batch, not args.no_graphs,
+                                                                      False if args.no_compile else None)
         loop = "—" if naive is None else f"{naive:,.0f}"
         ratio = "—" if naive is None else f"{rate / naive:.1f}"
-        print(f"| {name} | {dtype_name} | {batch} | {rate:,.0f} | {1000 * batch / rate:.3f} | {step_ms:.3f} "
-              f"| {loop} | {ratio} |", flush=True)
+        shown = f"auto: {memory.get('dtype')}" if auto else dtype_name
+        alone = "—" if step_ms is None else f"{step_ms:.3f}"
+        print(f"| {name} | {shown} | {batch} | {rate:,.0f} | {1000 * batch / rate:.3f} | {alone} "
+              f"| {loop} | {ratio} | {memory.get('decode_attention', '—')} | {memory.get('compile_s', 'no')} |",
+              flush=True)
         if args.results:
             row = {"bench": "engine", "model": name, "device": str(device), "dtype": dtype_name, "batch": batch,
                    "chars_per_s": rate, "ms_per_step": 1000 * batch / rate, "step_alone_ms": step_ms,
-                   "loop_chars_per_s": naive,
-                   "cuda_graphs": graphs}
+                   "loop_chars_per_s": naive, "cuda_graphs": graphs, "compiled": memory.get("compiled"),
+                   "compile_s": memory.get("compile_s"), "decode_attention": memory.get("decode_attention"),
+                   "chosen_dtype": memory.get("dtype"), "dtype_reason": memory.get("dtype_reason")}
             with args.results.open("a") as out:
                 out.write(json.dumps(row) + "\n")
 
@@ -153,22 +167,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--models", nargs="+", default=["models/shakespeare-gpt"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=sorted(DTYPES))
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=[*sorted(DTYPES), "auto"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--chars", type=int, default=300)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU intra-op threads")
     parser.add_argument("--no-graphs", action="store_true", help="decode eagerly on CUDA")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    parser.add_argument("--no-step-alone", action="store_true", help="skip the step timed without the engine")
+    parser.add_argument("--no-compile", action="store_true", help="the step as written (CHARLM_COMPILE=false)")
+    parser.add_argument("--attention", default="auto", choices=["auto", "sdpa", "bmm"],
+                        help="how GPT steps attend (charlm.models.base.DECODE_ATTENTION)")
     parser.add_argument("--results", type=Path, help="append one JSON line per measurement to this file")
     args = parser.parse_args()
+    base.DECODE_ATTENTION = args.attention
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     torch.set_num_threads(1)  # loading: the engine thread is then the only one with an OpenMP team
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"{hardware}; torch {torch.__version__}; {args.chars} characters per sequence")
     print("| model | dtype | batch | engine characters / s | ms / step | step alone (ms) | naive loop characters / s "
-          "| x loop |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+          "| x loop | attention | compiled (s) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for spec in args.models:
         for dtype_name in args.dtypes:
             torch.set_num_threads(args.threads)

@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
-# One command that proves the GPU path on a CUDA machine, within about 8 minutes:
-#   the gpu-marked tests; bench/engine.py (engine against the batched naive loop, batch 1/32/256,
-#   bf16 and fp32, every bundled model and a random gpt-baby-size model); bench/serve.py at
-#   1/32/256/1,024 streams with one HTTP front end and with four, each beside the same engine
-#   in-process, and shakespeare-lstm at 1,024 streams; where a decode step's GPU time goes
-#   (bench/gpu_profile.py); gpt-baby
-#   training throughput, eager then compiled; then docs/benchmarks-gpu.md (bench/gpu_report.py),
-#   naming the card.
+# One command that proves the GPU path on a CUDA machine, within 8 minutes, in order of what matters
+# (steps that no longer fit the budget are skipped and reported): the gpu-marked test of batch
+#   invariance as served; the issue's targets as served (bench/engine.py: compiled step, attention
+#   chosen at startup, dtype auto for the LSTM), then the same shapes as before (step as written,
+#   SDPA) in the same run; kernels and kernel time per step of every bundled model
+#   (bench/gpu_profile.py); the gpu-marked tests of the Triton kernel, compiled steps and dtype
+#   auto, then the others; the engine of every bundled model in bf16 and fp32 at batch 1/32/256
+#   (not compiled: the dtype table); the CPU engine; gpt-baby training throughput; then
+#   docs/benchmarks-gpu.md (bench/gpu_report.py), naming the card. After the targets, bench/serve.py
+#   at 1/256/1,024 streams with one HTTP front end and with four, each beside the same engine
+#   in-process, and shakespeare-lstm at 1,024 streams.
 #
-#   bench/gpu_check.sh [--wheels DIR] [--data FILE] [--out DIR]
+#   bench/gpu_check.sh [--wheels DIR] [--data FILE] [--out DIR] [--dry-run]
 #
 # --wheels: a folder of wheels to install what this Python lacks (the GPU machines have CUDA torch
 # but not the web stack). --data: the training text (default ../shared/data/tinyshakespeare.txt;
 # without it the training benchmark uses a generated text of the same alphabet). --out: where logs, results and the trained model go
 # (default /tmp/charlm-gpu-check). Every step is bounded in time; a step that fails or cannot run
-# is reported and the others go on. Results are written as they are measured.
+# is reported and the others go on. Results are written as they are measured. --dry-run: every step
+# on the CPU at tiny sizes with short limits, and the report into the --out folder (docs untouched):
+# it checks this script and what it runs without a GPU, and measures nothing worth reading.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-WHEELS="" DATA="../shared/data/tinyshakespeare.txt" OUT_DIR="/tmp/charlm-gpu-check"
+WHEELS="" DATA="../shared/data/tinyshakespeare.txt" OUT_DIR="/tmp/charlm-gpu-check" DRY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --wheels) WHEELS="$2"; shift 2 ;;
         --data) DATA="$2"; shift 2 ;;
         --out) OUT_DIR="$2"; shift 2 ;;
-        *) echo "usage: $0 [--wheels DIR] [--data FILE] [--out DIR]" >&2; exit 2 ;;
+        --dry-run) DRY=1; shift ;;
+        *) echo "usage: $0 [--wheels DIR] [--data FILE] [--out DIR] [--dry-run]" >&2; exit 2 ;;
     esac
 done
 PY=${PYTHON:-python3}
@@ -33,7 +39,7 @@ RESULTS="$OUT_DIR/results.jsonl" STEPS="$OUT_DIR/steps.txt"
 : > "$RESULTS"; : > "$STEPS"
 START=$SECONDS
 say() { echo "gpu-check [$((SECONDS - START)) s]: $*" >&2; }
-BUDGET=${CHARLM_GPU_CHECK_BUDGET_S:-540}  # seconds for all the steps together
+BUDGET=${CHARLM_GPU_CHECK_BUDGET_S:-445}  # seconds for all the steps: 8 minutes with setup and report
 step() {  # step NAME TIMEOUT COMMAND...: run it bounded (and within the budget), record how it ended
     local name=$1 limit=$2 status=0 began=$SECONDS left; shift 2
     left=$((BUDGET - (SECONDS - START)))
@@ -41,14 +47,22 @@ step() {  # step NAME TIMEOUT COMMAND...: run it bounded (and within the budget)
         say "$name: skipped, the budget of $BUDGET s is spent"; echo "$name|skipped|0" >> "$STEPS"; return
     fi
     [ "$limit" -gt "$left" ] && limit=$left
+    [ "$DRY" = 1 ] && limit=$((limit < 120 ? limit : 120))
     say "$name: start (at most $limit s)"
     timeout "$limit" "$@" 2>&1 | tee -a "$OUT_DIR/$name.log" || status=$?
     echo "$name|$status|$((SECONDS - began))" >> "$STEPS"
     say "$name: exit status $status after $((SECONDS - began)) s"
 }
 
-if ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-    say "no CUDA device visible to $PY: nothing to check"; exit 1
+if [ "$DRY" = 1 ]; then  # tiny sizes on the CPU: the same commands, checked, nothing measured
+    DEV=cpu B1=1 B32=2 B256=2 B1024=3 CHARS=12 ITERS=2 PROFILE_BUDGET=20 PROFILE_STEPS=2 HALF=float32
+    DOC="$OUT_DIR/benchmarks-gpu.md"
+    export CHARLM_COMPILE=false
+elif ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    say "no CUDA device visible to $PY: nothing to check (--dry-run checks the script on a CPU)"; exit 1
+else
+    DEV=cuda B1=1 B32=32 B256=256 B1024=1024 CHARS=300 ITERS=30 PROFILE_BUDGET=140 PROFILE_STEPS=100 HALF=bfloat16
+    DOC=docs/benchmarks-gpu.md
 fi
 if ! $PY -c "import fastapi, uvicorn, httptools, pydantic_settings, httpx_sse" 2>/dev/null; then
     if [ -n "$WHEELS" ]; then
@@ -65,25 +79,45 @@ SITE="${SITE:-$OUT_DIR/site}"
 $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target "$SITE" . \
     && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" \
     || say "could not install charlm from this tree: 'charlm serve' steps will fail"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT_DIR/card.txt" 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT_DIR/card.txt" 2>&1 \
+    || echo "no GPU (a dry run on the CPU)" > "$OUT_DIR/card.txt"
 say "card: $(cat "$OUT_DIR/card.txt"); torch $($PY -c 'import torch; print(torch.__version__)')"
 
-step gpu-tests 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu
-step engine 240 $PY bench/engine.py --device cuda --dtypes bfloat16 float32 --batches 1 32 256 \
-    --models models/shakespeare-gpt models/shakespeare-lstm models/pushkin-lstm-attention random:gpt-baby \
-    --results "$RESULTS"
-step engine-eager 60 $PY bench/engine.py --device cuda --dtypes bfloat16 --batches 1 256 --no-graphs --no-naive \
-    --models models/shakespeare-gpt --results "$OUT_DIR/eager.jsonl"
-step serve 110 $PY bench/serve.py --device cuda --levels 1 32 256 1024 --procs 8 --workers 1 --engine-baseline \
-    --plot "$OUT_DIR/serve.png" --results "$RESULTS"
-step serve-workers 80 $PY bench/serve.py --device cuda --levels 256 1024 --procs 8 --workers 4 --engine-baseline \
-    --plot "$OUT_DIR/serve-workers.png" --results "$RESULTS"
-step serve-lstm 60 $PY bench/serve.py --device cuda --model shakespeare-lstm --levels 1024 --procs 8 --workers 4 \
-    --engine-baseline --plot "$OUT_DIR/serve-lstm.png" --results "$RESULTS"
-step profile 120 $PY bench/gpu_profile.py --model random:gpt-baby --batch 256 --compile
-step train-throughput 45 $PY bench/train_throughput.py --presets gpt-baby --device cuda --iters 30 \
+ENGINE="$PY bench/engine.py --device $DEV --chars $CHARS --no-naive --no-step-alone"
+BABY=random:gpt-baby GPT=models/shakespeare-gpt LSTM=models/shakespeare-lstm
+if [ "$DRY" = 1 ]; then
+    step gpu-tests 60 $PY -m pytest -q -p no:cacheprovider -m gpu --collect-only tests/gpu
+else
+    # The test behind the invariance target first, with a report of its own (a step cut short writes none).
+    step gpu-tests-invariance 100 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu -k alone_equals \
+        --junitxml "$OUT_DIR/gpu-tests.xml"
+fi
+# The targets as served, then the same shapes as before in this run (the baseline of each figure).
+step targets-gpt-baby 110 $ENGINE --models $BABY --dtypes $HALF --batches $B256 $B1024 --results "$RESULTS"
+step targets-gpt 80 $ENGINE --models $GPT --dtypes $HALF --batches $B1 $B256 --results "$RESULTS"
+step targets-lstm 50 $ENGINE --models $LSTM --dtypes auto --batches $B256 --results "$RESULTS"
+step baseline 90 bash -c "$ENGINE --no-compile --attention sdpa --models $BABY $GPT --dtypes $HALF \
+    --batches $B1 $B256 $B1024 --results $OUT_DIR/baseline.jsonl && $ENGINE --no-compile --models $LSTM \
+    --dtypes $HALF float32 --batches $B256 --results $OUT_DIR/baseline.jsonl"
+# The HTTP side, engines in processes, beside the same engine in-process (--engine-baseline): one front
+# end, then four; the fastest bundled model at 1,024 streams. The step as written: compiling every
+# model at startup would take the step's time.
+SERVE="env CHARLM_COMPILE=false $PY bench/serve.py --device $DEV --procs 8 --engine-baseline --results $RESULTS"
+step serve 90 $SERVE --levels $B1 $B256 $B1024 --workers 1 --plot "$OUT_DIR/serve.png"
+step serve-workers 70 $SERVE --levels $B256 $B1024 --workers 4 --plot "$OUT_DIR/serve-workers.png"
+step serve-lstm 50 $SERVE --model shakespeare-lstm --levels $B1024 --workers 4 --plot "$OUT_DIR/serve-lstm.png"
+step profile $((PROFILE_BUDGET + 40)) $PY bench/gpu_profile.py --device $DEV --batch $B256 --budget-s $PROFILE_BUDGET \
+    --steps $PROFILE_STEPS --results "$OUT_DIR/profile.jsonl" --dtype $HALF \
+    $([ "$DRY" = 1 ] && echo --models $GPT $LSTM)
+KERNEL_TESTS="triton_kernel or compiled_step or dtype_auto"
+[ "$DRY" = 1 ] || step gpu-tests-kernel 90 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu -k "$KERNEL_TESTS"
+[ "$DRY" = 1 ] || step gpu-tests 90 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
+    -k "not ($KERNEL_TESTS or alone_equals)"
+step engine 100 $ENGINE --no-compile --dtypes $HALF float32 --batches $B1 $B32 $B256 --results "$OUT_DIR/engine.jsonl" \
+    --models $GPT $LSTM models/pushkin-lstm-attention models/shakespeare-gpt-large
+step cpu-engine 40 $PY bench/engine.py --device cpu --chars 100 --no-naive --no-step-alone --models $GPT --batches 1 32 \
+    --results "$OUT_DIR/cpu.jsonl"
+step train-throughput 45 $PY bench/train_throughput.py --presets gpt-baby --device $DEV --iters $ITERS \
     --data "$DATA" --results "$RESULTS"
-step train-throughput-compiled 120 $PY bench/train_throughput.py --presets gpt-baby --device cuda --iters 30 \
-    --data "$DATA" --compile --results "$RESULTS"
-$PY bench/gpu_report.py --out "$OUT_DIR" --doc docs/benchmarks-gpu.md && say "wrote docs/benchmarks-gpu.md"
+$PY bench/gpu_report.py --out "$OUT_DIR" --doc "$DOC" && say "wrote $DOC"
 say "done"

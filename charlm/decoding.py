@@ -9,8 +9,11 @@ the last active row moves into its place, so the active rows stay a prefix.
 On CUDA every step covers all `slots` rows, so its shapes never change: it is
 captured as a CUDA graph, and a row's arithmetic does not depend on the other
 rows (batch invariance). Short prompts are fed through that step too
-(`charlm.prompt_feed`). On a CPU a step covers the active rows only, and
-prompts are prefilled in one call each.
+(`charlm.prompt_feed`). Before capture, the step is compiled (torch.compile), so
+that the graph replays fused kernels; the model chooses its decode attention
+(`prepare_decoding`) before either. On a CPU a step covers the active rows only
+(shapes that change every step: no compilation, which measured no faster there),
+and prompts are prefilled in one call each.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from charlm.device_memory import allocate_state
-from charlm.graphs import try_capture
+from charlm.graphs import prepare_step, try_capture
 from charlm.models import CharModel, DecodeState
 from charlm.prompt_feed import PROMPT_FEED, PromptFeed
 from charlm.sampling import SamplingParams, SamplingRows, sample
@@ -101,9 +105,10 @@ class SlotDecoder:
     """
 
     def __init__(self, model: CharModel, slots: int, *, graphs: bool = True, name: str = "model",
-                 fixed_shape: bool | None = None, feed_prompts: bool | None = None):
-        """`fixed_shape` (every step covers all rows) and `feed_prompts` (short prompts ride the
-        step) default to whether the model is on CUDA; tests set them to run those paths on a CPU."""
+                 fixed_shape: bool | None = None, feed_prompts: bool | None = None, compile: bool | None = None):
+        """`fixed_shape` (every step covers all rows), `feed_prompts` (short prompts ride the step)
+        and `compile` (torch.compile of the fixed-shape step, at `warm_up`) default to whether the
+        model is on CUDA; tests set them to run those paths on a CPU."""
         self.model, self.slots, self.name = model, slots, name
         self.device = next(model.parameters()).device
         cuda = self.device.type == "cuda"
@@ -128,6 +133,12 @@ class SlotDecoder:
         self.launched = 0
         self._view_cache: dict[int, tuple[DecodeState, SamplingRows, Tensor, Tensor]] = {}
         self.use_graphs = graphs and cuda and self.fixed
+        self.compile = self.fixed and (cuda if compile is None else compile)
+        # How this decoder steps, for /info: the model's decode attention, then what compiling cost.
+        self.report: dict[str, object] = {**model.prepare_decoding(), "compiled": False}
+        # The fixed-shape step without and with the sampling controls, compiled at warm-up if asked.
+        self.runs: dict[bool, Callable[[], object]] = {
+            controls: functools.partial(self._step, slots, None, controls=controls) for controls in (False, True)}
         # Two graphs of the step: without the sampling controls and with them. A row that uses none
         # comes out the same from both, so which one a step replays may depend on the other rows.
         self.graphs: dict[bool, torch.cuda.CUDAGraph | None] = {False: None, True: None}
@@ -141,13 +152,11 @@ class SlotDecoder:
     def warm_up(self, prompt: list[int]) -> None:
         """Run every path once at full size, capturing the graphs on CUDA, so that the first
         requests meet no one-time costs. Leaves no row active."""
-        if self.use_graphs:
-            for controls in (False, True):
-                step = functools.partial(self._step, self.slots, None, controls=controls)
-                self.graphs[controls] = try_capture(f"{self.name} step", step)
-            if self.window is not None:
-                rows, model = self.reencode_rows, self.model
-                self.reencode_graph = try_capture(f"{self.name} re-encode", lambda: model.reencode(self.state, rows))
+        if self.use_graphs or self.compile:
+            self._prepare_steps()
+        if self.use_graphs and self.window is not None:
+            rows, model = self.reencode_rows, self.model
+            self.reencode_graph = try_capture(f"{self.name} re-encode", lambda: model.reencode(self.state, rows))
         self.add(prompt, SamplingParams(), 0)
         self.active = self.slots  # the other rows hold empty sequences: a valid state
         if self.window is not None:
@@ -155,6 +164,20 @@ class SlotDecoder:
         for _ in range(3):
             self.launch().result()
         self.active = 0
+
+    def _prepare_steps(self) -> None:
+        """Compile (if asked) and capture (on CUDA) both fixed-shape steps; report what it cost."""
+        seconds, errors = 0.0, []
+        for controls in (False, True):
+            prepared = prepare_step(f"{self.name} step{' with controls' if controls else ''}", self.runs[controls],
+                                    compile=self.compile, graph=self.use_graphs)
+            self.runs[controls], self.graphs[controls] = prepared.run, prepared.graph
+            seconds += prepared.compile_s
+            errors += [prepared.compile_error] if prepared.compile_error else []
+        if self.compile:
+            self.report.update(compiled=not errors, compile_s=round(seconds, 1))
+            if errors:
+                self.report["compile_error"] = errors[0]
 
     @property
     def graphed(self) -> bool:
@@ -233,7 +256,7 @@ class SlotDecoder:
         if (graph := self.graphs[controls]) is not None:
             graph.replay()
         elif self.fixed:
-            self._step(self.slots, None, controls=controls)
+            self.runs[controls]()
         else:
             filled = max(self.filled[:n]) + 1 if self.window is not None else None
             self._step(n, filled, top=any(self.wants_top[:n]), controls=controls)

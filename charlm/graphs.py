@@ -3,13 +3,16 @@
 A decode step is dozens of small kernels; launched one by one from Python, the host
 time dwarfs the GPU time. Recorded as a graph, a step costs one launch. Capture can
 fail (an operation that synchronises with the host, a kernel that cannot be
-captured): the caller then runs the computation eagerly.
+captured): the caller then runs the computation eagerly. `try_compile` compiles such a
+computation first (torch.compile), with the same fallback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -43,3 +46,53 @@ def try_capture(name: str, compute: Callable[[], object]) -> torch.cuda.CUDAGrap
         with contextlib.suppress(Exception):  # work queued before the failure ends first
             torch.cuda.synchronize()
         return None
+
+
+def try_compile(name: str, compute: Callable[[], object]) -> tuple[Callable[[], object] | None, float, str | None]:
+    """`compute` compiled by torch.compile (inductor; fixed shapes) and run once, which is when the
+    compilation happens, so that its time is paid here: (compiled, seconds, None), or
+    (None, seconds, reason) with the reason logged, and the caller keeps `compute`.
+
+    Compiled before a graph is captured, the layer norms, bias adds, GELU, residuals and sampling
+    tail of a decode step fuse into fewer kernels, and the graph replays those."""
+    started = time.perf_counter()
+    try:
+        compiled = torch.compile(compute, dynamic=False)
+        compiled()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    except Exception as exc:  # a compiler problem means today's step, never a failed start
+        seconds = time.perf_counter() - started
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        logger.warning("%s: torch.compile failed after %.1f s, decoding with the step as written: %s",
+                       name, seconds, reason)
+        return None, seconds, reason
+    seconds = time.perf_counter() - started
+    logger.info("%s: compiled by torch.compile in %.1f s", name, seconds)
+    return compiled, seconds, None
+
+
+@dataclasses.dataclass
+class PreparedStep:
+    """A fixed-shape step made ready: `run` runs it eagerly (compiled, or as written), `graph`
+    replays it (None: run it eagerly); what compiling cost and, if it failed, why."""
+
+    run: Callable[[], object]
+    graph: torch.cuda.CUDAGraph | None
+    compile_s: float = 0.0
+    compile_error: str | None = None
+
+
+def prepare_step(name: str, compute: Callable[[], object], *, compile: bool, graph: bool) -> PreparedStep:
+    """Compile `compute` (when asked; `try_compile`) and capture it as a graph (when asked;
+    `try_capture`). A compiled step that will not capture gives way to the step as written."""
+    run, seconds, error = compute, 0.0, None
+    if compile:
+        compiled, seconds, error = try_compile(name, compute)
+        run = compiled or compute
+    captured = try_capture(name, run) if graph else None
+    if graph and captured is None and run is not compute:
+        logger.warning("%s: the compiled step would not capture; capturing the step as written", name)
+        run, error = compute, "the compiled step would not capture as a CUDA graph"
+        captured = try_capture(name, run)
+    return PreparedStep(run, captured, seconds, error)

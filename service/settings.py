@@ -16,7 +16,8 @@ class Settings(BaseSettings):
     default_model: str = Field("shakespeare-gpt", description="model used when a request names none")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
+        "auto", description="auto: on CUDA, per model the faster of bfloat16 and float32 (timed at startup); "
+        "float32 on CPU"
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -24,6 +25,9 @@ class Settings(BaseSettings):
         0, ge=0, le=4096, description="sequences stepped together per model; 0: 256 on CUDA, 32 on CPU"
     )
     cuda_graphs: bool = Field(True, description="on CUDA, replay each model's decode step as a CUDA graph")
+    compile: bool = Field(
+        True, description="on CUDA, compile each model's decode step (torch.compile) at startup, before its capture"
+    )
     workers: int = Field(
         0, ge=0, le=64, description="HTTP front-end processes sharing the port and every model's engine; "
         "0: 1 below 4 cores, else cores / 4 (at most 8)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from charlm.checkpoint import LoadedModel, load_model
 from tests.helpers import TINY, make_corpus, train_tiny
 
 torch.set_num_threads(1)  # the suite is many tiny models; extra threads only contend
+if not torch.cuda.is_available():  # Triton kernels run interpreted; it must be set before Triton's import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:

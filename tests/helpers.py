@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from training.session import RunSpec
 from training.trainer import train
@@ -56,3 +59,14 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: f
             return True
         time.sleep(interval)
     return False
+
+
+def require_triton() -> None:
+    """Skip the calling test without Triton (the dev extra installs it), but fail under CI, which
+    installs it: a missing tool there must not pass for a skipped test."""
+    from charlm import decode_kernel
+
+    if decode_kernel.available() is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{decode_kernel.available()}; CI installs the dev extra, which brings it")
+        pytest.skip(f"{decode_kernel.available()} (the dev extra installs it)")

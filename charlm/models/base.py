@@ -22,16 +22,24 @@ S = TypeVar("S", bound="DecodeState")
 DECODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-# How decoding attends over a cache: "sdpa", torch's scaled dot-product attention (its backends as
-# above), or "bmm", two batched matrix products in the cache's dtype with the softmax in float32.
-# SDPA's fused kernels are built for many queries; with one query per row, the profile on an H200
-# found its memory-efficient kernel at half the time of a 10.7M-parameter step (bench/gpu_profile.py
-# measures both).
-DECODE_ATTENTION = "sdpa"
+# How decoding attends over a cache: "auto", the Triton kernel (`charlm.decode_kernel`) for one-query
+# steps of a model whose `prepare_decoding` found it working (CUDA only), scaled dot-product
+# attention otherwise; or one way for every step: "sdpa", torch's scaled dot-product attention (its
+# backends as above), "bmm", two batched matrix products in the cache's dtype with the softmax in
+# float32, "triton", the kernel (interpreted on a CPU: tests). SDPA's fused kernels are built for
+# many queries; with one query per row, the profile on an H200 found its memory-efficient kernel at
+# half the time of a 10.7M-parameter step (bench/gpu_profile.py measures each way).
+DECODE_ATTENTION = "auto"
 
 
-def cached_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-    """Attention of q (B, H, T, hd) over keys and values (B, H, S, hd) where mask (B, 1, T, S) allows."""
+def cached_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """Attention of q (B, H, T, hd) over keys and values (B, H, S, hd) where mask (B, 1, T, S) allows.
+
+    `lengths` (B,), the keys each row holds, is given for a one-query step (T = 1) that the Triton
+    kernel serves; the mask then says the same and goes unused.
+    """
+    if lengths is not None:  # the operator charlm.decode_kernel registers (imported by prepare_decoding)
+        return torch.ops.charlm.decode_attention(q, keys, values, lengths, 0)  # (B, H, 1, hd)
     if DECODE_ATTENTION == "bmm":
         scores = torch.matmul(q * q.size(-1) ** -0.5, keys.transpose(-1, -2))  # (B, H, T, S)
         weights = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1)
@@ -129,6 +137,11 @@ class CharModel(nn.Module):
     def prefill(self, tokens: Tensor, state: DecodeState) -> Tensor:
         """Feed tokens (B, T) to the rows of `state`, in place; logits (B, V) for what follows."""
         raise NotImplementedError
+
+    def prepare_decoding(self) -> dict[str, str]:
+        """Choose how this model decodes on its device, once, before any step is captured as a
+        graph (it may run and synchronise); returns what was chosen and why, for /info."""
+        return {}
 
     def step(self, tokens: Tensor, state: DecodeState, filled: int | None = None) -> Tensor:
         """Feed one character per row, tokens (B,), in place; logits (B, V) for what follows.

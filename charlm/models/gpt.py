@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import charlm.models.base as base
 from charlm.models.base import (
     CharModel,
     DecodeState,
@@ -91,18 +92,19 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True))
 
-    def forward_cached(self, x: Tensor, kv: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+    def forward_cached(self, x: Tensor, kv: Tensor, positions: Tensor, mask: Tensor,
+                       lengths: Tensor | None = None) -> Tensor:
         """Attend from x (B, T, C) at `positions` (B, T) over the cache kv (2, B, H, S, hd).
 
         Writes this chunk's keys and values into the cache in place first, then attends
-        over the first mask.size(-1) slots (no row holds more).
+        over the first mask.size(-1) slots (no row holds more); `lengths` as `cached_attention`'s.
         """
         q, k, v = self._heads(x)
         rows = torch.arange(x.size(0), device=x.device)[:, None]  # (B, 1)
         kv[:, rows, :, positions] = torch.stack((k, v), dim=2).permute(0, 3, 2, 1, 4)  # (B, T, 2, H, hd)
         span = mask.size(-1)
         keys, values = kv[0, :, :, :span], kv[1, :, :, :span]  # (B, H, span, hd), the model's dtype
-        return self._merge(cached_attention(q, keys, values, mask))
+        return self._merge(cached_attention(q, keys, values, mask, lengths))
 
 
 class MLP(nn.Module):
@@ -129,8 +131,9 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def forward_cached(self, x: Tensor, kv: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.attn.forward_cached(self.ln_1(x), kv, positions, mask)
+    def forward_cached(self, x: Tensor, kv: Tensor, positions: Tensor, mask: Tensor,
+                       lengths: Tensor | None = None) -> Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), kv, positions, mask, lengths)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -148,6 +151,7 @@ class GPT(CharModel):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied input and output embeddings
+        self.attention_kernel = False  # one-query steps attend with the Triton kernel (prepare_decoding)
         self.apply(init_normal)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
@@ -175,6 +179,25 @@ class GPT(CharModel):
     @property
     def reencoded_length(self) -> int:
         return self.config.block_size // 2
+
+    def prepare_decoding(self) -> dict[str, str]:
+        """One-query steps attend with the Triton kernel on CUDA when it passes its self-check at
+        this model's shapes (see `base.DECODE_ATTENTION`), otherwise with the other ways."""
+        how, device, c = base.DECODE_ATTENTION, self.wte.weight.device, self.config
+        self.attention_kernel = False
+        if how == "auto" and device.type != "cuda":
+            return {"decode_attention": "sdpa", "decode_attention_reason": f"on {device.type}"}
+        if how != "auto":
+            self.attention_kernel = how == "triton"
+            if self.attention_kernel:
+                from charlm import decode_kernel  # registers the kernel's operator
+            return {"decode_attention": how, "decode_attention_reason": f"DECODE_ATTENTION is {how!r}"}
+        from charlm import decode_kernel  # here only: Triton's import is slow, and CPU installs lack it
+
+        problem = decode_kernel.check_logged(device, self.wte.weight.dtype, c.n_embd // c.n_head, c.block_size)
+        self.attention_kernel = problem is None
+        reason = problem or "the Triton kernel passed its self-check"
+        return {"decode_attention": "triton" if problem is None else "sdpa", "decode_attention_reason": reason}
 
     def init_state(self, batch_size: int, device: torch.device | str) -> GPTState:
         c = self.config
@@ -220,9 +243,10 @@ class GPT(CharModel):
         slots = torch.arange(span, device=tokens.device)  # (span,)
         mask = (slots[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (B, 1, T, span)
         x = self.wte(tokens) + self.wpe(positions)  # (B, T, C)
+        lengths = positions[:, 0] + 1 if self.attention_kernel and tokens.size(1) == 1 else None  # (B,)
         with decode_attention(tokens.device):
             for layer, block in enumerate(cast(list[Block], self.blocks)):
-                x = block.forward_cached(x, state.kv[layer], positions, mask)
+                x = block.forward_cached(x, state.kv[layer], positions, mask, lengths)
         rows = torch.arange(tokens.size(0), device=tokens.device)[:, None]  # (B, 1)
         state.tokens[rows, positions] = tokens
         state.length += tokens.size(1)

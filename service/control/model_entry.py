@@ -108,23 +108,27 @@ def make_entry(path: Path, config: EngineConfig) -> ModelEntry:
     """A model directory's entry with its engine made, not started: in a process of its own (which
     loads the weights, on the device) or in a thread of this one (the weights loaded here)."""
     settings = config.settings
+    choose_dtype = settings.dtype == "auto" and config.device.type == "cuda"  # the engine times bf16 against fp32
+    dtype = torch.float32 if choose_dtype else config.dtype  # weights at full precision until then
+    compile_step = None if settings.compile else False  # None: where it pays (CUDA)
     entry = ModelEntry(path.name, path, signature=directory_signature(path))
     started = time.monotonic()
     if settings.engine_process:
         address = socket_path(config.runtime_dir, next(config.serials))
-        spec = EngineSpec(path.name, path, str(config.device), config.dtype, config.max_batch_size,
-                          settings.max_queued, settings.cuda_graphs, config.threads, settings.log_level,
-                          address=address)
+        spec = EngineSpec(path.name, path, str(config.device), dtype, config.max_batch_size, settings.max_queued,
+                          settings.cuda_graphs, config.threads, settings.log_level, address=address,
+                          compile_step=compile_step, choose_dtype=choose_dtype)
         entry.engine = EngineProcess(spec)
         return entry
     try:
-        loaded = load_model(path, device=config.device, dtype=config.dtype)
+        loaded = load_model(path, device=config.device, dtype=dtype)
     except ModelDirError as exc:
         entry.error = str(exc)
         logger.error("model %s failed to load: %s", path.name, exc)
         return entry
     engine = Engine(path.name, loaded.model, loaded.vocab, config.max_batch_size, settings.max_queued,
-                    config.engine_metrics(path.name), cuda_graphs=settings.cuda_graphs)
+                    config.engine_metrics(path.name), cuda_graphs=settings.cuda_graphs, compile_step=compile_step,
+                    choose_dtype=choose_dtype)
     entry.engine = EngineThread(engine, loaded)
     entry.load_s = time.monotonic() - started
     return entry

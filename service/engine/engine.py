@@ -20,6 +20,7 @@ import torch
 
 from charlm.decoding import SlotDecoder
 from charlm.device_memory import DecoderMemoryError
+from charlm.dtype_choice import choose_dtype, convert
 from charlm.models import CharModel
 from charlm.vocab import Vocab
 from service.engine.batch import RunningBatch
@@ -44,9 +45,12 @@ class Engine:
     def __init__(
         self, name: str, model: CharModel, vocab: Vocab, max_batch_size: int, max_queued: int,
         metrics: EngineMetrics | None = None, cuda_graphs: bool = True, sink: EventSink | None = None,
+        compile_step: bool | None = None, choose_dtype: bool = False,
     ):
         """`sink` receives what every turn of the engine's loop produced (from the engine thread);
-        by default each request's `on_events` does."""
+        by default each request's `on_events` does. `compile_step`: torch.compile the decode step
+        (None: on CUDA); `choose_dtype`: the model, given in float32, decodes in the faster dtype
+        (`charlm.dtype_choice`), chosen at warm-up."""
         self.name = name
         self.model = model
         self.vocab = vocab
@@ -58,6 +62,7 @@ class Engine:
         self.sink: EventSink = sink or CallbackSink(vocab.chars)
         self.out = StepEventsBuilder()
         self._keys = itertools.count()
+        self.compile_step, self.choose_dtype = compile_step, choose_dtype
         self._cv = threading.Condition()
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._admitting = 0  # taken from the queue, not yet in the batch (their prefill runs)
@@ -149,10 +154,15 @@ class Engine:
         """
         try:
             reserved = torch.cuda.memory_reserved(self.device) if self.device.type == "cuda" else 0
-            decoder = SlotDecoder(self.model, self.max_batch_size, graphs=self.cuda_graphs, name=self.name)
+            chosen = choose_dtype(self.model, self.max_batch_size) if self.choose_dtype else None
+            if chosen is not None:
+                convert(self.model, chosen.dtype)
+            decoder = SlotDecoder(self.model, self.max_batch_size, graphs=self.cuda_graphs, name=self.name,
+                                  compile=self.compile_step)
             decoder.warm_up([self.vocab.start_id] * 8)
             self._batch = RunningBatch(decoder, self.vocab.chars, self.metrics, self.out, self._batch_changed)
-            self.memory = {"decode_state_bytes": decoder.state_bytes, "cuda_graphs": decoder.graphed}
+            self.memory = {"decode_state_bytes": decoder.state_bytes, "cuda_graphs": decoder.graphed,
+                           **decoder.report, **(chosen.describe() if chosen is not None else {})}
             if self.device.type == "cuda":
                 self.memory["device_bytes"] = torch.cuda.memory_reserved(self.device) - reserved
         except Exception as exc:

@@ -47,6 +47,8 @@ class EngineSpec:
     log_level: str
     fingerprint: str = ""  # of the weights the control plane read: the engine must serve the same version
     address: str = ""  # the Unix socket front ends connect to
+    compile_step: bool | None = None  # torch.compile the decode step (None: on CUDA)
+    choose_dtype: bool = False  # `dtype` is float32, and the engine times which dtype decodes faster
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +224,8 @@ def run(spec: EngineSpec, control: Connection) -> None:
         return
     relay = Relay()
     engine = Engine(spec.name, loaded.model, loaded.vocab, spec.max_batch_size, spec.max_queued, relay.metrics,
-                    cuda_graphs=spec.cuda_graphs, sink=relay)
+                    cuda_graphs=spec.cuda_graphs, sink=relay, compile_step=spec.compile_step,
+                    choose_dtype=spec.choose_dtype)
     if spec.device == "cpu":
         torch.set_num_threads(spec.threads)
     try:

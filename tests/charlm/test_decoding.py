@@ -7,8 +7,9 @@ from charlm.checkpoint import load_model
 from charlm.decoding import NewSequence, SlotDecoder
 from charlm.device_memory import DecoderMemoryError
 from charlm.generation import generate, prompt_ids
-from charlm.models import build_model
+from charlm.models import base, build_model
 from charlm.sampling import SamplingParams
+from tests.helpers import require_triton
 
 LONG_PROMPT = "the king and the queen shall speak of love and war, my lord, at night"  # past every window
 
@@ -20,7 +21,11 @@ MODES = pytest.mark.parametrize("mode", [{}, CUDA_LIKE], ids=["cpu", "cuda-like"
 
 def decode_alone(model, prompt: list[int], params: SamplingParams, seed: int, chars: int, slots: int = 1,
                  **mode):
-    decoder = SlotDecoder(model, slots, **mode)
+    return decode_with(SlotDecoder(model, slots, **mode), prompt, params, seed, chars)
+
+
+def decode_with(decoder: SlotDecoder, prompt: list[int], params: SamplingParams, seed: int, chars: int):
+    """The ids and log-probabilities of `chars` characters drawn by a sequence added to `decoder`, alone."""
     decoder.add(prompt, params, seed)
     ids, logprobs = [], []
     while len(ids) < chars:
@@ -191,3 +196,38 @@ def test_a_row_without_controls_is_the_same_whether_a_neighbour_uses_them(traine
         if step.drew is None or step.drew[row]:
             beside.append(result.ids[row])
     assert beside == decode_alone(loaded.model, ids, plain, 4, 25, 3, **mode)[0]
+
+
+@torch.inference_mode()
+def test_a_decoder_whose_gpt_attends_with_the_triton_kernel_draws_as_with_sdpa(tiny_models, monkeypatch):
+    """The fixed-shape decoder, rows of different lengths past the window, the kernel interpreted."""
+    require_triton()
+    loaded = load_model(tiny_models / "tiny-gpt")
+    ids = prompt_ids(loaded.vocab, "the king")
+    runs = {}
+    for attention in ("sdpa", "triton"):
+        monkeypatch.setattr(base, "DECODE_ATTENTION", attention)
+        runs[attention] = decode_alone(loaded.model, ids, SamplingParams(temperature=0.9, seed=4), 4, 30, 3,
+                                       **CUDA_LIKE)
+        assert loaded.model.attention_kernel == (attention == "triton")
+    assert runs["triton"][0] == runs["sdpa"][0]
+    torch.testing.assert_close(runs["triton"][1], runs["sdpa"][1], rtol=1e-4, atol=1e-4)
+
+
+@torch.inference_mode()
+def test_a_step_that_fails_to_compile_falls_back_to_the_step_as_written(trained_dir, monkeypatch, caplog):
+    """Fault injection: torch.compile raises. The decoder says why in its report and the log, and
+    decodes what a decoder that never tried decodes."""
+    loaded = load_model(trained_dir)
+
+    def failing_compile(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    decoder = SlotDecoder(loaded.model, 4, compile=True, **CUDA_LIKE)
+    decoder.warm_up([loaded.vocab.start_id] * 8)
+    assert decoder.report["compiled"] is False and "no compiler here" in str(decoder.report["compile_error"])
+    assert "torch.compile failed" in caplog.text
+    params, prompt = SamplingParams(temperature=0.7, seed=3), prompt_ids(loaded.vocab, "the")
+    assert decode_with(decoder, prompt, params, 3, 25) == decode_alone(loaded.model, prompt, params, 3, 25, 4,
+                                                                       **CUDA_LIKE)

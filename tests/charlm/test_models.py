@@ -5,6 +5,7 @@ import torch
 
 from charlm.models import ARCHITECTURES, GPT, base, build_model
 from charlm.models.gpt import GPTState
+from tests.helpers import require_triton
 
 V = 13
 CONFIGS = {
@@ -36,6 +37,12 @@ def step_with_room(model, tokens: torch.Tensor, state) -> torch.Tensor:
     return model.step(tokens, state)
 
 
+def test_a_gpt_on_a_cpu_decodes_with_scaled_dot_product_attention_by_default():
+    model = make("gpt")
+    assert model.prepare_decoding() == {"decode_attention": "sdpa", "decode_attention_reason": "on cpu"}
+    assert not model.attention_kernel
+
+
 def test_registry_has_the_three_architectures():
     assert set(ARCHITECTURES) == {"gpt", "lstm", "lstm_attention"}
 
@@ -50,13 +57,17 @@ def test_forward_returns_logits_and_loss(architecture):
     assert model(idx)[1] is None
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "bmm"])
-@pytest.mark.parametrize("architecture", sorted(CONFIGS))
+@pytest.mark.parametrize(("architecture", "attention"),
+                         [(a, how) for a in sorted(CONFIGS) for how in ("sdpa", "bmm")] + [("gpt", "triton")])
 def test_prefill_then_fixed_shape_steps_equal_full_forward(architecture, attention, monkeypatch):
     """Prefill a prompt, then feed one character at a time with `step`, far past block_size, with
-    either way of attending over the cache."""
+    each way of attending over the cache (GPT's steps with the Triton kernel too, interpreted here)."""
+    if attention == "triton":
+        require_triton()
     monkeypatch.setattr(base, "DECODE_ATTENTION", attention)
     model = make(architecture)
+    chosen = model.prepare_decoding()
+    assert architecture != "gpt" or chosen["decode_attention"] == attention
     history = torch.randint(0, V, (3, 30))
     with torch.no_grad():
         state = model.init_state(3, "cpu")

@@ -1,4 +1,5 @@
-"""The decode path on a CUDA GPU: graphs, bf16, batch invariance, the server. Skipped without CUDA."""
+"""The decode path on a CUDA GPU: graphs, compiled steps, the Triton decode attention kernel, bf16,
+dtype auto, batch invariance, the server. Skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import httpx
 import pytest
 import torch
 
+from charlm import decode_kernel
 from charlm.checkpoint import LoadedModel, load_model
 from charlm.decoding import SlotDecoder
+from charlm.dtype_choice import choose_dtype
 from charlm.generation import prompt_ids
+from charlm.models import base as models_base
 from charlm.sampling import SamplingParams, noise_key, uniform_noise
 from service.engine.engine import Engine
 from service.engine.sequences import Finished, GenerationRequest
@@ -56,7 +60,8 @@ def fill(decoder: SlotDecoder, loaded: LoadedModel, others: int, target_seed: in
 
 def test_graph_replay_equals_eager(trained_dir):
     loaded = on_gpu(trained_dir)
-    graphed, eager = SlotDecoder(loaded.model, 16), SlotDecoder(loaded.model, 16, graphs=False)
+    graphed = SlotDecoder(loaded.model, 16, compile=False)  # replay, not compilation, is what differs
+    eager = SlotDecoder(loaded.model, 16, graphs=False, compile=False)
     graphed.warm_up([loaded.vocab.start_id] * 4)
     assert graphed.graphed and not eager.graphed
     rows = [fill(decoder, loaded, 9, target_seed=5) for decoder in (graphed, eager)]
@@ -64,10 +69,12 @@ def test_graph_replay_equals_eager(trained_dir):
 
 
 def test_a_seeded_row_alone_equals_the_same_row_in_a_full_batch_of_255_others(trained_dir):
+    """As served: the step compiled, then graphed; a GPT attending with the Triton kernel."""
     loaded = on_gpu(trained_dir)
     alone, full = SlotDecoder(loaded.model, 256), SlotDecoder(loaded.model, 256)
     for decoder in (alone, full):
         decoder.warm_up([loaded.vocab.start_id] * 4)
+        assert decoder.graphed  # compiled where it compiles (test_a_compiled_step_... says whether)
     with torch.inference_mode():
         alone_row = alone.add(prompt_ids(loaded.vocab, "the"), SamplingParams(temperature=0.9, top_k=20), 77)
     full_row = fill(full, loaded, 255, target_seed=77)
@@ -88,7 +95,9 @@ def test_bf16_decoding_agrees_with_float32_forward(trained_dir):
     torch.testing.assert_close(torch.tensor(logprobs), expected, atol=0.15, rtol=0.05)
 
 
-def test_decode_attention_never_runs_cudnn(tiny_models):
+def test_decode_attention_never_runs_cudnn(tiny_models, monkeypatch):
+    """Scaled dot-product attention, as decoding falls back to when the Triton kernel cannot run."""
+    monkeypatch.setattr(models_base, "DECODE_ATTENTION", "sdpa")
     loaded = on_gpu(tiny_models / "tiny-gpt")
     decoder = SlotDecoder(loaded.model, 4, graphs=False)
     with torch.inference_mode():
@@ -128,7 +137,7 @@ def test_a_failed_capture_falls_back_to_eager(trained_dir, monkeypatch, caplog):
         return step(tokens, state, filled)
 
     monkeypatch.setattr(loaded.model, "step", syncing_step)
-    engine = Engine("tiny", loaded.model, loaded.vocab, max_batch_size=8, max_queued=8)
+    engine = Engine("tiny", loaded.model, loaded.vocab, max_batch_size=8, max_queued=8, compile_step=False)
     engine.start()
     try:
         assert engine.memory["cuda_graphs"] is False and "capture failed" in caplog.text
@@ -144,10 +153,13 @@ def test_a_failed_capture_falls_back_to_eager(trained_dir, monkeypatch, caplog):
 
 
 def test_a_server_on_cuda_streams(tiny_models):
-    with live_server(tiny_models, device="cuda", max_batch_size=32) as (base, _):
+    with live_server(tiny_models, device="cuda", max_batch_size=32, compile=False) as (base, _):
         info = httpx.get(f"{base}/info").json()
         assert info["device"].startswith("cuda") and info["dtype"] == "bfloat16"
-        assert all(m["cuda_graphs"] for m in info["models"].values())
+        assert all(m["cuda_graphs"] and m["compiled"] is False for m in info["models"].values())
+        for model in info["models"].values():  # dtype auto: each model timed in both at startup
+            assert model["dtype"] in ("bfloat16", "float32") and "ms in float32" in model["dtype_reason"]
+        assert info["models"]["tiny-gpt"]["decode_attention"] == "triton"
         body = {"inputs": "the", "parameters": {"max_new_tokens": 50, "seed": 3, "do_sample": True}}
         with httpx.stream("POST", f"{base}/generate_stream", json=body, timeout=60) as response:
             events = [line for line in response.iter_lines() if line.startswith("data:")]
@@ -162,7 +174,8 @@ def test_the_sampling_controls_replay_as_a_graph_and_keep_batch_invariance(train
     loaded = on_gpu(trained_dir)
     controlled = SamplingParams(temperature=0.9, repetition_penalty=1.3, min_p=0.05, typical_p=0.9,
                                 presence_penalty=0.5, logit_bias=((0, -2.0),))
-    alone, full = SlotDecoder(loaded.model, 256), SlotDecoder(loaded.model, 256)
+    # Not compiled: the graph with controls is the subject here, and compiling costs the check's time.
+    alone, full = SlotDecoder(loaded.model, 256, compile=False), SlotDecoder(loaded.model, 256, compile=False)
     for decoder in (alone, full):
         decoder.warm_up([loaded.vocab.start_id] * 4)
         assert decoder.graphed
@@ -174,3 +187,38 @@ def test_the_sampling_controls_replay_as_a_graph_and_keep_batch_invariance(train
         for seed in range(128):
             full.add(prompt_ids(loaded.vocab, "my lord"), SamplingParams(top_k=5), 900 + seed)
     assert decode(alone, alone_row, 50) == decode(full, full_row, 50)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_triton_kernel_equals_scaled_dot_product_attention_on_the_gpu(dtype):
+    """Compiled for this card, split as the card's size decides and as forced, over many lengths."""
+    assert decode_kernel.available() is None
+    generator = torch.Generator().manual_seed(7)
+    for batch, heads, span, head_dim, splits in ((1, 6, 256, 64, 0), (256, 6, 256, 64, 0), (3, 4, 128, 32, 2),
+                                                 (64, 2, 100, 24, 0)):
+        q, keys, values, lengths = decode_kernel.random_case(batch, heads, span, head_dim, dtype, CUDA, generator)
+        got = decode_kernel.attention(q, keys, values, lengths, splits)
+        torch.testing.assert_close(got.float(), decode_kernel.reference(q, keys, values, lengths),
+                                   atol=decode_kernel.TOLERANCE[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("architecture", ["gpt", "lstm", "lstm_attention"])
+def test_a_compiled_step_decodes_what_the_step_as_written_decodes(tiny_models, architecture):
+    loaded = on_gpu(tiny_models / f"tiny-{architecture}", torch.float32)
+    compiled, written = SlotDecoder(loaded.model, 16), SlotDecoder(loaded.model, 16, compile=False)
+    for decoder in (compiled, written):
+        decoder.warm_up([loaded.vocab.start_id] * 4)
+    assert compiled.report["compiled"] is True and compiled.report["compile_s"] > 0, compiled.report
+    assert architecture != "gpt" or compiled.report["decode_attention"] == "triton", compiled.report
+    rows = [fill(decoder, loaded, 9, target_seed=5) for decoder in (compiled, written)]
+    (ids, logprobs), (expected_ids, expected_logprobs) = decode(compiled, rows[0], 40), decode(written, rows[1], 40)
+    assert ids == expected_ids
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(expected_logprobs), atol=1e-4, rtol=1e-4)
+
+
+def test_dtype_auto_times_both_dtypes_and_keeps_the_faster(tiny_models):
+    loaded = on_gpu(tiny_models / "tiny-lstm", torch.float32)
+    choice = choose_dtype(loaded.model, 64)
+    assert choice.dtype in (torch.bfloat16, torch.float32)
+    assert "in bfloat16" in choice.reason and "ms in float32" in choice.reason
+    assert next(loaded.model.parameters()).dtype == torch.float32  # timed on copies

@@ -20,6 +20,9 @@ async def test_info_reports_version_device_limits_and_models(client):
     assert body["device"] == "cpu" and body["dtype"] == "float32" and body["default_model"] == "tiny-gpt"
     assert body["limits"]["max_batch_size"] == 16 and body["limits"]["max_new_tokens"] == 4096
     assert set(body["models"]) == {"tiny-gpt", "tiny-lstm", "tiny-lstm_attention"}
+    gpt = body["models"]["tiny-gpt"]  # how it decodes, and why: SDPA and no compilation on a CPU
+    assert gpt["decode_attention"] == "sdpa" and gpt["decode_attention_reason"] == "on cpu"
+    assert all(model["compiled"] is False for model in body["models"].values())
 
 
 async def test_metrics_count_requests_characters_and_latency(client):

@@ -22,6 +22,15 @@ class ModelInfo(ModelStatus):
     decode_state_bytes: int | None = Field(None, description="decode state taken at startup for max_batch_size rows")
     device_bytes: int | None = Field(None, description="CUDA memory the engine reserved at startup (state, graphs)")
     cuda_graphs: bool | None = Field(None, description="whether the decode step replays as a CUDA graph")
+    decode_attention: str | None = Field(
+        None, description="how a GPT's decode step attends: triton (the kernel), sdpa or bmm"
+    )
+    decode_attention_reason: str | None = Field(None, description="why: the kernel's self-check, or the device")
+    compiled: bool | None = Field(None, description="whether the decode step runs compiled (torch.compile)")
+    compile_s: float | None = Field(None, description="seconds compiling the decode step took at startup")
+    compile_error: str | None = Field(None, description="why the step runs as written although compiling was asked")
+    dtype: str | None = Field(None, description="the dtype this model decodes in, where dtype auto chose it per model")
+    dtype_reason: str | None = Field(None, description="the timings that chose it")
 
 
 class Health(BaseModel):
