@@ -16,7 +16,8 @@ from pathlib import Path
 
 from charlm.checkpoint import LoadedModel
 from service.engine.engine import Engine, EngineClosed
-from service.engine.process import EngineSpec, ModelInfo, run
+from service.engine.process import run
+from service.engine.specs import EngineSpec, ModelInfo
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0  # loading and warming up a model (graphs captured, memory taken)

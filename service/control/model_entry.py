@@ -15,8 +15,8 @@ import torch
 from charlm.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, ModelDirError, load_model
 from service.control.engines import EngineHandle, EngineProcess, EngineThread, socket_path
 from service.engine.engine import Engine, EngineClosed
-from service.engine.process import EngineSpec, ModelInfo
 from service.engine.sequences import EngineMetrics
+from service.engine.specs import EngineSpec, ModelInfo
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ arrive from any front end and are answered after the change is followed everywhe
 is told to drain with a message rather than a signal, so that a signal sent to every process of
 the server at once still counts as one.
 
-Messages are pickled tuples in `multiprocessing.connection` frames (`service.engine.wire.frame`):
+Messages are MessagePack lists in `multiprocessing.connection` frames (`service.engine.wire`):
 to a front end ("table", generation, views, default model, facts, reloads, load failures),
 ("reply", call, ok, result) and ("drain",); from one ("ack", generation) and ("call", call, name,
 argument).
@@ -20,13 +20,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import pickle
 from typing import Any
 
 from service.control.live_models import ModelWatcher
 from service.control.registry import Registry
 from service.control.views import ServerFacts, views_of
-from service.engine.wire import FRAME_HEADER, frame
+from service.engine.wire import FRAME_HEADER, frame, pack, unpack
 
 logger = logging.getLogger(__name__)
 ACK_TIMEOUT_S = 30.0  # a front end that does not follow a change in this long is left behind (and logged)
@@ -34,12 +33,12 @@ ACK_TIMEOUT_S = 30.0  # a front end that does not follow a change in this long i
 
 async def read_message(reader: asyncio.StreamReader) -> tuple[Any, ...]:
     (size,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
-    message: tuple[Any, ...] = pickle.loads(await reader.readexactly(size))
-    return message
+    message: list[Any] = unpack(await reader.readexactly(size))
+    return tuple(message)
 
 
 def write_message(writer: asyncio.StreamWriter, *message: Any) -> None:
-    writer.write(frame(pickle.dumps(message)))
+    writer.write(frame(pack(message)))
 
 
 @dataclasses.dataclass(eq=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 from service.control.model_entry import ModelEntry
 from service.control.registry import Registry
-from service.engine.process import ModelInfo
+from service.engine.specs import ModelInfo
 
 
 @dataclasses.dataclass(frozen=True)

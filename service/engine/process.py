@@ -11,91 +11,25 @@ the requests of every front end together. A front end that goes away has its req
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import logging
 import signal
 import threading
 from multiprocessing.connection import Connection, Listener
-from pathlib import Path
+from typing import Any
 
+import msgspec
 import torch
 
-from charlm.checkpoint import LoadedModel, ModelDirError, load_model
-from charlm.sampling_params import SamplingParams
-from charlm.vocab import Vocab
+from charlm.checkpoint import ModelDirError, load_model
 from service.engine import wire
 from service.engine.engine import Engine, EngineClosed, QueueFull
 from service.engine.events import StepEvents
 from service.engine.metrics import RecordingMetrics
 from service.engine.sequences import GenerationRequest
+from service.engine.specs import EngineSpec, ModelInfo, RequestSpec
 
 logger = logging.getLogger(__name__)
 COMMAND_POLL_S = 0.05  # how often the process looks whether its engine has ended, between commands
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineSpec:
-    name: str
-    path: Path
-    device: str
-    dtype: torch.dtype
-    max_batch_size: int
-    max_queued: int
-    cuda_graphs: bool
-    threads: int  # intra-op CPU threads
-    log_level: str
-    fingerprint: str = ""  # of the weights the control plane read: the engine must serve the same version
-    address: str = ""  # the Unix socket front ends connect to
-    compile_step: bool | None = None  # torch.compile the decode step (None: on CUDA)
-    choose_dtype: bool = False  # `dtype` is float32, and the engine times which dtype decodes faster
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInfo:
-    """What a front end needs to know of a served version: to encode prompts and to describe it."""
-
-    architecture: str
-    parameters: int
-    chars: list[str]  # the vocabulary, by id
-    start_char: str  # where a generation from an empty prompt starts
-    context_length: int | None
-    version: str  # the weights' fingerprint
-
-    @classmethod
-    def of(cls, loaded: LoadedModel) -> ModelInfo:
-        model, vocab = loaded.model, loaded.vocab
-        return cls(model.architecture, model.num_parameters(), list(vocab.chars), vocab.start_char,
-                   model.context_size, loaded.fingerprint)
-
-    @functools.cached_property
-    def vocab(self) -> Vocab:
-        return Vocab(self.chars, self.start_char)
-
-
-@dataclasses.dataclass(frozen=True)
-class RequestSpec:
-    """What crosses the socket of a `GenerationRequest`."""
-
-    key: int
-    prompt_ids: list[int]
-    max_new_tokens: int
-    params: SamplingParams
-    stop: tuple[str, ...]
-    top_n: int
-    timeout_s: float | None
-    request_id: str
-    submitted_at: float  # time.monotonic() is one clock for every process of the machine
-
-    @classmethod
-    def of(cls, r: GenerationRequest) -> RequestSpec:
-        return cls(r.key, r.prompt_ids, r.max_new_tokens, r.params, r.stop, r.top_n, r.timeout_s, r.request_id,
-                   r.submitted_at)
-
-    def request(self, client: int) -> GenerationRequest:
-        return GenerationRequest(self.prompt_ids, self.max_new_tokens, self.params, stop=self.stop, top_n=self.top_n,
-                                 timeout_s=self.timeout_s, request_id=self.request_id, submitted_at=self.submitted_at,
-                                 key=self.key, client=client)
 
 
 class Link:
@@ -163,32 +97,39 @@ def serve_link(engine: Engine, link: Link, relay: Relay) -> None:
     """A front end's commands, until it goes away; then its requests are cancelled."""
     while True:
         try:
-            kind, *args = link.connection.recv()
+            command: list[Any] = wire.unpack(link.connection.recv_bytes())
         except (EOFError, OSError):
             break
-        if kind == "submit":
-            submission, specs = args
-            requests = [spec.request(link.index) for spec in specs]
-            for request in requests:
-                link.requests[request.key] = request
-            try:
-                engine.submit_all(requests)
-            except (QueueFull, EngineClosed) as exc:
-                for request in requests:
-                    link.requests.pop(request.key, None)
-                refusal = "full" if isinstance(exc, QueueFull) else "closed"
-                link.send(wire.encode(wire.ADMISSION, submission, refusal, str(exc)))
-                continue
-            link.send(wire.encode(wire.ADMISSION, submission, None, ""))
-        elif kind == "cancel":
-            for key in args[0]:
-                if (request := link.requests.get(key)) is not None:
-                    request.cancel()
+        except (msgspec.DecodeError, ValueError):  # not a command: the front end speaks another version
+            logger.error("front end %d sent a message that is not a command; disconnecting it", link.index)
+            break
+        if command[0] == "submit":
+            admit(engine, link, command[1], wire.convert(command[2], list[RequestSpec]))
+        elif command[0] == "cancel":
+            for key in command[1]:
+                if (cancelled := link.requests.get(key)) is not None:
+                    cancelled.cancel()
     link.open = False
     relay.remove(link)
     for request in list(link.requests.values()):
         request.cancel()
     link.connection.close()
+
+
+def admit(engine: Engine, link: Link, submission: int, specs: list[RequestSpec]) -> None:
+    """Queue a front end's submission, all or none, and answer it: admitted, or refused and why."""
+    requests = [spec.request(link.index) for spec in specs]
+    for request in requests:  # before they are queued: their first events may come before the answer
+        link.requests[request.key] = request
+    try:
+        engine.submit_all(requests)
+    except (QueueFull, EngineClosed) as exc:
+        for request in requests:
+            link.requests.pop(request.key, None)
+        refusal = "full" if isinstance(exc, QueueFull) else "closed"
+        link.send(wire.encode(wire.ADMISSION, submission, refusal, str(exc)))
+        return
+    link.send(wire.encode(wire.ADMISSION, submission, None, ""))
 
 
 def accept_links(listener: Listener, engine: Engine, relay: Relay) -> None:

@@ -2,12 +2,13 @@
 
 Each message is framed as `multiprocessing.connection` frames it (a 4-byte big-endian length, then
 the payload), so the engine side reads and writes with `Connection`, and a front end parses the
-same frames from an asyncio stream. Commands (front end to engine) are small pickled tuples. What
-the engine sends starts with one byte saying what it is:
+same frames from an asyncio stream. Nothing is pickled: records travel as MessagePack (msgspec),
+decoded into the types they were sent as. Commands (front end to engine) are small lists
+(`encode`, `decode`). What the engine sends starts with one byte saying what it is:
 
 - `S`, one step's events for that front end: a fixed header, then the arrays of `StepEvents`
   back to back (no Python object per character), then, only when there are any, the sequences that
-  ended and what the metrics counted, pickled;
+  ended and what the metrics counted;
 - `A`, the answer to a submission (admitted, or refused with the reason);
 - `L`, the engine's life: started (with what it took and what it serves), failed, ended.
 """
@@ -15,10 +16,11 @@ the engine sends starts with one byte saying what it is:
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import struct
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
+import msgspec
 import numpy as np
 
 from service.engine.events import StepEvents
@@ -30,6 +32,38 @@ STEP, ADMISSION, LIFE = b"S", b"A", b"L"
 # active and queued sequences, and whether a pickled tail (ends, metrics) follows.
 STEP_HEADER = struct.Struct("<IIIIII?")
 FRAME_HEADER = struct.Struct("!i")
+T = TypeVar("T")
+
+
+def _encode_other(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    raise NotImplementedError(f"cannot send {type(value).__name__}")
+
+
+def _decode_other(kind: type, value: object) -> object:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(f"cannot receive {kind}")
+
+
+ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_other)
+TAIL = msgspec.msgpack.Decoder(tuple[list[Finished], MetricsSnapshot | None])
+
+
+def pack(value: object) -> bytes:
+    """Records (dataclasses, lists, numbers, strings, paths) as MessagePack."""
+    return ENCODER.encode(value)
+
+
+def unpack(data: bytes | memoryview, kind: type[T] | Any = Any) -> T:
+    """What `pack` made, as `kind` (dataclasses rebuilt, fields checked)."""
+    return msgspec.msgpack.decode(data, type=kind, dec_hook=_decode_other)
+
+
+def convert(value: object, kind: type[T] | Any) -> T:
+    """A part of an untyped message (lists, maps) as `kind`."""
+    return msgspec.convert(value, kind, dec_hook=_decode_other)
 
 
 @dataclasses.dataclass
@@ -44,7 +78,7 @@ def encode_step(events: StepEvents, active: int, queued: int, metrics: MetricsSn
     """One step's events for one front end (its `clients` column stays behind: it is this front end)."""
     s, c = len(events.keys), len(events.ids)
     a, k = events.top_ids.shape if len(events.top_index) else (0, 0)
-    tail = pickle.dumps((events.finished, metrics)) if events.finished or metrics is not None else b""
+    tail = pack((events.finished, metrics)) if events.finished or metrics is not None else b""
     parts = [
         STEP, STEP_HEADER.pack(s, c, a, k, active, queued, bool(tail)),
         events.keys.astype("<i8", copy=False).tobytes(), events.counts.astype("<i4", copy=False).tobytes(),
@@ -77,7 +111,7 @@ def decode_step(payload: bytes | memoryview) -> StepMessage:
     finished: list[Finished] = []
     metrics = None
     if has_tail:
-        finished, metrics = pickle.loads(view[offset:])
+        finished, metrics = TAIL.decode(view[offset:])
     events = StepEvents(keys, np.zeros(s, np.int32), counts, ids, logprobs, top_index, top_ids, top_logprobs,
                         finished)
     return StepMessage(events, active, queued, metrics)
@@ -85,11 +119,11 @@ def decode_step(payload: bytes | memoryview) -> StepMessage:
 
 def encode(kind: bytes, *values: Any) -> bytes:
     """An admission answer or a life event."""
-    return kind + pickle.dumps(values)
+    return kind + pack(values)
 
 
-def decode(payload: bytes | memoryview) -> tuple[Any, ...]:
-    values: tuple[Any, ...] = pickle.loads(memoryview(payload)[1:])
+def decode(payload: bytes | memoryview) -> list[Any]:
+    values: list[Any] = unpack(memoryview(payload)[1:])
     return values
 
 

@@ -14,14 +14,13 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import pickle
 import time
 
 from service.engine import wire
 from service.engine.engine import Engine, EngineClosed, QueueFull
 from service.engine.events import StepEvents
-from service.engine.process import RequestSpec
 from service.engine.sequences import Finished, GenerationRequest
+from service.engine.specs import RequestSpec
 from service.engine.stopping import FinishReason
 from service.frontend.metrics import ServiceMetrics
 from service.frontend.streams import SequenceStream, Submission
@@ -159,7 +158,7 @@ class EngineClient(EngineConnection):
     def _send(self, command: tuple[object, ...]) -> None:
         if self.transport is None or self.transport.is_closing():
             return  # the engine is gone: connection_lost ends every sequence
-        self.transport.write(wire.frame(pickle.dumps(command)))
+        self.transport.write(wire.frame(wire.pack(command)))
 
     def received(self, data: bytes) -> None:
         for payload in self.reader.feed(data):

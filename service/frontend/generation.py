@@ -20,8 +20,8 @@ from charlm.sampling_params import MAX_SEED, SamplingParams
 from charlm.vocab import UnknownCharactersError, Vocab
 from service.engine.engine import EngineClosed, QueueFull
 from service.engine.events import StepEvents
-from service.engine.process import RequestSpec
 from service.engine.sequences import Alternative, Finished, GeneratedToken
+from service.engine.specs import RequestSpec
 from service.frontend.engine_client import EngineConnection
 from service.frontend.errors import ServiceError
 from service.frontend.models import ModelView

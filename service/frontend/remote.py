@@ -17,6 +17,8 @@ from typing import Any
 
 from service.control.live_models import ReloadReport
 from service.control.server import read_message, write_message
+from service.control.views import ModelView, ServerFacts
+from service.engine.wire import convert
 from service.frontend.metrics import ServiceMetrics
 from service.frontend.models import FrontModels
 
@@ -47,8 +49,9 @@ class RemoteModels(FrontModels):
 
     async def _follow_table(self, generation: int, views: Any, default_model: str, facts: Any,
                             reloads: dict[str, int], failures: dict[str, int]) -> None:
-        self.facts, self.reloads, self.load_failures = facts, reloads, failures
-        await self.follow(views, default_model)
+        self.facts = convert(facts, ServerFacts)
+        self.reloads, self.load_failures = reloads, failures
+        await self.follow(convert(views, dict[str, ModelView]), default_model)
         write_message(self.writer, "ack", generation)
 
     async def _listen(self) -> None:
@@ -82,7 +85,7 @@ class RemoteModels(FrontModels):
         return result
 
     async def reload(self, explicit: bool = True) -> ReloadReport:
-        report: ReloadReport = await self._call("reload", explicit)
+        report: ReloadReport = convert(await self._call("reload", explicit), ReloadReport)
         return report
 
     async def unload(self, name: str) -> bool:

@@ -20,7 +20,7 @@ from charlm.generation import generate, prompt_ids
 from charlm.sampling import SamplingParams
 from service.control.engines import EngineProcess
 from service.engine.engine import EngineClosed, QueueFull
-from service.engine.process import EngineSpec, RequestSpec
+from service.engine.specs import EngineSpec, RequestSpec
 from service.engine.stopping import FinishReason
 from service.frontend.engine_client import EngineClient
 from service.frontend.metrics import ServiceMetrics
