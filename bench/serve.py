@@ -35,7 +35,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from spawned import cpu_seconds, server_processes, spawned_process  # bench/, beside this script
+from spawned import cpu_seconds, descendants, server_processes, spawned_process  # bench/, beside this script
 
 DEFAULT_PLOT = Path(__file__).resolve().parents[1] / "docs" / "serve_bench.png"
 
@@ -216,6 +216,11 @@ def report(level: Level, args: argparse.Namespace) -> None:
             out.write(json.dumps(row) + "\n")
 
 
+def roles_of(pid: int | None) -> dict[str, list[int]]:
+    """A server started elsewhere, with one front end: the process itself, and its engines below it."""
+    return {"front_ends": [pid], "engines": descendants(pid)[1:]} if pid else {}
+
+
 def engine_baselines(args: argparse.Namespace) -> dict[int, float]:
     """Characters per second of the same model's engine in this process, at each level's batch size
     (one thread, no HTTP; the device and dtype the server would choose), measured before the server
@@ -257,6 +262,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="the started server's HTTP front ends")
     parser.add_argument("--models-dir", default="models", help="the started server's models")
     parser.add_argument("--engine-baseline", action="store_true", help="measure each level in-process too")
+    parser.add_argument("--server-pid", type=int, help="with --url: the server's process (one front end), whose "
+                        "children are its engines, for the CPU columns")
     parser.add_argument("--serve-flags", default="", help="more flags for the started server, e.g. "
                         "'--engine-process false --stream-interval 4'")
     args = parser.parse_args()
@@ -273,10 +280,10 @@ def main() -> None:
               "| client cores | errors |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for concurrency in args.levels:
-            roles = server_processes(url, process.pid) if process else {}
+            roles = server_processes(url, process.pid) if process else roles_of(args.server_pid)
             before = {role: cpu_seconds(pids) for role, pids in roles.items()}
             level = run_level(pool, args.procs, url, concurrency, args.rounds, args.chars, args.model)
-            if process:
+            if roles:
                 level.front_end_cpu_s = cpu_seconds(roles["front_ends"]) - before["front_ends"]
                 level.engine_cpu_s = cpu_seconds(roles["engines"]) - before["engines"]
             level.engine_rate = baselines.get(concurrency)

@@ -12,6 +12,7 @@ one message (`service.engine.wire`); in this process, `CallbackSink` turns it in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Protocol
@@ -43,6 +44,15 @@ class StepEvents:
 
     def __bool__(self) -> bool:
         return bool(len(self.keys) or self.finished)
+
+    @functools.cached_property
+    def id_list(self) -> list[int]:
+        """The characters as Python ints, made once for everyone who reads them one by one."""
+        return self.ids.tolist()  # type: ignore[no-any-return]
+
+    @functools.cached_property
+    def logprob_list(self) -> list[float]:
+        return self.logprobs.tolist()  # type: ignore[no-any-return]
 
     def for_client(self, client: int) -> StepEvents:
         """The part of these events that goes to one front end."""

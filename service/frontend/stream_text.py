@@ -27,7 +27,7 @@ def json_text(text: str) -> str:
 
 
 def json_float(value: float) -> str:
-    return repr(value) if math.isfinite(value) else json.dumps(value)
+    return repr(value) if -math.inf < value < math.inf else json.dumps(value)
 
 
 def data_event(json_data: str) -> str:
@@ -45,23 +45,18 @@ class TGIText:
     def token(self, t: GeneratedToken | Alternative) -> str:
         return f'{self.heads[t.id]}{json_float(t.logprob)}, "special": false}}'
 
-    def plain_events(self, ids: list[int], logprobs: list[float], position: int) -> str:
-        """`StreamResponse` events for characters without alternatives, the first at `position` + 1."""
-        heads = self.heads
-        return "".join(
-            f'data: {{"index": {p}, "token": {heads[i]}{json_float(lp)}, "special": false}}, "top_tokens": null, '
-            f'"generated_text": null, "details": null}}\n\n'
-            for p, i, lp in zip(range(position + 1, position + 1 + len(ids)), ids, logprobs, strict=True))
-
     def chunk_events(self, chunks: list[tuple[StepEvents, int, int]], position: int, written: list[int]) -> str:
         """The events of characters in message chunks (none with alternatives), the first at
-        `position` + 1; their ids are added to `written`."""
-        parts = []
+        `position` + 1; their ids are added to `written`. This runs for every character of every
+        stream: it reads each message's characters as Python lists made once per message."""
+        heads, parts = self.heads, []
         for events, first, count in chunks:
-            ids = events.ids[first : first + count].tolist()
-            parts.append(self.plain_events(ids, events.logprobs[first : first + count].tolist(), position))
+            ids = events.id_list[first : first + count]
+            for i, logprob in zip(ids, events.logprob_list[first : first + count], strict=True):
+                position += 1
+                parts.append(f'data: {{"index": {position}, "token": {heads[i]}{json_float(logprob)}, '
+                             f'"special": false}}, "top_tokens": null, "generated_text": null, "details": null}}\n\n')
             written += ids
-            position += count
         return "".join(parts)
 
     def event(self, t: GeneratedToken) -> str:

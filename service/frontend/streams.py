@@ -115,6 +115,7 @@ class Submission:
         self.keepalive = False  # woken to keep a quiet stream alive
         self.deferred = False  # its wake-up waits for the pacer
         self.fresh = False  # something arrived since the writer last wrote
+        self.cancelled: set[int] = set()  # keys whose cancellation was sent
 
     @property
     def pending(self) -> int:
@@ -144,9 +145,11 @@ class Submission:
         self.wake()
 
     def cancel(self) -> None:
-        """Cancel every sequence that has not ended (each still ends, cancelled, within a step)."""
-        keys = [s.key for s in self.sequences if s.end is None and s.key >= 0]
+        """Cancel every sequence that has not ended (each still ends, cancelled, within a step);
+        once: asking again sends nothing."""
+        keys = [s.key for s in self.sequences if s.end is None and s.key >= 0 and s.key not in self.cancelled]
         if keys:
+            self.cancelled.update(keys)
             self.on_cancel(keys)
 
     async def updates(self) -> AsyncIterator[list[SequenceStream] | None]:
