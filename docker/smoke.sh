@@ -121,6 +121,18 @@ stream_one_generation() {
     log "streamed 40 events; generated text: $(tail -n 2 <<<"$output" | sed -n 's/.*"generated_text":\("[^"]*"\).*/\1/p')"
 }
 
+check_probes() {
+    # The orchestrators' probes (deploy/kubernetes): alive and ready once the models serve.
+    local probe
+    for probe in live ready; do
+        if ! curl -sf --max-time 10 "http://127.0.0.1:$PORT/health/$probe" >/dev/null; then
+            log "FAILED: /health/$probe did not answer 200"
+            return 1
+        fi
+    done
+    log "/health/live and /health/ready answer 200"
+}
+
 cleanup() {
     podman rm -f "$CONTAINER" >/dev/null 2>&1 || true
 }
@@ -133,7 +145,11 @@ main() {
     trap cleanup EXIT
     # stderr kept aside: without systemd, podman complains that it cannot set up a healthcheck
     # timer (this script runs the healthcheck itself).
+    # Confined as deploy/kubernetes runs it: read-only root filesystem with a scratch /tmp, the
+    # numeric user, no capabilities, no privilege escalation.
     if ! podman run -d --name "$CONTAINER" "${RUNTIME[@]}" "${ULIMITS[@]}" \
+            --read-only --tmpfs /tmp -e HOME=/tmp --user 10001:10001 --cap-drop ALL \
+            --security-opt no-new-privileges \
             -p "127.0.0.1:$PORT:8000" -e CHARLM_DEVICE=cpu -e CHARLM_SHUTDOWN_GRACE_S=10 "$IMAGE_TAG" \
             >/dev/null 2>"$CACHE_DIR/run.stderr"; then
         cat "$CACHE_DIR/run.stderr" >&2
@@ -141,6 +157,7 @@ main() {
         exit 1
     fi
     wait_healthy
+    check_probes
     stream_one_generation
     # SIGTERM to PID 1 (charlm itself): it drains and must exit 0.
     podman stop -t 30 "$CONTAINER" >/dev/null 2>&1
@@ -151,7 +168,7 @@ main() {
         log "FAILED: the container exited with status $status after SIGTERM"
         exit 1
     fi
-    log "OK: built, healthy, streamed, stopped cleanly"
+    log "OK: built, healthy (read-only root, non-root, no capabilities), streamed, stopped cleanly"
 }
 
 main "$@"

@@ -77,4 +77,4 @@ def build(args: dict[str, Any]) -> Application:
     class Charlm:
         """One replica: the charlm app with its own engines."""
 
-    return Charlm.bind()
+    return Charlm.bind()  # type: ignore[attr-defined]  # serve.deployment makes the class a Deployment
