@@ -3,7 +3,7 @@ rules that schemas cannot check, each a function returning its problems (empty: 
 that a test can show every rule failing on a deliberately broken copy.
 
 KEDA's ScaledObject is a custom resource, absent from the Kubernetes schemas: it is checked against
-SCALED_OBJECT_SCHEMA below (KEDA 2.x's documented fields, strict), its `behavior` against the
+tests/deploy/keda.py's schema (KEDA 2.x's documented fields, strict), its `behavior` against the
 HorizontalPodAutoscaler's own schema.
 """
 
@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.deploy.helpers import REPO
+from tests.deploy.keda import SCALED_OBJECT_SCHEMA
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 OVERLAYS = sorted(path for path in (KUBERNETES / "overlays").iterdir() if path.is_dir())
@@ -81,62 +82,6 @@ def containers(objects: list[Object], init: bool = False) -> Iterator[tuple[Obje
 
 def env(container: Object) -> dict[str, str]:
     return {item["name"]: item.get("value", "") for item in container.get("env", [])}
-
-
-# KEDA 2.x ScaledObject, as documented (keda.sh, "ScaledObject specification"); unknown keys refused.
-SCALED_OBJECT_SCHEMA: Object = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "keda.sh/v1alpha1"},
-        "kind": {"const": "ScaledObject"},
-        "metadata": {"type": "object"},
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["scaleTargetRef", "triggers"],
-            "properties": {
-                "scaleTargetRef": {
-                    "type": "object", "additionalProperties": False, "required": ["name"],
-                    "properties": {k: {"type": "string"} for k in ("apiVersion", "kind", "name",
-                                                                   "envSourceContainerName")},
-                },
-                **{k: {"type": "integer", "minimum": 0} for k in (
-                    "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
-                    "minReplicaCount", "maxReplicaCount")},
-                "fallback": {"type": "object"},
-                "advanced": {
-                    "type": "object", "additionalProperties": False,
-                    "properties": {
-                        "restoreToOriginalReplicaCount": {"type": "boolean"},
-                        "scalingModifiers": {"type": "object"},
-                        "horizontalPodAutoscalerConfig": {
-                            "type": "object", "additionalProperties": False,
-                            "properties": {"name": {"type": "string"}, "behavior": {"type": "object"}},
-                        },
-                    },
-                },
-                "triggers": {
-                    "type": "array", "minItems": 1,
-                    "items": {
-                        "type": "object", "additionalProperties": False, "required": ["type", "metadata"],
-                        "properties": {
-                            "type": {"type": "string"}, "name": {"type": "string"},
-                            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
-                            "useCachedMetrics": {"type": "boolean"},
-                            "authenticationRef": {"type": "object"},
-                            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-                        },
-                        # The Prometheus scaler's required settings.
-                        "if": {"properties": {"type": {"const": "prometheus"}}},
-                        "then": {"properties": {"metadata": {"required": ["serverAddress", "query", "threshold"]}}},
-                    },
-                },
-            },
-        },
-    },
-}
 
 
 def schema_problems(objects: list[Object], version: str) -> list[str]:

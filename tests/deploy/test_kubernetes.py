@@ -111,6 +111,7 @@ def test_the_ingress_streams_unbuffered_with_long_timeouts():
 
 BREAKS = {  # rule -> (kind, field, broken value, words of the problem it must report)
     "schema": ("Deployment", "spec.template.spec.containers.0.readinesProbe", {}, "readinesProbe"),
+    "KEDA schema": ("ScaledObject", "spec.minReplicaCont", 2, "'minReplicaCont' was unexpected"),
     "probe route": ("Deployment", "spec.template.spec.containers.0.readinessProbe.httpGet.path", "/healthz",
                     "/healthz, which the app does not serve"),
     "readiness is not liveness": ("Deployment", "spec.template.spec.containers.0.readinessProbe.httpGet.path",
@@ -134,6 +135,7 @@ def test_each_rule_fails_on_a_copy_broken_against_it(rule, routes, exported_metr
     good = k8s.render(k8s.KUBERNETES / "overlays" / "gpu-keda")
     checks = {
         "schema": lambda objects: k8s.schema_problems(objects, k8s.SCHEMA_VERSIONS[-1]),
+        "KEDA schema": lambda objects: k8s.schema_problems(objects, k8s.SCHEMA_VERSIONS[-1]),
         "probe route": lambda objects: k8s.probe_problems(objects, routes),
         "readiness is not liveness": lambda objects: k8s.probe_problems(objects, routes),
         "grace period": lambda objects: k8s.grace_problems(objects, DRAIN_DEFAULT_S, AFTER_DRAIN_S),
