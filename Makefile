@@ -20,7 +20,7 @@ $(VENV)/.torch-$(TORCH_VERSION): | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	touch $@
 
 install: $(VENV)/.installed

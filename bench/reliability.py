@@ -1,8 +1,9 @@
-"""Reliability runs with larger budgets than the test suite: soak, disconnect storm, overload, fuzzing.
+"""Reliability runs with larger budgets than the test suite: soak, disconnect storm, overload, fuzzing,
+and drains watched through the probes.
 
-    python bench/reliability.py [soak|storm|overload|fuzz|all] [--models-dir models] [--model shakespeare-gpt]
+    python bench/reliability.py [soak|storm|overload|fuzz|drain|all] [--models-dir models] [--model shakespeare-gpt]
         [--soak-seconds 120] [--soak-warmup 60] [--soak-clients 64] [--droppers 1000] [--burst 500]
-        [--fuzz-examples 1000]
+        [--fuzz-examples 1000] [--drain-runs 5]
 
 Each scenario starts `charlm serve` as a separate process on the bundled models (one server per
 scenario), runs the same code as tests/service/test_load.py and prints one summary line with its
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the scenarios live beside the tests that run them small
 
 
-from tests.service import load  # noqa: E402
+from tests.service import drain, load  # noqa: E402
 from tests.service.helpers import ServerProcess, serve_process, wait_until  # noqa: E402
 
 
@@ -89,7 +90,29 @@ def run_fuzz(args: argparse.Namespace) -> None:
     print(f"fuzz: {args.fuzz_examples} examples per route: {summary} ({time.monotonic() - started:.0f} s)")
 
 
-SCENARIOS = {"soak": run_soak, "storm": run_storm, "overload": run_overload, "fuzz": run_fuzz}
+def run_drain(args: argparse.Namespace) -> None:
+    """SIGTERM during 16 streams, once with a drain timeout the streams fit in and once with one they
+    overrun; each `--drain-runs` times, with a new server each time."""
+    for grace, chars, flags in (("120", 600, ()), ("1", load.FOREVER, ("--max-new-tokens", str(load.FOREVER)))):
+        latencies, completed, reasons, exits, drains = [], 0, set(), set(), []
+        for _ in range(args.drain_runs):
+            with server(args, "--max-batch-size", "16", "--shutdown-grace-s", grace, *flags) as process:
+                report = drain.drain_during_streams(process, 16, chars)
+            exited = time.monotonic()
+            latencies.append(report.readiness_latency_s or float("nan"))
+            completed += sum(end.reason == "length" for end in report.ends)
+            reasons |= {end.reason for end in report.ends}
+            exits.add(report.exit_code)
+            drains.append(max(end.at for end in report.ends) - report.signalled_at)
+            drains.append(exited - report.signalled_at)
+        print(f"drain (timeout {grace} s, {args.drain_runs} runs of 16 streams): SIGTERM to readiness 503 "
+              f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms; "
+              f"streams ended {sorted(reasons)} ({completed} of {16 * args.drain_runs} complete); exit codes "
+              f"{sorted(exits, key=str)}; last stream end / exit after SIGTERM: up to {max(drains[0::2]):.1f} s / "
+              f"{max(drains[1::2]):.1f} s")
+
+
+SCENARIOS = {"soak": run_soak, "storm": run_storm, "overload": run_overload, "fuzz": run_fuzz, "drain": run_drain}
 
 
 def main() -> None:
@@ -103,6 +126,7 @@ def main() -> None:
     parser.add_argument("--droppers", type=int, default=1000)
     parser.add_argument("--burst", type=int, default=500)
     parser.add_argument("--fuzz-examples", type=int, default=1000)
+    parser.add_argument("--drain-runs", type=int, default=5)
     args = parser.parse_args()
     for name, run in SCENARIOS.items():
         if args.scenario in (name, "all"):

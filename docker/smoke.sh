@@ -191,6 +191,16 @@ stream_one_generation() {
     log "streamed 40 events; generated text: $(tail -n 2 <<<"$output" | sed -n 's/.*"generated_text":\("[^"]*"\).*/\1/p')"
 }
 
+check_probes() {
+    # The orchestrators' probes (deploy/kubernetes): alive and ready once the models serve.
+    local probe
+    for probe in live ready; do
+        curl -sf --max-time 10 "http://127.0.0.1:$PORT/health/$probe" >/dev/null \
+            || fail "/health/$probe did not answer 200"
+    done
+    log "/health/live and /health/ready answer 200"
+}
+
 stop_cleanly() {
     # SIGTERM to PID 1 (charlm itself): it drains and must exit 0.
     pm stop -t 30 "$CONTAINER" >/dev/null 2>&1
@@ -233,18 +243,23 @@ main() {
     [ "$MODE" = cpu ] || env=()  # the CUDA image as compose runs it: CHARLM_DEVICE=auto
     # stderr kept aside: without systemd, podman complains that it cannot set up a healthcheck
     # timer (this script runs the healthcheck itself).
-    if ! pm run -d --name "$CONTAINER" "${ULIMITS[@]}" -p "127.0.0.1:$PORT:8000" "${env[@]}" \
-            -e CHARLM_SHUTDOWN_GRACE_S=10 "$IMAGE_TAG" >/dev/null 2>"$CACHE_DIR/run.stderr"; then
+    # Confined as deploy/kubernetes runs it: read-only root filesystem with a scratch /tmp, the
+    # numeric user, no capabilities, no privilege escalation.
+    if ! pm run -d --name "$CONTAINER" "${ULIMITS[@]}" --read-only --tmpfs /tmp -e HOME=/tmp \
+            --user 10001:10001 --cap-drop ALL --security-opt no-new-privileges \
+            -p "127.0.0.1:$PORT:8000" "${env[@]}" -e CHARLM_SHUTDOWN_GRACE_S=10 "$IMAGE_TAG" \
+            >/dev/null 2>"$CACHE_DIR/run.stderr"; then
         cat "$CACHE_DIR/run.stderr" >&2
         fail "podman run"
     fi
     wait_healthy
+    check_probes
     if [ "$MODE" = cuda ]; then
         expect_cpu_fallback_reported
     fi
     stream_one_generation
     stop_cleanly
-    log "OK: built, healthy, streamed, stopped cleanly"
+    log "OK: built, healthy (read-only root, non-root, no capabilities), streamed, stopped cleanly"
 }
 
 main "$@"

@@ -48,11 +48,11 @@ class StepEvents:
     @functools.cached_property
     def id_list(self) -> list[int]:
         """The characters as Python ints, made once for everyone who reads them one by one."""
-        return self.ids.tolist()  # type: ignore[no-any-return]
+        return self.ids.tolist()
 
     @functools.cached_property
     def logprob_list(self) -> list[float]:
-        return self.logprobs.tolist()  # type: ignore[no-any-return]
+        return self.logprobs.tolist()
 
     def for_client(self, client: int) -> StepEvents:
         """The part of these events that goes to one front end."""

@@ -1,12 +1,11 @@
-"""The real server process under load: a soak, a disconnect storm, an overload burst, and SIGTERM
-during live streams. Budgets are small here; `bench/reliability.py` runs the same scenarios longer."""
+"""The real server process under load: a soak, a disconnect storm, an overload burst (SIGTERM during
+live streams is in test_drain.py). Budgets are small here; `bench/reliability.py` runs the same
+scenarios longer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,28 +55,3 @@ def test_an_overload_burst_is_served_or_refused_with_retry_after(tiny_models):
         assert report.completed >= 12 and report.refused >= 1  # capacity: 4 running + 8 queued
         assert report.completed + report.refused == 60
         assert wait_until(lambda: load.idle(server.url), timeout=10)
-
-
-def stream_until_end(url: str, chars: int, results: list[str]) -> None:
-    body = load.tgi_body(chars)
-    with httpx.Client(timeout=120) as http, http.stream("POST", f"{url}/generate_stream", json=body) as response:
-        last = [line for line in response.iter_lines() if line.startswith("data:")][-1]
-    results.append(httpx.Response(200, content=last.removeprefix("data:")).json()["details"]["finish_reason"])
-
-
-@pytest.mark.parametrize(("grace", "chars", "reason"), [("60", 400, "length"), ("1", load.FOREVER, "cancelled")])
-def test_sigterm_during_16_streams(tiny_models, grace, chars, reason):
-    flags = ("--shutdown-grace-s", grace, "--max-new-tokens", str(load.FOREVER))
-    with tiny_server(tiny_models, *flags) as server:
-        results: list[str] = []
-        clients = [threading.Thread(target=stream_until_end, args=(server.url, chars, results)) for _ in range(16)]
-        for thread in clients:
-            thread.start()
-        assert wait_until(lambda: httpx.get(f"{server.url}/health").json()["models"]["tiny-gpt"]["active"] == 16)
-        server.process.send_signal(signal.SIGTERM)
-        assert wait_until(lambda: httpx.get(f"{server.url}/health").status_code == 503, timeout=10)
-        assert httpx.post(f"{server.url}/generate", json=load.tgi_body(5)).status_code == 503
-        for thread in clients:
-            thread.join(120)
-        assert server.process.wait(60) == 0, server.output()
-    assert results == [reason] * 16

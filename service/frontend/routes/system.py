@@ -1,8 +1,21 @@
-"""Operations routes: health, info and Prometheus metrics. Health and metrics need no API key."""
+"""Operations routes: health, probes, info and Prometheus metrics. Health, the probes and metrics need
+no API key.
+
+Orchestrators ask two different questions, and each has its own route:
+- `/health/live` (liveness): does this process still answer? 200 whenever the event loop runs, with or
+  without a ready model and while draining: restarting a replica cures neither a broken model
+  directory nor a drain, and a liveness that failed on them would restart every replica at once.
+- `/health/ready` (readiness): should requests come here? 503 before the models are served, while no
+  model is ready (all loading, unloaded, removed or failed), and from the first moment of a drain
+  until exit. A drain fails readiness while the server still accepts connections, so that a load
+  balancer which learns of it by probing moves new requests away before any is refused.
+Each front-end process answers from its own ServiceState.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -13,7 +26,7 @@ import charlm
 from service.frontend.engine_client import EngineConnection
 from service.frontend.models import FrontModels, ModelView
 from service.frontend.schemas.errors import TGI_AUTH
-from service.frontend.schemas.system import HEALTH_RESPONSES, Info
+from service.frontend.schemas.system import HEALTH_RESPONSES, READY_RESPONSES, Info, Liveness
 from service.frontend.state import ServiceState, check_api_key, service_state
 
 router = APIRouter(tags=["system"])
@@ -52,6 +65,35 @@ async def health(state: Annotated[ServiceState, Depends(service_state)]) -> JSON
     status = "draining" if state.draining else ("ready" if state.models is not None else "starting")
     body = {"status": status, "models": model_statuses(state)}
     return JSONResponse(body, status_code=200 if state.ready else 503)
+
+
+@router.get("/health/live", response_model=Liveness)
+async def live(state: Annotated[ServiceState, Depends(service_state)]) -> dict[str, Any]:
+    """Liveness: 200 while this process answers, whatever its models' state and while it drains."""
+    return {"status": "alive", "uptime_s": round(time.time() - state.started_at, 3)}
+
+
+def readiness(state: ServiceState) -> tuple[str, str | None, list[str]]:
+    """(status, why not ready or None, ready models) of this front end."""
+    if state.draining:
+        return "draining", "the service is shutting down and takes no new requests", []
+    models = state.models
+    if models is None:
+        return "starting", "the models are loading", []
+    ready = sorted(view.name for view in models.ready)
+    if not ready:
+        statuses = ", ".join(f"{name}: {models.status(view)}" for name, view in sorted(models.views.items()))
+        return "no_model_ready", f"no model is ready ({statuses or 'no model directories'})", []
+    return "ready", None, ready
+
+
+@router.get("/health/ready", response_model=None, responses=READY_RESPONSES)
+async def ready(state: Annotated[ServiceState, Depends(service_state)]) -> JSONResponse:
+    """Readiness: 200 while at least one model is ready; 503 while starting, with no model ready, and
+    from the first moment of a drain (SIGTERM) until exit."""
+    status, reason, models = readiness(state)
+    body = {"status": status, "reason": reason, "ready_models": models}
+    return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 
 @router.get("/info", response_model=Info, responses=TGI_AUTH)

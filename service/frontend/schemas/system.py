@@ -44,6 +44,17 @@ class FrontEnd(BaseModel):
     pid: int = Field(description="this front end's process id")
 
 
+class Liveness(BaseModel):
+    status: Literal["alive"]
+    uptime_s: float = Field(description="seconds since this front end started")
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "starting", "no_model_ready", "draining"]
+    reason: str | None = Field(None, description="why this replica takes no new requests")
+    ready_models: list[str] = Field(description="models that would answer a request now")
+
+
 class Info(BaseModel):
     version: str
     device: str | None
@@ -80,4 +91,9 @@ class ReloadResult(BaseModel):
 HEALTH_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"model": Health, "description": "serving"},
     503: {"model": Health, "description": "starting or draining: take this replica out of rotation"},
+}
+
+READY_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"model": Readiness, "description": "ready: send this replica requests"},
+    503: {"model": Readiness, "description": "starting, no model ready, or draining: send it none"},
 }
