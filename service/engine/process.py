@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from multiprocessing.connection import Connection, Listener
@@ -184,6 +185,10 @@ def run(spec: EngineSpec, control: Connection) -> None:
     listener.close()
     with contextlib.suppress(OSError):  # the control plane may be gone already (it stopped at once)
         control.send(("ended",))
+    # Everything is said and closed: leave now rather than through the interpreter's teardown (torch's
+    # and the threads' took seconds per engine, which every shutdown and rolling update waited for).
+    logging.shutdown()
+    os._exit(0)
 
 
 def serve_control(engine: Engine, control: Connection) -> None:
