@@ -15,9 +15,13 @@ import logging
 import time
 from collections.abc import Callable
 
+import torch
+
 from charlm.decoding import NewSequence, PendingStep, SlotDecoder, StepResult
+from charlm.grammar import COMPLETES, ENDS_BEFORE
+from charlm.scoring import score
 from charlm.vocab import Vocab
-from service.engine.sequences import Alternative, EngineMetrics, GenerationRequest, Row
+from service.engine.sequences import Alternative, EngineMetrics, GenerationRequest, Row, prompt_tokens
 from service.engine.stopping import FinishReason
 
 logger = logging.getLogger(__name__)
@@ -50,14 +54,16 @@ class RunningBatch:
         groups: dict[int, list[Row]] = {}
         for request in requests:
             row = Row(request, self.vocab, now)
+            if request.prompt_logprobs is not None and not self._score_prompt(row, now):  # issue 22: scoring
+                continue
             if request.max_new_tokens == 0:
                 row.finish(FinishReason.LENGTH, now)
                 row.deliver()
                 continue
             groups.setdefault(self.decoder.prompt_length(request.prompt_ids), []).append(row)
         for group in groups.values():
-            sequences = [NewSequence(r.request.prompt_ids, r.request.params, r.seed, r.request.top_n > 0)
-                         for r in group]
+            sequences = [NewSequence(r.request.prompt_ids, r.request.params, r.seed, r.request.top_n > 0,
+                                     r.request.grammar) for r in group]
             try:
                 first = self.decoder.add_group(sequences)
             except Exception as exc:
@@ -71,6 +77,20 @@ class RunningBatch:
                 self.rows.append(row)
         if requests:
             self.changed()
+
+    def _score_prompt(self, row: Row, now: float) -> bool:
+        """Score the row's prompt where the model runs (`charlm.scoring`: a sliding window past the
+        model's context); False when that failed, and the row has ended with the reason."""
+        ids = row.request.prompt_ids
+        try:
+            scores = score(self.decoder.model, torch.tensor(ids), row.request.prompt_logprobs or 0)
+        except Exception as exc:
+            logger.exception("request %s: scoring the prompt failed", row.request.request_id)
+            row.finish(FinishReason.ERROR, now, f"scoring the prompt failed: {exc}")
+            row.deliver()
+            return False
+        row.prompt_logprobs = prompt_tokens(ids, scores, self.vocab)
+        return True
 
     def step(self) -> None:
         """Drop the rows that ended early, launch a step, and process what is due."""
@@ -92,15 +112,21 @@ class RunningBatch:
     def _process(self, result: StepResult, rows: list[Row], drew: list[bool] | None) -> None:
         """Each row takes its character; finished rows leave; every row's events go out."""
         now = time.monotonic()
-        ids, logprobs, metrics = result.ids, result.logprobs, self.metrics
+        ids, logprobs, ends, metrics = result.ids, result.logprobs, result.ends, self.metrics
         advanced, retired = 0, False
         for i, row in enumerate(rows):
             if row.done:  # finished after this step was launched: its character is not wanted
                 continue
             if drew is not None and not drew[i]:  # still feeding its prompt
                 continue
+            if ends is not None and ends[i] == ENDS_BEFORE:  # issue 22: the grammar's text ended before it
+                self._retire(row, FinishReason.END, now)
+                retired = True
+                continue
             top = self._alternatives(result, i, row.request.top_n) if row.request.top_n else ()
             reason = row.advance(ids[i], logprobs[i], top, now, metrics)
+            if ends is not None and ends[i] == COMPLETES and reason is not FinishReason.STOP:
+                reason = FinishReason.END  # issue 22: the grammar's text is complete with this character
             advanced += 1
             if reason is not None:
                 self._retire(row, reason, now)

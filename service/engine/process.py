@@ -20,6 +20,7 @@ import torch
 from charlm.checkpoint import ModelDirError, load_model
 from charlm.sampling import SamplingParams
 from service.engine.engine import Engine, EngineClosed, QueueFull
+from service.engine.grammars import GrammarError, compile_regex
 from service.engine.sequences import Event, Finished, GenerationRequest
 from service.engine.stopping import FinishReason
 from service.frontend.metrics import RecordingMetrics
@@ -56,11 +57,14 @@ class RequestSpec:
     timeout_s: float | None
     request_id: str
     submitted_at: float  # time.monotonic() is one clock for every process of the machine
+    grammar: str | None = None  # issue 22: the regular expression; the child compiles it (cached)
+    prompt_logprobs: int | None = None
 
     @classmethod
     def of(cls, id_: int, r: GenerationRequest) -> RequestSpec:
+        regex = r.grammar.source if r.grammar is not None else None
         return cls(id_, r.prompt_ids, r.max_new_tokens, r.params, r.stop, r.top_n, r.stream_interval,
-                   r.timeout_s, r.request_id, r.submitted_at)
+                   r.timeout_s, r.request_id, r.submitted_at, regex, r.prompt_logprobs)
 
 
 class Relay:
@@ -77,10 +81,13 @@ class Relay:
         self.sent_batch = (0, 0)  # (active, queued) last sent
 
     def request(self, spec: RequestSpec) -> GenerationRequest:
+        assert self.engine is not None
+        grammar = compile_regex(spec.grammar, self.engine.vocab) if spec.grammar is not None else None  # issue 22
         request = GenerationRequest(
             spec.prompt_ids, spec.max_new_tokens, spec.params, on_events=lambda events: self.post(spec.id, events),
             stop=spec.stop, top_n=spec.top_n, stream_interval=spec.stream_interval, timeout_s=spec.timeout_s,
-            request_id=spec.request_id, submitted_at=spec.submitted_at,
+            request_id=spec.request_id, submitted_at=spec.submitted_at, grammar=grammar,
+            prompt_logprobs=spec.prompt_logprobs,
         )
         self.requests[spec.id] = request
         return request
@@ -161,7 +168,7 @@ def serve_commands(engine: Engine, relay: Relay, commands: Connection) -> None:
             specs: list[RequestSpec] = args[0]
             try:
                 engine.submit_all([relay.request(s) for s in specs])
-            except (QueueFull, EngineClosed) as exc:
+            except (QueueFull, EngineClosed, GrammarError) as exc:
                 relay.refuse(specs, str(exc))
         elif kind == "cancel":
             for id_ in args[0]:

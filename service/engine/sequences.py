@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from charlm.grammar import Automaton
 from charlm.sampling import SamplingParams, resolve_seed
+from charlm.scoring import Scores
 from charlm.vocab import Vocab
 from service.engine.stopping import FinishReason, StopMatcher
 
@@ -31,6 +33,28 @@ class GeneratedToken(NamedTuple):
     top: tuple[Alternative, ...] = ()  # the request's top_n most likely characters at this step
 
 
+class PromptToken(NamedTuple):
+    """A prompt character as the model scored it (GenerationRequest.prompt_logprobs)."""
+
+    id: int
+    text: str
+    logprob: float | None  # None for the first character, which has no context
+    rank: int | None  # 1 + how many characters the model found more likely there
+    top: tuple[Alternative, ...] = ()
+
+
+def prompt_tokens(ids: list[int], scores: Scores, vocab: Vocab) -> tuple[PromptToken, ...]:
+    """The prompt's characters with their scores (the first one unscored)."""
+    chars = vocab.chars
+    tokens = [PromptToken(ids[0], chars[ids[0]], None, None)]
+    logprobs, ranks = scores.logprobs.tolist(), scores.ranks.tolist()
+    top_ids, top_logprobs = scores.top_ids.tolist(), scores.top_logprobs.tolist()
+    for i, char_id in enumerate(ids[1:]):
+        top = tuple(Alternative(a, chars[a], lp) for a, lp in zip(top_ids[i], top_logprobs[i], strict=True))
+        tokens.append(PromptToken(char_id, chars[char_id], logprobs[i], ranks[i], top))
+    return tuple(tokens)
+
+
 @dataclasses.dataclass(frozen=True)
 class Finished:
     reason: FinishReason
@@ -42,6 +66,7 @@ class Finished:
     first_char_s: float | None  # from submission to the first generated character
     total_s: float
     error: str | None = None
+    prompt_logprobs: tuple[PromptToken, ...] | None = None  # when the request asked for them
 
 
 Event = GeneratedToken | Finished
@@ -63,6 +88,8 @@ class GenerationRequest:
     on_events: Callable[[list[Event]], None]
     stop: tuple[str, ...] = ()
     top_n: int = 0  # also report this many most likely characters at each step
+    grammar: Automaton | None = None  # generate only texts it accepts (the front end checked it)
+    prompt_logprobs: int | None = None  # score the prompt, with this many alternatives per character
     stream_interval: int = 1  # deliver every this many characters; 0: only when the sequence ends
     timeout_s: float | None = None
     request_id: str = ""
@@ -119,6 +146,7 @@ class Row:
         self.produced = 0
         self.text: list[str] = []
         self.outbox: list[Event] = []
+        self.prompt_logprobs: tuple[PromptToken, ...] | None = None  # set at admission when asked for
 
     def advance(
         self, char_id: int, logprob: float, top: tuple[Alternative, ...], now: float, metrics: EngineMetrics
@@ -169,6 +197,7 @@ class Row:
             first_char_s=self.first_char_s,
             total_s=now - self.request.submitted_at,
             error=error,
+            prompt_logprobs=self.prompt_logprobs,
         ))
 
     def deliver(self) -> None:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from charlm.generation import prompt_ids
+from charlm.grammar import Automaton
 from charlm.sampling import MAX_SEED, SamplingParams
 from charlm.vocab import UnknownCharactersError
 from service.control.model_entry import ModelEntry
@@ -39,6 +40,8 @@ class GenerationSpec:
     stop: tuple[str, ...] = ()
     top_n: int = 0
     stream_interval: int = 0  # a stream's events every this many characters; 0: all at the end
+    grammar: Automaton | None = None  # issue 22: compiled by the front end (service.frontend.grammar)
+    prompt_logprobs: int | None = None  # issue 22: score the prompt (the first sequence of each prompt only)
 
 
 @dataclasses.dataclass
@@ -123,6 +126,7 @@ class Submission:
                 prompt_ids=ids, max_new_tokens=spec.max_new_tokens, params=offset_seed(spec.params, offset),
                 on_events=functools.partial(self._on_events, index), stop=spec.stop, top_n=spec.top_n,
                 stream_interval=spec.stream_interval, timeout_s=timeout_s, request_id=request_id,
+                grammar=spec.grammar, prompt_logprobs=spec.prompt_logprobs if offset == 0 else None,
             )
             for index, (ids, offset) in enumerate(zip(prompts, offsets, strict=True))
         ]
