@@ -57,16 +57,18 @@ def window_plan(targets: int, context: int, stride: int) -> list[tuple[int, int]
 
 
 @torch.no_grad()
-def score(model: CharModel, ids: Tensor, top_n: int = 0, stride: int | None = None,
+def score(model: CharModel, ids: Tensor, top_n: int = 0, window: int | None = None, stride: int | None = None,
           progress: Callable[[int], None] | None = None) -> Scores:
     """The log-probability of every character of ids (N,) int64 after the first, and with `top_n`
-    the most likely characters at each place. `progress` hears how many characters were scored
-    after each batch. The model is read in its own dtype; log-probabilities come in float32."""
+    the most likely characters at each place. A model with a bounded context reads windows of
+    `window` characters (default: its context) `stride` apart (default: half the window); a
+    recurrent one reads the whole text. `progress` hears how many characters were scored after
+    each batch. The model is read in its own dtype; log-probabilities come in float32."""
     device = next(model.parameters()).device
     ids = ids.to(device)
     parts: list[tuple[Tensor, Tensor]] = []  # (log-softmax rows (n, V), their targets (n,))
     done = 0
-    for log_softmax, targets in _log_softmax_parts(model, ids, stride):
+    for log_softmax, targets in _log_softmax_parts(model, ids, window, stride):
         parts.append((log_softmax, targets))
         done += targets.numel()
         if progress is not None:
@@ -83,7 +85,8 @@ def score(model: CharModel, ids: Tensor, top_n: int = 0, stride: int | None = No
                   top_logprobs.cpu().numpy())
 
 
-def _log_softmax_parts(model: CharModel, ids: Tensor, stride: int | None) -> Iterator[tuple[Tensor, Tensor]]:
+def _log_softmax_parts(model: CharModel, ids: Tensor, window: int | None,
+                       stride: int | None) -> Iterator[tuple[Tensor, Tensor]]:
     """Log-softmax rows and their targets, in text order, batch by batch."""
     inputs, targets = ids[:-1], ids[1:]
     if model.carries_state:
@@ -93,7 +96,7 @@ def _log_softmax_parts(model: CharModel, ids: Tensor, stride: int | None) -> Ite
             logits, _, state = model.forward_carry(chunk, None, state)
             yield logits[0].float().log_softmax(dim=-1), targets[start : start + RECURRENT_CHUNK]
         return
-    context = model.context_size
+    context = window or model.context_size
     assert context is not None, "a model without state carried between chunks has a bounded context"
     plan = window_plan(targets.numel(), context, min(context, stride or default_stride(context)))
     width = min(context, targets.numel())
