@@ -25,6 +25,7 @@ MAX_GRAMMAR_STATES = 4096  # per grammar; a decoder's table holds charlm.grammar
 CACHED_GRAMMARS = 256
 MAX_SHOWN = 10  # missing characters named in a message
 CONTROL_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+ASCII = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
 
 
 class GrammarError(ValueError):
@@ -55,9 +56,11 @@ def compile_regex(regex: str, vocab: Vocab) -> Automaton:
 
 
 def build(regex: str, vocab: Vocab, key: str) -> Automaton:
-    automaton = over(regex, vocab.chars, key, regex)
+    extra = sorted((set(ASCII) | literal_characters(regex)) - set(vocab.chars))
+    widened = over(regex, vocab.chars + extra, key, regex)
+    automaton = widened and trimmed(widened.transitions[:, : len(vocab)], widened.accepting, key, regex)
     if automaton is None:
-        raise GrammarError(why_empty(regex, vocab))
+        raise GrammarError(why_empty(widened, vocab, extra))
     if automaton.states > MAX_GRAMMAR_STATES:
         raise GrammarError(f"the grammar is too large: its automaton has {automaton.states} states over this "
                            f"model's characters; the limit is {MAX_GRAMMAR_STATES}")
@@ -68,12 +71,21 @@ def build(regex: str, vocab: Vocab, key: str) -> Automaton:
 
 def over(regex: str, chars: list[str], key: str, source: str = "") -> Automaton | None:
     """The automaton of `regex` over `chars` (ids their positions), trimmed to the states from which
-    an accepted text can still be reached; None when no text over `chars` is accepted."""
-    end = len(chars)  # outlines-core marks accepting states with an end-of-text token of its own
+    an accepted text can still be reached; None when no text over `chars` is accepted.
+
+    outlines-core refuses a vocabulary that leaves some state of the expression with no way on, so
+    the caller widens the model's characters with the expression's own and ASCII's, then keeps the
+    model's columns (`build`). Its index (0.2) also drops the moves out of an accepting state that
+    lead to a state that is not: the expression is followed by an end mark, a character of no
+    vocabulary, so that only the state after the mark accepts; a state accepts here when the mark
+    leads from it to that state."""
+    mark = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in chars)  # a private-use character
+    end = len(chars) + 1  # outlines-core marks accepting states with an end-of-text token of its own
+    tokens = {c: [i] for i, c in enumerate([*chars, mark])}
     try:
-        index = Index(regex, Vocabulary(end, {c: [i] for i, c in enumerate(chars)}))
+        index = Index(f"(?:{regex}){mark}", Vocabulary(end, tokens))
     except ValueError as exc:
-        if "incompatible" in str(exc):  # no character of the vocabulary can start or go on
+        if "incompatible" in str(exc):  # some state has no way on over these characters
             return None
         raise GrammarError(f"the regular expression does not compile: {python_reason(regex) or exc}") from None
     transitions = {state: {c: s for c, s in moves.items() if c != end}
@@ -87,17 +99,20 @@ def over(regex: str, chars: list[str], key: str, source: str = "") -> Automaton 
                 numbering[following] = len(order)
                 order.append(following)
     table = np.full((len(order), len(chars)), -1, dtype=np.int32)
+    accepting = np.zeros(len(order), dtype=bool)
     for state, number in numbering.items():
         for char_id, following in transitions.get(state, {}).items():
-            table[number, char_id] = numbering[following]
-    accepting = np.array([state in finals for state in order], dtype=bool)
+            if char_id < len(chars):
+                table[number, char_id] = numbering[following]
+            elif following in finals:  # the end mark: the text may end here
+                accepting[number] = True
     return trimmed(table, accepting, key, source)
 
 
 def trimmed(table: np.ndarray, accepting: np.ndarray, key: str, source: str) -> Automaton | None:
-    """Without the states from which no accepting state can be reached (transitions to them
-    forbidden), renumbered; None when the initial state is one of them."""
-    live = accepting.copy()
+    """Without the states that cannot be reached from the initial one or from which no accepting state
+    can be reached (transitions to them forbidden), renumbered; None when nothing is accepted."""
+    live = accepting.copy()  # states from which an accepting state can be reached
     while True:
         reaches = live | (np.where(table >= 0, live[np.maximum(table, 0)], False)).any(axis=1)
         if (reaches == live).all():
@@ -105,10 +120,52 @@ def trimmed(table: np.ndarray, accepting: np.ndarray, key: str, source: str) -> 
         live = reaches
     if not live[0]:
         return None
-    numbers = np.cumsum(live) - 1  # new number of each live state
-    kept = table[live]
-    kept = np.where((kept >= 0) & live[np.maximum(kept, 0)], numbers[np.maximum(kept, 0)], -1)
-    return Automaton(key, kept.astype(np.int32), accepting[live], source)
+    kept = np.where((table >= 0) & live[np.maximum(table, 0)], table, -1)
+    reached = np.zeros(len(table), dtype=bool)
+    reached[0] = True
+    frontier = [0]
+    while frontier:
+        following = np.unique(kept[frontier])
+        following = following[following >= 0]
+        frontier = [int(s) for s in following if not reached[s]]
+        reached[frontier] = True
+    numbers = np.cumsum(reached) - 1
+    kept = kept[reached]
+    kept = np.where(kept >= 0, numbers[np.maximum(kept, 0)], -1)
+    return Automaton(key, kept.astype(np.int32), accepting[reached], source)
+
+
+def shortest_text(automaton: Automaton) -> list[int]:
+    """The character ids of a shortest text the automaton accepts (it accepts one)."""
+    parent: dict[int, tuple[int, int]] = {}
+    queue, seen = collections.deque([0]), {0}
+    while queue:
+        state = queue.popleft()
+        if automaton.accepting[state]:
+            text = []
+            while state:
+                state, char_id = parent[state]
+                text.append(char_id)
+            return text[::-1]
+        for char_id, following in enumerate(automaton.transitions[state].tolist()):
+            if following >= 0 and following not in seen:
+                seen.add(following)
+                parent[following] = (state, char_id)
+                queue.append(following)
+    raise ValueError("the automaton accepts nothing")
+
+
+def why_empty(widened: Automaton | None, vocab: Vocab, extra: list[str]) -> str:
+    """Why no text over the vocabulary matches: the characters outside it on a shortest text the
+    grammar accepts, when there is one, else that nothing matches at all."""
+    if widened is None:
+        return "no text the model can write satisfies the grammar"
+    text = shortest_text(widened)
+    needed = sorted({extra[i - len(vocab)] for i in text if i >= len(vocab)})
+    shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in needed[:MAX_SHOWN])
+    more = f" and {len(needed) - MAX_SHOWN} more" if len(needed) > MAX_SHOWN else ""
+    return (f"the grammar needs characters the model does not have: {shown}{more} (every text it accepts uses "
+            f"some of them; its shortest is {''.join((vocab.chars + extra)[i] for i in text)!r})")
 
 
 def python_reason(regex: str) -> str | None:
@@ -121,20 +178,6 @@ def python_reason(regex: str) -> str | None:
     except (OverflowError, RecursionError):
         return None
     return None
-
-
-def why_empty(regex: str, vocab: Vocab) -> str:
-    """Why no text over the vocabulary matches: the characters outside it that the grammar needs,
-    when adding them would help, else that nothing matches at all."""
-    candidates = sorted(c for c in literal_characters(regex) if c not in vocab)
-    widened = over(regex, vocab.chars + candidates, "") if candidates else None
-    if widened is None:
-        return "no text satisfies the grammar"
-    used = np.nonzero((widened.transitions >= 0).any(axis=0))[0]  # characters some transition takes
-    needed = [candidates[i - len(vocab)] for i in used.tolist() if i >= len(vocab)]
-    shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in needed[:MAX_SHOWN])
-    more = f" and {len(needed) - MAX_SHOWN} more" if len(needed) > MAX_SHOWN else ""
-    return f"the grammar needs characters the model does not have: {shown}{more}"
 
 
 def literal_characters(regex: str) -> set[str]:

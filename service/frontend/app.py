@@ -18,7 +18,7 @@ from service.frontend.generation import Mailbox
 from service.frontend.metrics import ServiceMetrics
 from service.frontend.middleware import MODEL_HEADER, REQUEST_ID_HEADER, VERSION_HEADER, RequestContextMiddleware
 from service.frontend.openapi import openapi_with_limits
-from service.frontend.routes import admin, openai, playground, system, tgi
+from service.frontend.routes import admin, openai, playground, system, tgi, tokenizer
 from service.frontend.state import ServiceState
 from service.settings import Settings
 
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(tgi.router)
     app.include_router(openai.router)
+    app.include_router(tokenizer.router)  # issue 22
     app.include_router(admin.router)
     playground.install(app)
     app.add_middleware(
