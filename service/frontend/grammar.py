@@ -19,11 +19,12 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from charlm.grammar import Automaton
 from charlm.vocab import Vocab
-from service.engine.grammars import GrammarError, compile_regex
+from service.engine.grammars import GrammarError, compile_regex, grammar_key
 from service.frontend.errors import ServiceError
 from service.frontend.schemas.grammar import GrammarForm
 
 COMPILE_S = 5.0  # a grammar not compiled by then is refused (its compilation finishes and is cached)
+COMPILERS = 2  # grammars compiled at once; one asked for again while it compiles waits for that compilation
 MAX_REGEX_CHARS = 65536
 MAX_SCHEMA_CHARS = 16384
 RUST_REGEX_META = set("\\.+*?()|[]{}^$#&-~")
@@ -32,7 +33,8 @@ _PRIMITIVE = {"type": ["string", "number", "boolean", "null"]}
 # recursive JSON grammar is not regular; two levels compile in a fraction of a second.
 JSON_OBJECT_SCHEMA = {"type": "object", "additionalProperties": {"anyOf": [
     _PRIMITIVE, {"type": "array", "items": _PRIMITIVE}, {"type": "object", "additionalProperties": _PRIMITIVE}]}}
-_compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-compiler")
+_compilers = concurrent.futures.ThreadPoolExecutor(max_workers=COMPILERS, thread_name_prefix="grammar-compiler")
+_compiling: dict[str, concurrent.futures.Future[Automaton]] = {}  # by grammar key; touched on the event loop
 
 
 def rust_escape(text: str) -> str:
@@ -77,9 +79,13 @@ def regex_of(form: GrammarForm) -> str:
 async def compile_grammar(form: GrammarForm, vocab: Vocab, max_new_tokens: int, tokens_param: str) -> Automaton:
     """The automaton of `form` over `vocab`, or a ServiceError that says what is wrong."""
     regex = regex_of(form)
-    future = _compiler.submit(compile_regex, regex, vocab)
+    key = grammar_key(regex, vocab)
+    future = _compiling.get(key)
+    if future is None:
+        future = _compiling[key] = _compilers.submit(compile_regex, regex, vocab)
+        future.add_done_callback(lambda _: _compiling.pop(key, None))  # dict.pop is atomic: any thread may
     try:
-        automaton = await asyncio.wait_for(asyncio.wrap_future(future), COMPILE_S)
+        automaton = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), COMPILE_S)
     except GrammarError as exc:
         kind = "unknown_characters" if "does not have" in str(exc) else None  # 422 in both protocols, as a prompt's
         raise ServiceError(422, f"{form.param}: {exc}", param=form.param, kind=kind) from None
