@@ -84,7 +84,9 @@ def over(regex: str, chars: list[str], key: str, source: str = "") -> Automaton 
     tokens = {c: [i] for i, c in enumerate([*chars, mark])}
     try:
         index = Index(f"(?:{regex}){mark}", Vocabulary(end, tokens))
-    except ValueError as exc:
+    except BaseException as exc:
+        if not library_failure(exc):
+            raise
         if "incompatible" in str(exc):  # some state has no way on over these characters
             return None
         raise GrammarError(f"the regular expression does not compile: {python_reason(regex) or exc}") from None
@@ -166,6 +168,12 @@ def why_empty(widened: Automaton | None, vocab: Vocab, extra: list[str]) -> str:
     more = f" and {len(needed) - MAX_SHOWN} more" if len(needed) > MAX_SHOWN else ""
     return (f"the grammar needs characters the model does not have: {shown}{more} (every text it accepts uses "
             f"some of them; its shortest is {''.join((vocab.chars + extra)[i] for i in text)!r})")
+
+
+def library_failure(exc: BaseException) -> bool:
+    """Whether outlines-core failed (a ValueError, or a Rust panic: pyo3's PanicException derives from
+    BaseException), rather than the process being asked to stop."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def python_reason(regex: str) -> str | None:

@@ -19,7 +19,7 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from charlm.grammar import Automaton
 from charlm.vocab import Vocab
-from service.engine.grammars import GrammarError, compile_regex, grammar_key
+from service.engine.grammars import GrammarError, compile_regex, grammar_key, library_failure
 from service.frontend.errors import ServiceError
 from service.frontend.schemas.grammar import GrammarForm
 
@@ -59,7 +59,9 @@ def schema_regex(schema: Any, param: str) -> str:
                            f"{MAX_SCHEMA_CHARS}", param=param)
     try:
         return build_regex_from_schema(text)
-    except (ValueError, TypeError, RecursionError) as exc:
+    except BaseException as exc:
+        if not library_failure(exc):
+            raise
         raise ServiceError(422, f"{param}: invalid or unsupported JSON schema: {exc}", param=param) from None
 
 
