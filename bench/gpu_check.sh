@@ -2,7 +2,8 @@
 # One command that proves the GPU path on a CUDA machine, within about 8 minutes:
 #   the gpu-marked tests; bench/engine.py (engine against the batched naive loop, batch 1/32/256,
 #   bf16 and fp32, every bundled model and a random gpt-baby-size model); bench/serve.py at
-#   1/32/256 streams; where a decode step's GPU time goes (bench/gpu_profile.py); gpt-baby
+#   1/32/256 streams; where a decode step's GPU time goes (bench/gpu_profile.py); the engine at batch 256
+#   with every row under a grammar against none, and scoring 10,000 characters (bench/constrained.py); gpt-baby
 #   training throughput, eager then compiled; then docs/benchmarks-gpu.md (bench/gpu_report.py),
 #   naming the card.
 #
@@ -77,6 +78,8 @@ step serve 100 $PY bench/serve.py --device cuda --levels 1 32 256 --procs 8 --pl
 step serve-thread 60 $PY bench/serve.py --device cuda --levels 256 --procs 8 --plot "$OUT_DIR/serve-thread.png" \
     --serve-flags "--engine-process false" --results "$OUT_DIR/serve-thread.jsonl"
 step profile 120 $PY bench/gpu_profile.py --model random:gpt-baby --batch 256 --compile
+step constrained 60 $PY bench/constrained.py --device cuda --only throughput scoring --batch 256 --chars 200 \
+    --rounds 2 --results "$OUT_DIR/constrained.jsonl"
 step train-throughput 45 $PY bench/train_throughput.py --presets gpt-baby --device cuda --iters 30 \
     --data "$DATA" --results "$RESULTS"
 step train-throughput-compiled 120 $PY bench/train_throughput.py --presets gpt-baby --device cuda --iters 30 \
