@@ -189,3 +189,14 @@ async def test_grammars_cross_to_an_engine_in_its_own_process(tiny_models):
                                                      "decoder_input_details": True}}
         prefill = (await client.post("/generate", json=body)).json()["details"]["prefill"]
         assert [t["text"] for t in prefill] == list("the king") and prefill[0]["logprob"] is None
+
+
+async def test_characters_biased_away_never_make_garbage(client, tiny_models):
+    """With every allowed character banned by logit_bias, a row that must go on still draws what the
+    grammar allows, and one that may stop ends there."""
+    chars = load_model(tiny_models / "tiny-gpt").vocab.chars
+    banned = {str(chars.index(c)): -100 for c in "kq "}
+    body = {"prompt": "the ", "max_tokens": 40, "seed": 3, "logit_bias": banned,
+            "guided_regex": "(king|queen)( (king|queen))*"}
+    (choice,) = (await client.post("/v1/completions", json=body)).json()["choices"]
+    assert choice["text"] in ("king", "queen") and choice["finish_reason"] == "stop"
