@@ -9,7 +9,8 @@
 #   (not compiled: the dtype table); the CPU engine; gpt-baby training throughput; then
 #   docs/benchmarks-gpu.md (bench/gpu_report.py), naming the card. After the targets, bench/serve.py
 #   at 1/256/1,024 streams with one HTTP front end and with four, each beside the same engine
-#   in-process, and shakespeare-lstm at 1,024 streams.
+#   in-process, and shakespeare-lstm at 1,024 streams; the engine at batch 256 with every row under a
+#   grammar against none, and scoring 10,000 characters (bench/constrained.py).
 #
 #   bench/gpu_check.sh [--wheels DIR] [--data FILE] [--out DIR] [--dry-run]
 #
@@ -106,6 +107,8 @@ SERVE="env CHARLM_COMPILE=false $PY bench/serve.py --device $DEV --procs 8 --eng
 step serve 90 $SERVE --levels $B1 $B256 $B1024 --workers 1 --plot "$OUT_DIR/serve.png"
 step serve-workers 70 $SERVE --levels $B256 $B1024 --workers 4 --plot "$OUT_DIR/serve-workers.png"
 step serve-lstm 50 $SERVE --model shakespeare-lstm --levels $B1024 --workers 4 --plot "$OUT_DIR/serve-lstm.png"
+step constrained 60 $PY bench/constrained.py --device $DEV --only throughput scoring --batch $B256 --chars 200 \
+    --rounds 2 --results "$OUT_DIR/constrained.jsonl"
 step profile $((PROFILE_BUDGET + 40)) $PY bench/gpu_profile.py --device $DEV --batch $B256 --budget-s $PROFILE_BUDGET \
     --steps $PROFILE_STEPS --results "$OUT_DIR/profile.jsonl" --dtype $HALF \
     $([ "$DRY" = 1 ] && echo --models $GPT $LSTM)

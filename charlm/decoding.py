@@ -4,7 +4,9 @@ A `SlotDecoder` holds the state of `slots` sequences. Active sequences occupy ro
 [0, active): a new one is prefilled into the next free row, and when one leaves,
 the last active row moves into its place, so the active rows stay a prefix.
 `launch` advances every active row by one character (the model's `step`, then
-`sample`) and copies the results to the host in one packed transfer.
+`sample`) and copies the results to the host in one packed transfer. Rows with a
+grammar keep their automaton in the decoder's `GrammarTable` (`charlm.grammar`);
+the packed results say where a grammar ended a row's text.
 
 On CUDA every step covers all `slots` rows, so its shapes never change: it is
 captured as a CUDA graph, and a row's arithmetic does not depend on the other
@@ -28,6 +30,7 @@ import torch
 from torch import Tensor
 
 from charlm.device_memory import allocate_state
+from charlm.grammar import GRAMMAR_STATES, Automaton, GrammarTable
 from charlm.graphs import prepare_step, try_capture
 from charlm.models import CharModel, DecodeState
 from charlm.prompt_feed import PROMPT_FEED, PromptFeed
@@ -46,23 +49,37 @@ class NewSequence:
     params: SamplingParams
     seed: int
     top: bool = False  # report the most likely characters at each step
+    grammar: Automaton | None = None  # draw only what it allows
+
+
+# Columns of a step's packed results: the drawn id, its log-probability, the row's grammar end flag
+# (`charlm.grammar`: written only by steps with grammar rows), then TOP_ALTERNATIVES ids and their
+# log-probabilities.
+ID, LOGPROB, END, TOP = 0, 1, 2, 3
 
 
 class StepResult:
-    """The host copy of one step for rows [0, n): the drawn ids and log-probabilities, and
-    each row's `TOP_ALTERNATIVES` most likely characters (read before the buffer is reused)."""
+    """The host copy of one step for rows [0, n): the drawn ids and log-probabilities, each row's
+    `TOP_ALTERNATIVES` most likely characters (read before the buffer is reused), and, when a row
+    had a grammar, each row's end flag (`ends`, else None)."""
 
-    def __init__(self, values: np.ndarray, top_k: int):
-        self.values = values  # (n, 2 + 2K) float32: id, log-prob, K alternative ids, K log-probs
+    def __init__(self, values: np.ndarray, top_k: int, grammar: bool = False):
+        self.values = values  # (n, TOP + 2K) float32: id, log-prob, end flag, K alternative ids, K log-probs
         self.top_k = top_k
+        self.grammar = grammar
 
     @property
     def id_array(self) -> np.ndarray:
-        return self.values[:, 0].astype(np.int32)  # (n,)
+        return self.values[:, ID].astype(np.int32)  # (n,)
 
     @property
     def logprob_array(self) -> np.ndarray:
-        return self.values[:, 1]  # (n,) float32
+        return self.values[:, LOGPROB]  # (n,) float32
+
+    @property
+    def end_array(self) -> np.ndarray | None:
+        """(n,) int32 end flags (`charlm.grammar`) when a row had a grammar, else None."""
+        return self.values[:, END].astype(np.int32) if self.grammar else None
 
     @property
     def ids(self) -> list[int]:
@@ -72,11 +89,16 @@ class StepResult:
     def logprobs(self) -> list[float]:
         return self.logprob_array.tolist()
 
+    @property
+    def ends(self) -> list[int] | None:
+        ends = self.end_array
+        return None if ends is None else ends.tolist()
+
     def top_arrays(self, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The `n` most likely characters of `rows` at this step: ids (R, n) int32, log-probs (R, n)."""
         k = min(n, self.top_k)
-        block = self.values[rows]  # (R, 2 + 2K)
-        return block[:, 2 : 2 + k].astype(np.int32), block[:, 2 + self.top_k : 2 + self.top_k + k]
+        block = self.values[rows]  # (R, TOP + 2K)
+        return block[:, TOP : TOP + k].astype(np.int32), block[:, TOP + self.top_k : TOP + self.top_k + k]
 
     def top(self, row: int, n: int) -> list[tuple[int, float]]:
         """The `n` most likely characters of `row` at this step, as (id, log-probability)."""
@@ -89,13 +111,14 @@ class PendingStep:
     (False while it still feeds its prompt); None when every row did."""
 
     def __init__(self, host: Tensor, rows: int, top_k: int, event: torch.cuda.Event | None,
-                 drew: list[bool] | None):
+                 drew: list[bool] | None, grammar: bool = False):
         self.host, self.rows, self.top_k, self.event, self.drew = host, rows, top_k, event, drew
+        self.grammar = grammar
 
     def result(self) -> StepResult:
         if self.event is not None:
             self.event.synchronize()
-        return StepResult(self.host[: self.rows].numpy(), self.top_k)
+        return StepResult(self.host[: self.rows].numpy(), self.top_k, self.grammar)
 
 
 class SlotDecoder:
@@ -105,10 +128,12 @@ class SlotDecoder:
     """
 
     def __init__(self, model: CharModel, slots: int, *, graphs: bool = True, name: str = "model",
-                 fixed_shape: bool | None = None, feed_prompts: bool | None = None, compile: bool | None = None):
+                 fixed_shape: bool | None = None, feed_prompts: bool | None = None, compile: bool | None = None,
+                 grammar_states: int = GRAMMAR_STATES):
         """`fixed_shape` (every step covers all rows), `feed_prompts` (short prompts ride the step)
         and `compile` (torch.compile of the fixed-shape step, at `warm_up`) default to whether the
-        model is on CUDA; tests set them to run those paths on a CPU."""
+        model is on CUDA; tests set them to run those paths on a CPU. `grammar_states` is the
+        capacity of the grammar table the rows share."""
         self.model, self.slots, self.name = model, slots, name
         self.device = next(model.parameters()).device
         cuda = self.device.type == "cuda"
@@ -121,7 +146,8 @@ class SlotDecoder:
         self.feed = PromptFeed(slots + 1, PROMPT_FEED if (cuda if feed_prompts is None else feed_prompts) else 0,
                                self.device)
         self.top_k = min(TOP_ALTERNATIVES, model.config.vocab_size)
-        self.output = torch.zeros(slots, 2 + 2 * self.top_k, device=self.device)  # packed results of a step
+        self.output = torch.zeros(slots, TOP + 2 * self.top_k, device=self.device)  # packed results of a step
+        self.grammar = GrammarTable(grammar_states, model.config.vocab_size, self.device)
         self.host = [torch.zeros(self.output.shape, pin_memory=cuda) for _ in range(HOST_BUFFERS)]
         self.reencode_rows = torch.full((REENCODE_ROWS,), self.scratch, dtype=torch.long, device=self.device)
         self.reencode_staging = torch.zeros(HOST_BUFFERS, slots // REENCODE_ROWS + 1, REENCODE_ROWS,
@@ -129,6 +155,7 @@ class SlotDecoder:
         self.filled = [0] * (slots + 1)  # characters each row's window holds (models with a window)
         self.wants_top = [False] * (slots + 1)  # rows that report alternatives (always computed on CUDA)
         self.controlled = [False] * (slots + 1)  # rows that use penalties, logit bias, min-p or typical-p
+        self.grammar_keys: list[str | None] = [None] * (slots + 1)  # each row's automaton in the grammar table
         self.active = 0
         self.launched = 0
         self._view_cache: dict[int, tuple[DecodeState, SamplingRows, Tensor, Tensor]] = {}
@@ -136,12 +163,14 @@ class SlotDecoder:
         self.compile = self.fixed and (cuda if compile is None else compile)
         # How this decoder steps, for /info: the model's decode attention, then what compiling cost.
         self.report: dict[str, object] = {**model.prepare_decoding(), "compiled": False}
-        # The fixed-shape step without and with the sampling controls, compiled at warm-up if asked.
-        self.runs: dict[bool, Callable[[], object]] = {
-            controls: functools.partial(self._step, slots, None, controls=controls) for controls in (False, True)}
-        # Two graphs of the step: without the sampling controls and with them. A row that uses none
-        # comes out the same from both, so which one a step replays may depend on the other rows.
-        self.graphs: dict[bool, torch.cuda.CUDAGraph | None] = {False: None, True: None}
+        # Three variants of the fixed-shape step, by (controls, grammar): without the sampling
+        # controls, with them, and with them and the grammar table; compiled at warm-up if asked, and
+        # captured as graphs on CUDA. A row that uses neither comes out the same from all three, so
+        # which one a step runs may depend on the other rows.
+        variants = ((False, False), (True, False), (True, True))
+        self.runs: dict[tuple[bool, bool], Callable[[], object]] = {
+            (c, g): functools.partial(self._step, slots, None, controls=c, grammar=g) for c, g in variants}
+        self.graphs: dict[tuple[bool, bool], torch.cuda.CUDAGraph | None] = dict.fromkeys(variants)
         self.reencode_graph: torch.cuda.CUDAGraph | None = None
 
     @property
@@ -166,12 +195,12 @@ class SlotDecoder:
         self.active = 0
 
     def _prepare_steps(self) -> None:
-        """Compile (if asked) and capture (on CUDA) both fixed-shape steps; report what it cost."""
+        """Compile (if asked) and capture (on CUDA) the fixed-shape step's variants; report the cost."""
         seconds, errors = 0.0, []
-        for controls in (False, True):
-            prepared = prepare_step(f"{self.name} step{' with controls' if controls else ''}", self.runs[controls],
-                                    compile=self.compile, graph=self.use_graphs)
-            self.runs[controls], self.graphs[controls] = prepared.run, prepared.graph
+        for (controls, grammar), run in list(self.runs.items()):
+            label = f"{self.name} step" + (" with controls" if controls else "") + (" and grammar" if grammar else "")
+            prepared = prepare_step(label, run, compile=self.compile, graph=self.use_graphs)
+            self.runs[controls, grammar], self.graphs[controls, grammar] = prepared.run, prepared.graph
             seconds += prepared.compile_s
             errors += [prepared.compile_error] if prepared.compile_error else []
         if self.compile:
@@ -208,21 +237,27 @@ class SlotDecoder:
         prompts = [g.prompt[-self.window :] if self.window is not None else g.prompt for g in group]
         length = len(prompts[0])
         assert all(len(p) == length for p in prompts), "a group's prompts have one length"
+        starts = self.grammar.acquire_all([g.grammar for g in group])
         self.state.narrow(first, count).zero_()
         fed = self.feed.fits(length - 1)
         if not fed and length > 1:
             heads = [p[:-1] for p in prompts]
             chunk = 1 if self.fixed else count  # CUDA: one row per call, whatever arrives beside it
-            for offset in range(0, count, chunk):
-                tokens = torch.tensor(heads[offset : offset + chunk], device=self.device)  # (chunk, length - 1)
-                self.model.prefill(tokens, self.state.narrow(first + offset, tokens.size(0)))
-        for row, (sequence, ids) in enumerate(zip(group, prompts, strict=True), start=first):
+            try:
+                for offset in range(0, count, chunk):
+                    tokens = torch.tensor(heads[offset : offset + chunk], device=self.device)  # (chunk, length - 1)
+                    self.model.prefill(tokens, self.state.narrow(first + offset, tokens.size(0)))
+            except BaseException:
+                self.grammar.release_all([g.grammar for g in group])
+                raise
+        for row, (sequence, ids, start) in enumerate(zip(group, prompts, starts, strict=True), start=first):
             self.tokens[row] = ids[0] if fed else ids[-1]
             self.feed.start(row, ids[1:] if fed else [])
             self.filled[row] = 0 if fed else length - 1
-            self.sampling.set_row(row, sequence.params, sequence.seed, sequence.prompt)
+            self.sampling.set_row(row, sequence.params, sequence.seed, sequence.prompt, start)
             self.wants_top[row] = sequence.top
             self.controlled[row] = sequence.params.controlled
+            self.grammar_keys[row] = sequence.grammar.key if sequence.grammar is not None else None
         self.active += count
         return first
 
@@ -231,6 +266,9 @@ class SlotDecoder:
         """Free `row`: the last active row moves into it. Returns the moved row's old index."""
         last = self.active - 1
         self.active -= 1
+        if (key := self.grammar_keys[row]) is not None:
+            self.grammar.release(key)
+            self.grammar_keys[row] = None
         if row == last:
             return None
         self.state.copy_row(last, row)
@@ -240,10 +278,15 @@ class SlotDecoder:
         self.filled[row] = self.filled[last]
         self.wants_top[row] = self.wants_top[last]
         self.controlled[row] = self.controlled[last]
+        self.grammar_keys[row], self.grammar_keys[last] = self.grammar_keys[last], None
         return last
 
     def clear(self) -> None:
         """Forget every active row (after a failure: their state is not trusted)."""
+        for row in range(self.active):
+            if (key := self.grammar_keys[row]) is not None:
+                self.grammar.release(key)
+                self.grammar_keys[row] = None
         self.active = 0
 
     @torch.no_grad()
@@ -252,14 +295,15 @@ class SlotDecoder:
         n = self.active
         drew = self.feed.advance(n)
         self._make_room(n)
-        controls = any(self.controlled[:n])
-        if (graph := self.graphs[controls]) is not None:
+        grammar = any(key is not None for key in self.grammar_keys[:n])
+        controls = grammar or any(self.controlled[:n])  # the grammar's graph has the controls too
+        if (graph := self.graphs[controls, grammar]) is not None:
             graph.replay()
         elif self.fixed:
-            self.runs[controls]()
+            self.runs[controls, grammar]()
         else:
             filled = max(self.filled[:n]) + 1 if self.window is not None else None
-            self._step(n, filled, top=any(self.wants_top[:n]), controls=controls)
+            self._step(n, filled, top=any(self.wants_top[:n]), controls=controls, grammar=grammar)
         if self.window is not None:
             self.filled[:n] = [f + 1 for f in self.filled[:n]]
         host = self.host[self.launched % HOST_BUFFERS]
@@ -270,28 +314,34 @@ class SlotDecoder:
         if cuda:
             event = torch.cuda.Event()
             event.record()
-        return PendingStep(host, n, self.top_k, event, drew)
+        return PendingStep(host, n, self.top_k, event, drew, grammar)
 
-    def _step(self, rows: int, filled: int | None, top: bool = True, controls: bool = False) -> None:
+    def _step(self, rows: int, filled: int | None, top: bool = True, controls: bool = False,
+              grammar: bool = False) -> None:
         """The step proper, over rows [0, rows): model, sampling (with the sampling controls when
-        `controls`), packed results (the top alternatives only when `top`). Fixed shapes for a
-        fixed `rows`, no host synchronisation: this is what the CUDA graphs record."""
+        `controls`, the grammar table when `grammar`), packed results (the top alternatives only
+        when `top`). Fixed shapes for a fixed `rows`, no host synchronisation: this is what the CUDA
+        graphs record."""
         state, sampling, tokens, output = self._views(rows)
         logits = self.model.step(tokens, state, filled)  # (rows, V)
+        table = self.grammar if grammar else None
         if self.feed.limit:
             feeding = self.feed.feeding(rows)  # (rows,) their draws do not count
-            draw = sample(logits, sampling, ~feeding, controls)
+            draw = sample(logits, sampling, ~feeding, controls, table)
             tokens.copy_(self.feed.next_inputs(rows, draw.ids, feeding))
         else:
-            draw = sample(logits, sampling, controls=controls)
+            draw = sample(logits, sampling, controls=controls, grammar=table)
             tokens.copy_(draw.ids)
+        ends = draw.ends if draw.ends is not None else torch.zeros_like(draw.logprobs)  # (rows,)
         if top:
             top_logprobs, top_ids = draw.log_softmax.topk(self.top_k, dim=-1)  # (rows, K)
-            packed = [draw.ids[:, None].float(), draw.logprobs[:, None], top_ids.float(), top_logprobs]
-            output.copy_(torch.cat(packed, dim=1))  # (rows, 2 + 2K)
+            packed = [draw.ids[:, None].float(), draw.logprobs[:, None], ends[:, None], top_ids.float(), top_logprobs]
+            output.copy_(torch.cat(packed, dim=1))  # (rows, 3 + 2K)
         else:
-            output[:, 0] = draw.ids
-            output[:, 1] = draw.logprobs
+            output[:, ID] = draw.ids
+            output[:, LOGPROB] = draw.logprobs
+            if draw.ends is not None:
+                output[:, END] = draw.ends
 
     def _views(self, rows: int) -> tuple[DecodeState, SamplingRows, Tensor, Tensor]:
         """The state, sampling rows, next inputs and results of rows [0, rows), as views made once

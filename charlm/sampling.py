@@ -2,8 +2,8 @@
 
 Each row of a batch has its own parameters (`SamplingParams`), held as tensors on the
 logits' device (`SamplingRows`), so one call samples every row with a few tensor
-operations and no per-row Python: logit bias and penalties (`charlm.logit_controls`),
-temperature, top-k, top-p, min-p and typical-p, then the draw. The uniform number
+operations and no per-row Python: logit bias and penalties (`charlm.logit_controls`), the
+grammar (`charlm.grammar`), temperature, top-k, top-p, min-p and typical-p, then the draw. The uniform number
 behind a row's i-th draw is a hash of (seed, i) (`charlm.noise`): the same on every
 device and whatever else shares the batch, so the whole draw fits in a CUDA graph.
 """
@@ -15,6 +15,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from charlm.grammar import GrammarTable, end_flags
 from charlm.logit_controls import adjust_logits, typical_keep
 from charlm.noise import mix32, noise_key, uniform_noise
 from charlm.sampling_params import MAX_SEED, MAX_TOP_K, SamplingParams, resolve_seed
@@ -63,18 +64,24 @@ class Draw:
     ids: Tensor  # (B,) the chosen characters
     logprobs: Tensor  # (B,) their log-probabilities under the model's unmodified distribution
     log_softmax: Tensor  # (B, V) float32, that distribution, for callers that report alternatives
+    ends: Tensor | None = None  # (B,) float32 `charlm.grammar` end flags, when a grammar table was given
 
 
-def sample(logits: Tensor, rows: SamplingRows, counts: Tensor | None = None, controls: bool = True) -> Draw:
+def sample(logits: Tensor, rows: SamplingRows, counts: Tensor | None = None, controls: bool = True,
+           grammar: GrammarTable | None = None) -> Draw:
     """Draw one character per row from logits (B, V), and count the draw in `rows.drawn` and in
     the character tables (only for the rows where `counts`, (B,) bool, is true, when given).
 
     `controls` False skips logit bias, penalties, min-p and typical-p (and the tables): for a
-    batch where no row uses them, whose rows then come out exactly as with them.
+    batch where no row uses them, whose rows then come out exactly as with them. With `grammar`,
+    each row draws among the characters its grammar state allows (after the penalties, before
+    temperature and the filters) and moves on; rows in state 0 come out exactly as without it.
     No host synchronisation and no data-dependent shapes: safe inside a CUDA graph.
     """
     logits = logits.float()  # (B, V); once: in bf16 this is a conversion
     adjusted = adjust_logits(logits, rows) if controls else logits  # (B, V)
+    if grammar is not None:
+        adjusted, following, ends_before = grammar.constrain(adjusted, rows.grammar_state)
     probs, order = filtered_sorted_probs(adjusted, rows, controls)
     uniform = uniform_noise(rows.key, rows.drawn)  # (B,)
     cdf = probs.cumsum(dim=-1)  # (B, V)
@@ -85,4 +92,7 @@ def sample(logits: Tensor, rows: SamplingRows, counts: Tensor | None = None, con
     rows.drawn.add_(1 if counts is None else counts)
     if controls:
         rows.count(ids, counts)
-    return Draw(ids, log_softmax.gather(1, ids[:, None]).squeeze(1), log_softmax)
+    ends = None
+    if grammar is not None:
+        ends = end_flags(ends_before, grammar.advance(rows.grammar_state, following, ids, counts))
+    return Draw(ids, log_softmax.gather(1, ids[:, None]).squeeze(1), log_softmax, ends)

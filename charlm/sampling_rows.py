@@ -40,6 +40,7 @@ class SamplingRows:
     bias: Tensor  # (B, V) float32, logit_bias
     seen: Tensor  # (B, V) float32
     produced: Tensor  # (B, V) float32
+    grammar_state: Tensor  # (B,) int64, each row's state in its decoder's `GrammarTable` (0: no grammar)
 
     @classmethod
     def zeros(cls, rows: int, vocab_size: int, device: torch.device | str) -> SamplingRows:
@@ -50,7 +51,7 @@ class SamplingRows:
         for name in ("top_p", "typical_p", "repetition"):
             scalars[name].fill_(1.0)
         tables = {name: torch.zeros(rows, vocab_size, device=device) for name in ("bias", "seen", "produced")}
-        return cls(**scalars, **tables)
+        return cls(**scalars, **tables, grammar_state=torch.zeros(rows, dtype=torch.long, device=device))
 
     @classmethod
     def of(cls, params: list[SamplingParams], vocab_size: int, device: torch.device | str,
@@ -69,14 +70,15 @@ class SamplingRows:
         """Views of the first `rows` rows."""
         return SamplingRows(*(t[:rows] for t in self._tensors()))
 
-    def set_row(self, row: int, params: SamplingParams, seed: int, prompt: list[int]) -> None:
-        """A new sequence in `row`: its parameters, its seed, nothing drawn yet, and the counts of its
-        prompt's characters where a penalty looks at them."""
+    def set_row(self, row: int, params: SamplingParams, seed: int, prompt: list[int], grammar_state: int = 0) -> None:
+        """A new sequence in `row`: its parameters, its seed, nothing drawn yet, the counts of its
+        prompt's characters where a penalty looks at them, and its grammar's initial state (0: none)."""
         values = (params.temperature, params.top_k, params.top_p, params.min_p, params.typical_p,
                   params.repetition_penalty, params.frequency_penalty, params.presence_penalty,
                   params.relative_frequency_penalty, noise_key(seed), 0)
         for name, value in zip(SCALARS, values, strict=True):
             getattr(self, name)[row] = value
+        self.grammar_state[row] = grammar_state
         vocab_size = self.bias.size(1)
         self.bias[row].zero_()
         for char_id, value in params.logit_bias:

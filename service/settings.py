@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     )
     max_queued: int = Field(256, ge=0, description="requests waiting per model before 429")
     max_new_tokens: int = Field(4096, ge=1, description="upper limit of max_new_tokens / max_tokens")
-    max_prompt_chars: int = Field(8192, ge=1, description="longest prompt accepted, in characters")
+    max_prompt_chars: int = Field(16384, ge=1, description="longest prompt accepted, in characters (a prompt to score "
+                                  "may be long)")
     max_n: int = Field(16, ge=1, description="most sequences one request may ask for (n, list inputs)")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413 above)")
     request_timeout_s: float = Field(300.0, gt=0, description="per-request time limit, queueing included")

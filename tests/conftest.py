@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from charlm.checkpoint import LoadedModel, load_model
-from tests.helpers import TINY, make_corpus, train_tiny
+from tests.helpers import TINY, make_corpus, make_json_corpus, train_tiny
 
 torch.set_num_threads(1)  # the suite is many tiny models; extra threads only contend
 if not torch.cuda.is_available():  # Triton kernels run interpreted; it must be set before Triton's import
@@ -28,6 +28,17 @@ def tiny_models(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     models = tmp_path_factory.mktemp("models")
     for architecture in sorted(TINY):
         train_tiny(architecture, corpus_file, models / f"tiny-{architecture}")
+    return models
+
+
+@pytest.fixture(scope="session")
+def json_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory holding tiny-json: a tiny GPT trained on JSON records (its vocabulary has
+    braces, quotes and digits, which the other tiny models lack)."""
+    data = tmp_path_factory.mktemp("json-data") / "records.txt"
+    data.write_text(make_json_corpus(), encoding="utf-8")
+    models = tmp_path_factory.mktemp("json-models")
+    train_tiny("gpt", data, models / "tiny-json", max_iters=150)
     return models
 
 

@@ -41,6 +41,18 @@ def make_corpus(n_lines: int = 600, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def make_json_corpus(n_lines: int = 500, seed: int = 0) -> str:
+    """JSON records, one a line, of a person's name, age and whether they are alive (what the
+    constrained-generation tests ask for), with the English words' letters."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        name = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 2))).title()
+        alive = rng.choice(["true", "false"])
+        lines.append(f'{{"name": "{name}", "age": {rng.randint(1, 99)}, "alive": {alive}}}')
+    return "\n".join(lines) + "\n"
+
+
 def train_tiny(architecture: str, data: Path, out: Path, overwrite: bool = False, **settings: object) -> Path:
     preset, overrides = TINY[architecture]
     spec = RunSpec(

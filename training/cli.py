@@ -13,6 +13,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from charlm.checkpoint import WEIGHTS_FILE, ModelDirError, load_model
 from charlm.cli import CommandError, add_device_argument, resolve_device
+from charlm.scoring import default_stride
 from charlm.vocab import UnknownCharactersError
 from training.config import PRESETS, ConfigError, parse_assignment
 from training.data import DataError, read_corpus
@@ -21,7 +22,6 @@ from training.session import RunSpec
 from training.trainer import train
 
 logger = logging.getLogger(__name__)
-EVAL_BATCH = 64
 DEFAULT_EVAL_SEQ_LEN = 256  # for a model with no trained sequence length and no context limit
 
 
@@ -72,12 +72,19 @@ def run_train(args: argparse.Namespace) -> int:
 def add_eval_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "eval", help="score a model on a text file",
-        description="Mean loss over every character of the file, in consecutive windows of the "
-        "model's training sequence length; prints loss, perplexity and bits per character.",
+        description="Mean loss over every character of the file; prints loss, perplexity and bits per "
+        "character. A GPT reads the file through a sliding window: windows of --seq-len characters, "
+        "--stride apart, each scoring only what the window before did not, so every character past the "
+        "first window sees at least seq-len - stride characters before it. Recurrent models carry their "
+        "state through the whole file.",
     )
     parser.add_argument("--model", required=True, help="model directory")
     parser.add_argument("--data", required=True, type=Path, help="UTF-8 text file")
     parser.add_argument("--seq-len", type=int, default=None, help="window length (default: as trained)")
+    parser.add_argument("--stride", type=int, default=None, help="characters between windows (default: half the "
+                        "window; the window's length: consecutive windows, where a window's first characters see "
+                        "little)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_argument(parser)
     parser.set_defaults(run=run_eval)
 
@@ -95,9 +102,16 @@ def run_eval(args: argparse.Namespace) -> int:
     seq_len = args.seq_len or trained_seq_len or context or DEFAULT_EVAL_SEQ_LEN
     if seq_len < 1 or (context is not None and seq_len > context):
         raise CommandError(f"--seq-len must be between 1 and the model's context of {context or 'any'}")
+    stride = args.stride or default_stride(seq_len)
+    if not 1 <= stride <= seq_len:
+        raise CommandError(f"--stride must be between 1 and the window's {seq_len} characters")
     if len(ids) < 2:
         raise CommandError(f"{args.data} needs at least 2 characters to score")
-    metrics = loss_metrics(evaluate_text(loaded.model, ids, seq_len, EVAL_BATCH, device))
+    with logging_redirect_tqdm():
+        loss = evaluate_text(loaded.model, ids, seq_len, stride, device, progress=not args.no_progress)
+    metrics = loss_metrics(loss)
+    reading = "the whole text (state carried)" if loaded.model.carries_state else \
+        f"windows of {seq_len} every {stride}"
     print(f"loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.3f}  "
-          f"bits/char {metrics['bpc']:.4f}  ({len(ids):,} characters, windows of {seq_len})")
+          f"bits/char {metrics['bpc']:.4f}  ({len(ids):,} characters, {reading})")
     return 0

@@ -7,8 +7,10 @@ import math
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from charlm.models import CharModel
+from charlm.scoring import score
 from training.data import WindowBatches
 
 EVAL_SEED = 0  # every evaluation scores the same windows, so evaluations compare
@@ -46,26 +48,17 @@ def estimate_loss(
 
 
 @torch.no_grad()
-def evaluate_text(
-    model: CharModel, ids: Tensor, seq_len: int, batch_size: int, device: torch.device
-) -> float:
-    """Mean loss over every character of `ids` after the first, in consecutive windows of `seq_len`.
+def evaluate_text(model: CharModel, ids: Tensor, seq_len: int, stride: int, device: torch.device,
+                  progress: bool = False) -> float:
+    """Mean loss over every character of `ids` after the first (`charlm.scoring`).
 
-    Each window starts from an empty context, so a character's context is the
-    part of its window before it (on average seq_len / 2 characters).
+    A model with a bounded context reads windows of `seq_len` sliding by `stride`, each scoring
+    only the characters no earlier window scored: every character past the first window sees at
+    least seq_len - stride characters before it (`stride` = `seq_len`: consecutive windows, where a
+    window's first characters see little). A recurrent model carries its state through the text.
     """
     model.eval()
-    n_windows, rest = divmod(len(ids) - 1, seq_len)
-    inputs = ids[: n_windows * seq_len].view(n_windows, seq_len)  # (N, T)
-    targets = ids[1 : n_windows * seq_len + 1].view(n_windows, seq_len)  # (N, T)
-    starts = range(0, n_windows, batch_size)
-    batches = [(inputs[i : i + batch_size], targets[i : i + batch_size]) for i in starts]
-    if rest:  # the shorter window at the end
-        batches.append((ids[-rest - 1 : -1][None], ids[-rest:][None]))
-    total = 0.0
-    for x, y in batches:
-        with autocast_for(device):
-            _, loss = model(x.to(device), y.to(device))
-        assert loss is not None
-        total += loss.item() * y.numel()
-    return total / (len(ids) - 1)
+    bar = tqdm(total=len(ids) - 1, unit="char", unit_scale=True, disable=not progress, desc="scoring")
+    with bar, autocast_for(device):
+        scores = score(model, ids, window=seq_len, stride=stride, progress=lambda done: bar.update(done - bar.n))
+    return -scores.total / (len(ids) - 1)

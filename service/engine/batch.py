@@ -9,8 +9,10 @@ GPU computes a step while the host handles the previous one.
 
 What the rows release goes into a `StepEventsBuilder` as arrays: an ordinary row
 releases the character it drew, so a step's ordinary rows go in as slices of the
-step's results; only rows with stop strings, alternatives or an end take a
-Python path of their own.
+step's results; only rows with stop strings, alternatives, a grammar or an end
+take a Python path of their own. A grammar (`charlm.grammar`) ends a row's text
+through the step's end flags: before the drawn character (the model would rather
+stop) or with it (no way on).
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from charlm.decoding import NewSequence, PendingStep, SlotDecoder, StepResult
+from charlm.grammar import COMPLETES, ENDS_BEFORE
+from charlm.scoring import score
 from service.engine.events import StepEventsBuilder
-from service.engine.sequences import EngineMetrics, GenerationRequest, Held, Row
+from service.engine.sequences import EngineMetrics, GenerationRequest, Held, Row, prompt_tokens
 from service.engine.stopping import FinishReason
 
 logger = logging.getLogger(__name__)
@@ -58,12 +63,15 @@ class RunningBatch:
         groups: dict[int, list[Row]] = {}
         for request in requests:
             row = Row(request, now)
+            if request.prompt_logprobs is not None and not self._score_prompt(row, now):
+                continue
             if request.max_new_tokens == 0:
                 self.out.finish(row.finished(FinishReason.LENGTH, now))
                 continue
             groups.setdefault(self.decoder.prompt_length(request.prompt_ids), []).append(row)
         for group in groups.values():
-            sequences = [NewSequence(r.request.prompt_ids, r.request.params, r.seed, r.top_n > 0) for r in group]
+            sequences = [NewSequence(r.request.prompt_ids, r.request.params, r.seed, r.top_n > 0, r.request.grammar)
+                         for r in group]
             try:
                 first = self.decoder.add_group(sequences)
             except Exception as exc:
@@ -76,6 +84,19 @@ class RunningBatch:
                 self.rows.append(row)
         if requests:
             self.changed()
+
+    def _score_prompt(self, row: Row, now: float) -> bool:
+        """Score the row's prompt where the model runs (`charlm.scoring`: a sliding window past the
+        model's context); False when that failed, and the row has ended with the reason."""
+        ids = row.request.prompt_ids
+        try:
+            scores = score(self.decoder.model, torch.tensor(ids), row.request.prompt_logprobs or 0)
+        except Exception as exc:
+            logger.exception("request %s: scoring the prompt failed", row.request.request_id)
+            self.out.finish(row.finished(FinishReason.ERROR, now, f"scoring the prompt failed: {exc}"))
+            return False
+        row.prompt_logprobs = prompt_tokens(ids, scores, self.chars)
+        return True
 
     def step(self) -> None:
         """Drop the rows that ended early, launch a step, and process what is due."""
@@ -97,10 +118,16 @@ class RunningBatch:
         leave."""
         now = time.monotonic()
         plain: list[int] = []  # rows that release the character they drew, and go on
-        special: list[int] = []  # rows with stop strings or alternatives, or that end now
+        special: list[int] = []  # rows with stop strings, alternatives or a grammar, or that end now
         gaps: list[float] = []
+        ends = result.ends  # the grammar's end flags, when a row has a grammar
+        retired = False
         for i, row in enumerate(rows):
             if row.done or (drew is not None and not drew[i]):  # gone, or still feeding its prompt
+                continue
+            if ends is not None and ends[i] == ENDS_BEFORE:  # the grammar's text ended before this draw
+                self._retire(row, FinishReason.END, now)
+                retired = True
                 continue
             row.produced += 1
             if row.last_char_at is None:
@@ -109,7 +136,7 @@ class RunningBatch:
             else:
                 gaps.append(now - row.last_char_at)
             row.last_char_at = now
-            if row.matcher is None and not row.top_n and row.produced < row.limit:
+            if row.matcher is None and not row.top_n and not row.constrained and row.produced < row.limit:
                 plain.append(i)
             else:
                 special.append(i)
@@ -122,14 +149,16 @@ class RunningBatch:
             keys = np.array([rows[i].key for i in plain], np.int64)
             clients = np.array([rows[i].client for i in plain], np.int32)
             self.out.add(keys, clients, np.ones(len(plain), np.int32), ids[index], logprobs[index])
-        retired = False
         for i in special:
-            retired |= self._advance(rows[i], int(ids[i]), float(logprobs[i]), result, i, now)
+            complete = ends is not None and ends[i] == COMPLETES
+            retired |= self._advance(rows[i], int(ids[i]), float(logprobs[i]), result, i, now, complete)
         if retired:
             self.changed()
 
-    def _advance(self, row: Row, char_id: int, logprob: float, result: StepResult, i: int, now: float) -> bool:
-        """A row off the common path takes its character; True when it finished."""
+    def _advance(self, row: Row, char_id: int, logprob: float, result: StepResult, i: int, now: float,
+                 complete: bool = False) -> bool:
+        """A row off the common path takes its character; True when it finished (`complete`: its
+        grammar's text is complete with this character)."""
         top = None
         if row.top_n:
             top_ids, top_logprobs = result.top_arrays(np.array([i]), row.top_n)
@@ -142,6 +171,9 @@ class RunningBatch:
                 return True
         else:
             self._release(row, [(char_id, logprob, top)])
+        if complete:
+            self._retire(row, FinishReason.END, now)
+            return True
         if row.produced >= row.limit:
             self._retire(row, FinishReason.LENGTH, now)
             return True

@@ -66,6 +66,7 @@ class Engine:
         self._cv = threading.Condition()
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._admitting = 0  # taken from the queue, not yet in the batch (their prefill runs)
+        self._rows_taken = 0  # the batch's rows once those being admitted are in (0: none are)
         self._open = True
         self._finish_queued = False  # closed to new requests, but runs the queued ones (a retired version)
         self._warm = threading.Event()
@@ -113,7 +114,8 @@ class Engine:
         with self._cv:
             if not self._open:
                 raise EngineClosed(f"model {self.name} is shutting down")
-            room = self.max_queued + max(0, self.max_batch_size - self.active)
+            taken = max(self.active, self._rows_taken)  # rows in use, or promised to requests in prefill
+            room = self.max_queued + max(0, self.max_batch_size - taken)
             if len(self._waiting) + len(requests) > room:
                 raise QueueFull(f"model {self.name} has {len(self._waiting)} requests waiting")
             for request in requests:
@@ -180,7 +182,7 @@ class Engine:
                     try:
                         batch.admit(admitted)
                     finally:
-                        self._admitting = 0
+                        self._admitting = self._rows_taken = 0
                     batch.step()
                 except Exception as exc:  # a failed step must not kill the engine
                     logger.exception("engine %s: step failed", self.name)
@@ -215,6 +217,7 @@ class Engine:
             room = self.max_batch_size - len(batch.rows)
             admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
             self._admitting = len(admitted)
+            self._rows_taken = len(batch.rows) + len(admitted)
             if len(self._waiting) != waiting_before:  # the gauges change only when the queue does
                 self.metrics.batch_changed(self.active, len(self._waiting))
         return admitted

@@ -25,6 +25,7 @@ from charlm.checkpoint import ModelDirError, load_model
 from service.engine import wire
 from service.engine.engine import Engine, EngineClosed, QueueFull
 from service.engine.events import StepEvents
+from service.engine.grammars import GrammarError
 from service.engine.metrics import RecordingMetrics
 from service.engine.sequences import GenerationRequest
 from service.engine.specs import EngineSpec, ModelInfo, RequestSpec
@@ -119,7 +120,11 @@ def serve_link(engine: Engine, link: Link, relay: Relay) -> None:
 
 def admit(engine: Engine, link: Link, submission: int, specs: list[RequestSpec]) -> None:
     """Queue a front end's submission, all or none, and answer it: admitted, or refused and why."""
-    requests = [spec.request(link.index) for spec in specs]
+    try:
+        requests = [spec.request(link.index, engine.vocab) for spec in specs]
+    except GrammarError as exc:  # the front end checked it: a grammar that no longer compiles here
+        link.send(wire.encode(wire.ADMISSION, submission, "invalid", str(exc)))
+        return
     for request in requests:  # before they are queued: their first events may come before the answer
         link.requests[request.key] = request
     try:

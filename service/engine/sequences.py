@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from charlm.grammar import Automaton
 from charlm.sampling_params import SamplingParams, resolve_seed
+from charlm.scoring import Scores
 from service.engine.stopping import FinishReason, StopMatcher
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,27 @@ class GeneratedToken(NamedTuple):
     top: tuple[Alternative, ...] = ()  # the request's top_n most likely characters at this step
 
 
+class PromptToken(NamedTuple):
+    """A prompt character as the model scored it (GenerationRequest.prompt_logprobs)."""
+
+    id: int
+    text: str
+    logprob: float | None  # None for the first character, which has no context
+    rank: int | None  # 1 + how many characters the model found more likely there
+    top: tuple[Alternative, ...] = ()
+
+
+def prompt_tokens(ids: list[int], scores: Scores, chars: list[str]) -> tuple[PromptToken, ...]:
+    """The prompt's characters with their scores (the first one unscored)."""
+    tokens = [PromptToken(ids[0], chars[ids[0]], None, None)]
+    logprobs, ranks = scores.logprobs.tolist(), scores.ranks.tolist()
+    top_ids, top_logprobs = scores.top_ids.tolist(), scores.top_logprobs.tolist()
+    for i, char_id in enumerate(ids[1:]):
+        top = tuple(Alternative(a, chars[a], lp) for a, lp in zip(top_ids[i], top_logprobs[i], strict=True))
+        tokens.append(PromptToken(char_id, chars[char_id], logprobs[i], ranks[i], top))
+    return tuple(tokens)
+
+
 @dataclasses.dataclass(frozen=True)
 class Finished:
     reason: FinishReason
@@ -43,6 +66,7 @@ class Finished:
     error: str | None = None
     key: int = -1  # the request's key, and the front end it came from
     client: int = 0
+    prompt_logprobs: tuple[PromptToken, ...] | None = None  # when the request asked for them
 
 
 Event = GeneratedToken | Finished
@@ -65,6 +89,8 @@ class GenerationRequest:
     on_events: Callable[[list[Event]], None] | None = None
     stop: tuple[str, ...] = ()
     top_n: int = 0  # also report this many most likely characters at each step
+    grammar: Automaton | None = None  # generate only texts it accepts (the front end checked it)
+    prompt_logprobs: int | None = None  # score the prompt, with this many alternatives per character
     timeout_s: float | None = None
     request_id: str = ""
     cancelled: bool = False
@@ -111,6 +137,7 @@ class Row:
     __slots__ = (
         "admitted_at",
         "client",
+        "constrained",
         "done",
         "first_char_s",
         "key",
@@ -118,6 +145,7 @@ class Row:
         "limit",
         "matcher",
         "produced",
+        "prompt_logprobs",
         "request",
         "seed",
         "slot",
@@ -139,6 +167,8 @@ class Row:
         self.last_char_at: float | None = None
         self.first_char_s: float | None = None
         self.produced = 0
+        self.constrained = request.grammar is not None  # a grammar may end its text
+        self.prompt_logprobs: tuple[PromptToken, ...] | None = None  # set at admission when asked for
 
     def finished(self, reason: FinishReason, now: float, error: str | None = None) -> Finished:
         """The sequence's end (the text is filled in by whoever collects its characters)."""
@@ -147,4 +177,5 @@ class Row:
             reason=reason, text="", generated_tokens=self.produced, prompt_tokens=len(self.request.prompt_ids),
             seed=self.seed, queued_s=self.admitted_at - self.request.submitted_at, first_char_s=self.first_char_s,
             total_s=now - self.request.submitted_at, error=error, key=self.key, client=self.client,
+            prompt_logprobs=self.prompt_logprobs,
         )

@@ -12,6 +12,7 @@ import torch
 from charlm.checkpoint import LoadedModel
 from charlm.sampling_params import SamplingParams
 from charlm.vocab import Vocab
+from service.engine.grammars import compile_regex
 from service.engine.sequences import GenerationRequest
 
 
@@ -67,13 +68,13 @@ class RequestSpec:
     timeout_s: float | None
     request_id: str
     submitted_at: float  # time.monotonic() is one clock for every process of the machine
+    grammar: str | None = None  # the regular expression (the front end checked it); compiled where it runs
+    prompt_logprobs: int | None = None  # score the prompt, with this many alternatives per character
 
-    @classmethod
-    def of(cls, r: GenerationRequest) -> RequestSpec:
-        return cls(r.key, r.prompt_ids, r.max_new_tokens, r.params, r.stop, r.top_n, r.timeout_s, r.request_id,
-                   r.submitted_at)
-
-    def request(self, client: int) -> GenerationRequest:
+    def request(self, client: int, vocab: Vocab) -> GenerationRequest:
+        """The request as an engine runs it: its grammar compiled over `vocab` (cached; raises
+        GrammarError)."""
+        grammar = compile_regex(self.grammar, vocab) if self.grammar is not None else None
         return GenerationRequest(self.prompt_ids, self.max_new_tokens, self.params, stop=self.stop, top_n=self.top_n,
                                  timeout_s=self.timeout_s, request_id=self.request_id, submitted_at=self.submitted_at,
-                                 key=self.key, client=client)
+                                 key=self.key, client=client, grammar=grammar, prompt_logprobs=self.prompt_logprobs)

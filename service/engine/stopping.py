@@ -12,6 +12,7 @@ T = TypeVar("T")
 class FinishReason(str, enum.Enum):
     LENGTH = "length"  # max_new_tokens reached
     STOP = "stop"  # a stop string was produced (it is not part of the output)
+    END = "end"  # the grammar's text is complete (a character model's end of text: charlm.grammar)
     TIMEOUT = "timeout"  # the per-request time limit passed
     CANCELLED = "cancelled"  # the client went away, or the server is shutting down
     ERROR = "error"  # the engine failed; the message says why

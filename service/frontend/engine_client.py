@@ -19,6 +19,7 @@ import time
 from service.engine import wire
 from service.engine.engine import Engine, EngineClosed, QueueFull
 from service.engine.events import StepEvents
+from service.engine.grammars import GrammarError
 from service.engine.sequences import Finished, GenerationRequest
 from service.engine.specs import RequestSpec
 from service.engine.stopping import FinishReason
@@ -26,6 +27,7 @@ from service.frontend.metrics import ServiceMetrics
 from service.frontend.streams import SequenceStream, Submission
 
 logger = logging.getLogger(__name__)
+REFUSALS: dict[str, type[Exception]] = {"full": QueueFull, "closed": EngineClosed, "invalid": GrammarError}
 
 
 class EngineConnection:
@@ -144,7 +146,7 @@ class EngineClient(EngineConnection):
             self.admissions.pop(number, None)
         if refusal is not None:
             self._unregister(submission)
-            raise (QueueFull if refusal == "full" else EngineClosed)(reason)
+            raise REFUSALS.get(refusal, EngineClosed)(reason)
 
     def cancel(self, keys: list[int]) -> None:
         self._send(("cancel", keys))
@@ -221,10 +223,10 @@ class ThreadEngineClient(EngineConnection):
 
     async def submit(self, submission: Submission, specs: list[RequestSpec]) -> None:
         keyed = self._register(submission, specs)
-        requests = [spec.request(client=0) for spec in keyed]
         try:
+            requests = [spec.request(0, self.engine.vocab) for spec in keyed]
             self.engine.submit_all(requests)
-        except (QueueFull, EngineClosed):
+        except (QueueFull, EngineClosed, GrammarError):
             self._unregister(submission)
             raise
         for request in requests:

@@ -16,10 +16,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
+from charlm.grammar import Automaton
 from charlm.sampling_params import MAX_SEED, SamplingParams
 from charlm.vocab import UnknownCharactersError, Vocab
 from service.engine.engine import EngineClosed, QueueFull
 from service.engine.events import StepEvents
+from service.engine.grammars import GrammarError
 from service.engine.sequences import Alternative, Finished, GeneratedToken
 from service.engine.specs import RequestSpec
 from service.frontend.engine_client import EngineConnection
@@ -37,6 +39,8 @@ class GenerationSpec:
     stop: tuple[str, ...] = ()
     top_n: int = 0
     stream_interval: int = 0  # a stream writes once this many characters are ready; 0: all at the end
+    grammar: Automaton | None = None  # compiled by the front end (service.frontend.grammar), to check it
+    prompt_logprobs: int | None = None  # score the prompt (the first sequence of each prompt only)
 
 
 @dataclasses.dataclass
@@ -89,8 +93,10 @@ class Queued:
         self.view = view
         self.spec = spec
         offsets = seed_offsets or [0] * len(prompts)
+        regex = spec.grammar.source if spec.grammar is not None else None  # the engine compiles it (cached)
         self.specs = [RequestSpec(-1, ids, spec.max_new_tokens, offset_seed(spec.params, offset), spec.stop,
-                                  spec.top_n, timeout_s, request_id, time.monotonic())
+                                  spec.top_n, timeout_s, request_id, time.monotonic(), regex,
+                                  spec.prompt_logprobs if offset == 0 else None)
                       for ids, offset in zip(prompts, offsets, strict=True)]
         self.submission = Submission(len(prompts), spec.stream_interval, pacer, client.cancel)
         assert view.info is not None
@@ -104,6 +110,8 @@ class Queued:
             raise ServiceError(429, f"too many requests queued: {exc}") from None
         except EngineClosed as exc:
             raise ServiceError(503, str(exc)) from None
+        except GrammarError as exc:
+            raise ServiceError(422, str(exc), param="grammar") from None
 
     def tokens(self, sequence: SequenceStream) -> list[GeneratedToken]:
         """The sequence's pending characters as tokens (taking them)."""

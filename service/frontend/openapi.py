@@ -32,8 +32,16 @@ def document_limits(components: dict[str, JSONSchema], settings: Settings) -> No
     completion = properties("CompletionRequest")
     limit(completion["max_tokens"], "integer", maximum=settings.max_new_tokens)
     limit(completion["n"], "integer", maximum=settings.max_n)
-    limit(completion["prompt"], "string", maxLength=settings.max_prompt_chars)
-    limit(completion["prompt"], "array", minItems=1, maxItems=settings.max_n)
+    for branch in completion["prompt"]["anyOf"]:  # a text, texts, a text's character ids, texts' ids
+        items = branch.get("items", {})
+        if branch.get("type") == "string":
+            branch["maxLength"] = settings.max_prompt_chars
+        elif items.get("type") == "integer":
+            branch.update(minItems=1, maxItems=settings.max_prompt_chars)
+        elif branch.get("type") == "array":
+            branch.update(minItems=1, maxItems=settings.max_n)
+            if items.get("type") == "array":
+                items.update(minItems=1, maxItems=settings.max_prompt_chars)
 
 
 def openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:

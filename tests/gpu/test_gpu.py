@@ -1,5 +1,5 @@
 """The decode path on a CUDA GPU: graphs, compiled steps, the Triton decode attention kernel, bf16,
-dtype auto, batch invariance, the server. Skipped without CUDA."""
+dtype auto, batch invariance, grammars, scoring, the server. Skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import torch
 
 from charlm import decode_kernel
 from charlm.checkpoint import LoadedModel, load_model
-from charlm.decoding import SlotDecoder
+from charlm.decoding import NewSequence, SlotDecoder
 from charlm.dtype_choice import choose_dtype
 from charlm.generation import prompt_ids
 from charlm.models import base as models_base
 from charlm.sampling import SamplingParams, noise_key, uniform_noise
+from charlm.scoring import score
 from service.engine.engine import Engine
 from service.engine.sequences import Finished, GenerationRequest
+from tests.charlm.test_grammar import words_automaton
 from tests.service.helpers import live_server
 
 pytestmark = [
@@ -222,3 +224,40 @@ def test_dtype_auto_times_both_dtypes_and_keeps_the_faster(tiny_models):
     assert choice.dtype in (torch.bfloat16, torch.float32)
     assert "in bfloat16" in choice.reason and "ms in float32" in choice.reason
     assert next(loaded.model.parameters()).dtype == torch.float32  # timed on copies
+
+
+def test_the_grammar_step_replays_as_a_graph_and_keeps_batch_invariance(trained_dir):
+    """The step captured with the grammar table: a constrained row draws the same alone and among 255
+    others (some constrained by other grammars), stays within its grammar, and a grammar placed after
+    capture is seen by the replayed graph."""
+    loaded = on_gpu(trained_dir)
+    grammar = words_automaton(["king", "queen", "lord", "love"], loaded.vocab.chars, repeat=True)
+    other = words_automaton(["war", "night"], loaded.vocab.chars, key="other", repeat=True)
+    params = SamplingParams(temperature=1.1, top_k=10)
+    alone, full = SlotDecoder(loaded.model, 256), SlotDecoder(loaded.model, 256)
+    for decoder in (alone, full):
+        decoder.warm_up([loaded.vocab.start_id] * 4)
+        assert decoder.graphed
+    prompt = prompt_ids(loaded.vocab, "my ")
+    with torch.inference_mode():
+        alone_row = alone.add_group([NewSequence(prompt, params, 31, grammar=grammar)])
+        for seed in range(127):
+            full.add_group([NewSequence(prompt_ids(loaded.vocab, "war"), SamplingParams(temperature=1.0), 500 + seed,
+                                        grammar=other if seed % 2 else None)])
+        full_row = full.add_group([NewSequence(prompt, params, 31, grammar=grammar)])
+        for seed in range(128):
+            full.add(prompt_ids(loaded.vocab, "my lord"), SamplingParams(top_k=5), 900 + seed)
+    ids, _ = decode(alone, alone_row, 40)
+    assert decode(full, full_row, 40)[0] == ids
+    assert grammar.walk(ids) is not None
+
+
+@torch.inference_mode()
+def test_scoring_on_the_gpu_agrees_with_the_cpu(trained_dir):
+    text = "the king and the queen shall speak of love and war, my lord, at night; " * 4
+    cpu, gpu = load_model(trained_dir), on_gpu(trained_dir, torch.float32)
+    ids = torch.from_numpy(cpu.vocab.encode(text))
+    on_cpu, on_cuda = score(cpu.model, ids, top_n=3), score(gpu.model, ids, top_n=3)
+    assert abs(on_cpu.logprobs - on_cuda.logprobs).max() < 1e-3
+    greedy = on_cuda.ranks == 1
+    assert (on_cuda.logprobs[greedy] == on_cuda.top_logprobs[greedy, 0]).all()

@@ -1,11 +1,15 @@
-"""The two protocols' own client libraries, unchanged, against a live server."""
+"""The protocols' own client libraries (openai, text_generation, huggingface_hub), unchanged, against a live server."""
 
 from __future__ import annotations
 
+import re
+
+import huggingface_hub
 import openai
 import pytest
 import text_generation
 from text_generation.errors import ValidationError
+from text_generation.types import Grammar, GrammarType
 
 from tests.service.helpers import live_server
 
@@ -76,3 +80,54 @@ def test_openai_client_passes_the_sampling_controls(base_url):
                                            logit_bias={"0": -100})
     assert len(completion.choices) == 2 and completion.usage.completion_tokens == 60
     assert all(len(c.text) == 20 for c in completion.choices)
+
+
+TITLE = r"[A-Z][a-z]+ (of|the) [A-Z][a-z]+\n"
+
+
+def test_text_generation_client_passes_a_grammar_and_reads_the_prefill(base_url):
+    client = text_generation.Client(base_url, timeout=60)
+    regex = "(king|queen|lord)( of the (king|queen))?"
+    response = client.generate("the ", max_new_tokens=60, do_sample=True, seed=4, decoder_input_details=True,
+                               grammar=Grammar(type=GrammarType.Regex, value=regex))
+    assert re.fullmatch(regex, response.generated_text)
+    assert response.details.finish_reason.value == "eos_token"
+    assert [t.text for t in response.details.prefill] == list("the ")
+    assert response.details.prefill[0].logprob is None and response.details.prefill[1].logprob < 0
+    with pytest.raises(ValidationError, match="needs characters the model does not have"):
+        client.generate("the ", grammar=Grammar(type=GrammarType.Json, value={
+            "type": "object", "properties": {"age": {"type": "integer"}}}))
+
+
+def test_huggingface_hub_client_passes_a_grammar_and_reads_the_prefill(base_url):
+    client = huggingface_hub.InferenceClient(model=base_url, timeout=60)
+    output = client.text_generation("the ", max_new_tokens=60, seed=4, do_sample=True, details=True,
+                                    decoder_input_details=True,
+                                    grammar={"type": "regex", "value": "(king|queen|lord)( of the (king|queen))?"})
+    assert re.fullmatch("(king|queen|lord)( of the (king|queen))?", output.generated_text)
+    assert output.details.finish_reason == "eos_token"
+    assert [t.text for t in output.details.prefill] == list("the ") and output.details.prefill[0].logprob is None
+    streamed = list(client.text_generation("the ", max_new_tokens=60, seed=4, do_sample=True, stream=True,
+                                           grammar={"type": "regex", "value": "(king|queen|lord)"}))
+    assert "".join(streamed) in ("king", "queen", "lord")
+    with pytest.raises(huggingface_hub.errors.ValidationError, match="does not compile"):
+        client.text_generation("the ", grammar={"type": "regex", "value": "(king"})
+
+
+def test_openai_client_passes_grammars_and_scores_a_prompt(base_url):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    choices = ["the king", "my lord"]
+    completion = client.completions.create(model="tiny-gpt", prompt="", max_tokens=20, seed=2,
+                                           extra_body={"structured_outputs": {"choice": choices}})
+    assert completion.choices[0].text in choices and completion.choices[0].finish_reason == "stop"
+    regex = client.completions.create(model="tiny-gpt", prompt="the ", max_tokens=40, seed=2,
+                                      extra_body={"guided_regex": "(king|queen)( and (lord|war))?"})
+    assert re.fullmatch("(king|queen)( and (lord|war))?", regex.choices[0].text)
+    scored = client.completions.create(model="tiny-gpt", prompt="the king", max_tokens=0, echo=True, logprobs=1)
+    logprobs = scored.choices[0].logprobs
+    assert logprobs.tokens == list("the king") and logprobs.token_logprobs[0] is None
+    assert all(lp <= max(top.values()) for lp, top in zip(logprobs.token_logprobs[1:], logprobs.top_logprobs[1:],
+                                                          strict=True))
+    with pytest.raises(openai.BadRequestError, match="one grammar"):
+        client.completions.create(model="tiny-gpt", prompt="x", max_tokens=5,
+                                  extra_body={"response_format": {"type": "json_object"}, "guided_regex": "x"})

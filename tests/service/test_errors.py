@@ -69,7 +69,7 @@ async def test_tgi_validation_errors(client, body, needles):
         ({"prompt": "x", "n": 3, "best_of": 2}, ["best_of (2) must be at least n (3)"]),
         ({"prompt": "x", "best_of": 2, "stream": True}, ["best_of cannot be used with stream"]),
         ({"prompt": "x", "suffix": "end"}, ["suffix is not supported"]),
-        ({"prompt": [1, 2, 3]}, ["prompt"]),
+        ({"prompt": [[1, 2], "x"]}, ["prompt"]),  # texts, or lists of character ids, not both
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}, ["at most 8 stop strings"]),
         ({"prompt": "x", "stream_options": {"include_usage": True, "x": 1}}, ["unknown field"]),
     ],

@@ -38,11 +38,13 @@ async def test_echo_and_logprobs(client):
     body = completion(echo=True, logprobs=2, temperature=0)
     (choice,) = (await client.post("/v1/completions", json=body)).json()["choices"]
     assert choice["text"].startswith("the king")
-    logprobs = choice["logprobs"]
-    assert "".join(logprobs["tokens"]) == choice["text"][len("the king"):]
-    assert logprobs["text_offset"][0] == len("the king")
-    for token, logprob, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"],
-                                   strict=True):
+    logprobs = choice["logprobs"]  # the echoed prompt's characters come first, scored (the first without)
+    assert "".join(logprobs["tokens"]) == choice["text"]
+    assert logprobs["text_offset"] == list(range(len(choice["text"])))
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    generated = slice(len("the king"), None)
+    for token, logprob, top in zip(logprobs["tokens"][generated], logprobs["token_logprobs"][generated],
+                                   logprobs["top_logprobs"][generated], strict=True):
         assert len(top) == 2 and top[token] == pytest.approx(logprob)  # greedy takes the best
 
 

@@ -37,6 +37,7 @@ def test_any_tgi_parameter_value_is_refused_or_usable(field, value):
     request = validate(GenerateRequest, {"inputs": "the", "parameters": {field: value}})
     if isinstance(request, GenerateRequest):
         request.parameters.sampling()  # raises if validation let through a value the sampler refuses
+        request.parameters.grammar_form()
         assert request.parameters.max_new_tokens is None or request.parameters.max_new_tokens >= 0
 
 
@@ -47,7 +48,10 @@ def test_any_completion_field_value_is_refused_or_usable(field, value):
     request = validate(CompletionRequest, {"prompt": "the", field: value})
     if isinstance(request, CompletionRequest):
         request.sampling()
-        assert all(isinstance(p, str) for p in request.prompts) and request.n >= 1
+        request.grammar_form()
+        assert request.prompt_scores is None or request.prompt_scores >= 0
+        texts_or_ids = [isinstance(p, str) or all(isinstance(i, int) for i in p) for p in request.prompts]
+        assert all(texts_or_ids) and request.n >= 1
 
 
 @given(st.dictionaries(st.text(max_size=12), json_values, max_size=6))

@@ -115,3 +115,20 @@ def test_eval_refuses_text_the_vocabulary_cannot_encode(capsys, trained_dir, tmp
     data.write_text("the king ₽ and 中", encoding="utf-8")
     status, _, err = run_cli(capsys, "eval", "--model", str(trained_dir), "--data", str(data))
     assert status == 2 and "'₽' (U+20BD) at 9" in err
+
+
+def test_eval_reads_a_gpt_through_a_sliding_window(capsys, tiny_models, corpus_file):
+    """The stride is the eval's own (the window's length: consecutive windows); charlm.scoring's
+    tests pin down what each character sees."""
+    model = str(tiny_models / "tiny-gpt")
+    runs = {stride: run_cli(capsys, "eval", "--model", model, "--data", str(corpus_file), "--stride", stride,
+                            "--no-progress") for stride in ("16", "8")}
+    assert all(status == 0 for status, _, _ in runs.values())
+    assert "windows of 16 every 8" in runs["8"][1] and "windows of 16 every 16" in runs["16"][1]
+    assert runs["8"][1].split()[5] != runs["16"][1].split()[5]
+
+
+def test_eval_refuses_a_stride_longer_than_the_window(capsys, tiny_models, corpus_file):
+    args = ["eval", "--model", str(tiny_models / "tiny-gpt"), "--data", str(corpus_file), "--stride", "17"]
+    status, _, err = run_cli(capsys, *args)
+    assert status == 2 and "--stride must be between 1 and the window's 16 characters" in err

@@ -13,11 +13,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import ServerSentEvent
 
-from service.engine.sequences import Finished, GeneratedToken
+from service.engine.sequences import Finished, GeneratedToken, PromptToken
 from service.engine.stopping import FinishReason
 from service.frontend.admission import Admitted, admit, log_completion, log_if_left
 from service.frontend.errors import ServiceError, error_body
 from service.frontend.generation import ClientGone, GenerationSpec, SequenceResult, best_first, disconnect_of
+from service.frontend.grammar import compile_grammar
 from service.frontend.models import ModelView
 from service.frontend.schemas.errors import OPENAI_GENERATION, OPENAI_LISTING, OPENAI_MODEL
 from service.frontend.schemas.openai import (
@@ -28,6 +29,7 @@ from service.frontend.schemas.openai import (
     ModelCard,
     ModelDetail,
     ModelList,
+    PromptLogprob,
     Usage,
 )
 from service.frontend.sse import STREAM_RESPONSE, sse_response
@@ -40,6 +42,13 @@ DEFAULT_MAX_TOKENS = 16
 CARD_FILE = "README.md"  # the model card charlm train writes (training imports nothing from here)
 
 
+OPENAI_FINISH = {FinishReason.END: "stop"}  # the grammar's text is complete: OpenAI's natural end
+
+
+def finish_reason(reason: FinishReason) -> str:
+    return OPENAI_FINISH.get(reason, reason.value)
+
+
 async def admit_completion(state: ServiceState, request: Request, body: CompletionRequest) -> Admitted:
     """One sequence per (prompt, candidate), candidate j drawing with seed + j: n per prompt, or
     best_of of which the best n are answered. Choice index = prompt index * n + j."""
@@ -48,12 +57,60 @@ async def admit_completion(state: ServiceState, request: Request, body: Completi
         param = "best_of" if body.best_of else "n"
         raise ServiceError(422, f"{count} sequences requested (prompts x {param}); the limit is "
                            f"{state.settings.max_n}", param=param)
-    prompts = [prompt for prompt in body.prompts for _ in range(body.candidates)]
-    offsets = [j for _ in body.prompts for j in range(body.candidates)]
+    view, _ = state.model(body.model)
+    assert view.info is not None
+    texts = [prompt_text(prompt, view.info.chars, view.name) for prompt in body.prompts]
+    prompts = [prompt for prompt in texts for _ in range(body.candidates)]
+    offsets = [j for _ in texts for j in range(body.candidates)]
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     interval = state.settings.stream_interval if body.stream else 0
-    spec = GenerationSpec(max_tokens, body.sampling(), tuple(body.stop or ()), body.logprobs or 0, interval)
+    form = body.grammar_form()
+    grammar = await compile_grammar(form, view.info.vocab, max_tokens, "max_tokens") if form else None
+    spec = GenerationSpec(max_tokens, body.sampling(), tuple(body.stop or ()), body.logprobs or 0, interval,
+                          grammar=grammar, prompt_logprobs=body.prompt_scores)
     return await admit(state, request, body.model, prompts, spec, "prompt", "max_tokens", offsets)
+
+
+def prompt_text(prompt: str | list[int], chars: list[str], model: str) -> str:
+    """A prompt's text; one given as character ids is decoded (422 for an id outside the vocabulary)."""
+    if isinstance(prompt, str):
+        return prompt
+    outside = sorted({i for i in prompt if not 0 <= i < len(chars)})
+    if outside:
+        raise ServiceError(422, f"prompt names character id(s) {outside[:10]} outside the vocabulary of model {model} "
+                           f"(ids 0 to {len(chars) - 1})", param="prompt", kind="unknown_characters")
+    return "".join(chars[i] for i in prompt)
+
+
+def scored_prompt(end: Finished, prompt: str) -> tuple[PromptToken, ...]:
+    """The prompt's scored characters (none for an empty prompt, which the model starts from its start
+    character)."""
+    return end.prompt_logprobs or () if prompt else ()
+
+
+def echo_logprobs(scored: tuple[PromptToken, ...], wanted: int) -> Logprobs:
+    """The prompt's part of an echo's logprobs: the first character's null, as OpenAI's."""
+    return Logprobs(
+        tokens=[t.text for t in scored],
+        token_logprobs=[t.logprob for t in scored],
+        top_logprobs=[None if t.logprob is None else {a.text: a.logprob for a in t.top[:wanted]} for t in scored]
+        if wanted else None,
+        text_offset=list(range(len(scored))),
+    )
+
+
+def vllm_prompt_logprobs(scored: tuple[PromptToken, ...], wanted: int) -> list[dict[str, PromptLogprob] | None]:
+    """vLLM's prompt_logprobs: per character (the first None), it and the `wanted` most likely, by id."""
+    entries: list[dict[str, PromptLogprob] | None] = []
+    for t in scored:
+        if t.logprob is None:
+            entries.append(None)
+            continue
+        entry = {str(t.id): PromptLogprob(logprob=t.logprob, rank=t.rank, decoded_token=t.text)}
+        for rank, a in enumerate(t.top[:wanted], start=1):
+            entry.setdefault(str(a.id), PromptLogprob(logprob=a.logprob, rank=rank, decoded_token=a.text))
+        entries.append(entry)
+    return entries
 
 
 def logprobs_of(tokens: list[GeneratedToken], offset: int, wanted: int | None) -> Logprobs | None:
@@ -68,13 +125,23 @@ def logprobs_of(tokens: list[GeneratedToken], offset: int, wanted: int | None) -
     )
 
 
-def choice(index: int, result: SequenceResult, prompt: str, body: CompletionRequest) -> Choice:
+def choice(index: int, result: SequenceResult, prompt: str, body: CompletionRequest, scored: Finished) -> Choice:
+    """One choice; `scored` is the end of the prompt's first candidate, which carries the prompt's scores."""
     end = result.finished
     if end.reason is FinishReason.ERROR:
         raise ServiceError(500, end.error or "generation failed", kind="generation")
     echo = prompt if body.echo else ""
-    return Choice(text=echo + end.text, index=index, finish_reason=end.reason.value,
-                  logprobs=logprobs_of(result.tokens, len(echo), body.logprobs))
+    logprobs = logprobs_of(result.tokens, len(echo), body.logprobs)
+    prompt_tokens = scored_prompt(scored, prompt)
+    if logprobs is not None and body.echo:
+        head = echo_logprobs(prompt_tokens, body.logprobs or 0)
+        logprobs = Logprobs(tokens=head.tokens + logprobs.tokens, token_logprobs=head.token_logprobs +
+                            logprobs.token_logprobs, top_logprobs=None if logprobs.top_logprobs is None or
+                            head.top_logprobs is None else head.top_logprobs + logprobs.top_logprobs,
+                            text_offset=head.text_offset + logprobs.text_offset)
+    vllm = vllm_prompt_logprobs(prompt_tokens, body.prompt_logprobs) if body.prompt_logprobs is not None else None
+    return Choice(text=echo + end.text, index=index, finish_reason=finish_reason(end.reason), logprobs=logprobs,
+                  prompt_logprobs=vllm)
 
 
 def usage(ends: list[Finished], candidates: int) -> Usage:
@@ -105,7 +172,7 @@ async def completions(
         group = results[start : start + body.candidates]
         chosen = best_first(group)[: body.n] if body.candidates > body.n else range(body.n)
         for i in chosen:
-            choices.append(choice(len(choices), group[i], admitted.prompts[start], body))
+            choices.append(choice(len(choices), group[i], admitted.prompts[start], body, group[0].finished))
     return Completion(id=completion_id, created=created, model=admitted.view.name, choices=choices,
                       usage=usage(ends, body.candidates))
 
@@ -149,7 +216,7 @@ async def completion_events(
                     yield ("".join(parts) + data_event(json.dumps(error_body(error, openai=True)))).encode()
                     return
                 choice_end = Completion(id=completion_id, created=created, model=name,
-                                        choices=[Choice(text="", index=index, finish_reason=end.reason.value)])
+                                        choices=[Choice(text="", index=index, finish_reason=finish_reason(end.reason))])
                 parts.append(data_event(choice_end.model_dump_json()))
             yield "".join(parts).encode()
         ordered = [ends[i] for i in sorted(ends)]

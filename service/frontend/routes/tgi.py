@@ -15,6 +15,7 @@ from service.engine.stopping import FinishReason
 from service.frontend.admission import Admitted, admit, log_completion, log_if_left
 from service.frontend.errors import ServiceError
 from service.frontend.generation import ClientGone, GenerationSpec, SequenceResult, best_first, disconnect_of
+from service.frontend.grammar import compile_grammar
 from service.frontend.schemas.errors import TGI_GENERATION
 from service.frontend.schemas.tgi import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -23,6 +24,7 @@ from service.frontend.schemas.tgi import (
     Details,
     GenerateRequest,
     GenerateResponse,
+    PrefillToken,
     StreamDetails,
     StreamResponse,
     Token,
@@ -36,6 +38,7 @@ router = APIRouter(tags=["TGI"])
 FINISH_REASONS = {  # TGI's names where it has one
     FinishReason.LENGTH: "length",
     FinishReason.STOP: "stop_sequence",
+    FinishReason.END: "eos_token",  # the grammar's text is complete: a character model's end of text
     FinishReason.TIMEOUT: "timeout",
     FinishReason.CANCELLED: "cancelled",
     FinishReason.ERROR: "error",
@@ -54,16 +57,26 @@ async def admit_tgi(state: ServiceState, request: Request, body: GenerateRequest
     if stream and candidates > 1:
         raise ServiceError(422, "best_of > 1 cannot stream: candidates are compared when they are done",
                            param="parameters.best_of")
+    if stream and p.decoder_input_details:  # as TGI refuses it
+        raise ServiceError(422, "parameters.decoder_input_details == true is not supported when streaming tokens",
+                           param="parameters.decoder_input_details")
     max_new_tokens = DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens
     interval = state.settings.stream_interval if stream else 0
-    spec = GenerationSpec(max_new_tokens, p.sampling(), tuple(p.stop), p.top_n_tokens or 0, interval)
+    grammar = None
+    if (form := p.grammar_form()) is not None:
+        view, _ = state.model(body.model)
+        assert view.info is not None
+        grammar = await compile_grammar(form, view.info.vocab, max_new_tokens, "parameters.max_new_tokens")
+    scoring = 0 if p.details and p.decoder_input_details else None
+    spec = GenerationSpec(max_new_tokens, p.sampling(), tuple(p.stop), p.top_n_tokens or 0, interval,
+                          grammar=grammar, prompt_logprobs=scoring)
     expanded = [prompt for prompt in prompts for _ in range(candidates)]
     offsets = [j for _ in prompts for j in range(candidates)]
     return await admit(state, request, body.model, expanded, spec, "inputs", "parameters.max_new_tokens", offsets)
 
 
 async def admit_tgi_stream(body: GenerateRequest, request: Request, state: ServiceState) -> Admitted:
-    """Everything that can fail before a stream starts: validation, model, prompt, queue."""
+    """Everything that can fail before a stream starts: validation, model, grammar, prompt, queue."""
     if isinstance(body.inputs, list):
         raise ServiceError(422, "a stream takes one prompt; send a string as inputs", param="inputs")
     return await admit_tgi(state, request, body, stream=True)
@@ -84,8 +97,17 @@ def tgi_response(results: list[SequenceResult], body: GenerateRequest, prompt: s
     if not body.parameters.details:
         return GenerateResponse(generated_text=text)
     rest = [BestOfSequence(generated_text=full_text(r, body, prompt), **sequence_details(r, body)) for r in others]
-    return GenerateResponse(generated_text=text, details=Details(**sequence_details(best, body),
+    prefill = prefill_tokens(results[0].finished, prompt)  # the first candidate scored the prompt
+    return GenerateResponse(generated_text=text, details=Details(**sequence_details(best, body), prefill=prefill,
                                                                  best_of_sequences=rest or None))
+
+
+def prefill_tokens(end: Finished, prompt: str) -> list[PrefillToken]:
+    """The prompt's characters with their log-probabilities (decoder_input_details), the first null;
+    none for an empty prompt (the model starts from its start character)."""
+    if not prompt or end.prompt_logprobs is None:
+        return []
+    return [PrefillToken(id=t.id, text=t.text, logprob=t.logprob) for t in end.prompt_logprobs]
 
 
 def full_text(result: SequenceResult, body: GenerateRequest, prompt: str) -> str:

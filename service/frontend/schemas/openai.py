@@ -7,7 +7,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from charlm.sampling import MAX_SEED, MAX_TOP_K, SamplingParams
-from service.frontend.schemas.common import StrictModel, check_stop, require_neutral
+from service.frontend.schemas.common import MAX_TOP_N, StrictModel, check_stop, require_neutral
+from service.frontend.schemas.grammar import (
+    GrammarForm,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    ResponseFormat,
+    Schema,
+    StructuredOutputs,
+    check_choices,
+)
 
 MAX_LOGPROBS = 5  # as OpenAI allows
 MAX_LOGIT_BIAS_ENTRIES = 1024
@@ -22,7 +31,8 @@ class StreamOptions(StrictModel):
 
 class CompletionRequest(StrictModel):
     model: str | None = Field(None, description="model name (default: the server's default model)")
-    prompt: str | list[str] = Field("", description="a prompt or a list of prompts (not token ids)")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        "", description="a prompt, a list of prompts, or prompts as character ids (one list, or a list of lists)")
     max_tokens: int | None = Field(16, ge=0, description="characters to generate per choice")
     temperature: float | None = Field(1.0, ge=0, allow_inf_nan=False, description="0 is greedy")
     top_p: float | None = Field(1.0, gt=0, le=1)
@@ -31,7 +41,8 @@ class CompletionRequest(StrictModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="alternatives to report per step")
-    echo: bool = Field(False, description="prepend the prompt to each choice's text")
+    echo: bool = Field(False, description="prepend the prompt to each choice's text; with logprobs (and no "
+                       "stream), the prompt's characters come first in logprobs, the first one's null")
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     user: str | None = None
@@ -46,6 +57,15 @@ class CompletionRequest(StrictModel):
                                                 "[-100, 100], added to its logit")
     min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="charlm extension: keep "
                                 "characters at least min_p times as likely as the most likely; 0: off")
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_N, description="vLLM extension: each prompt "
+                                        "character's log-probability and rank, with this many alternatives")
+    response_format: ResponseFormat | None = Field(None, description="json_object, or json_schema with a schema")
+    structured_outputs: StructuredOutputs | None = Field(None, description="vLLM extension: exactly one of regex, "
+                                                         "json (a schema), choice, json_object")
+    guided_regex: str | None = Field(None, description="vLLM's older form of structured_outputs.regex")
+    guided_json: Schema | None = Field(None, description="vLLM's older form of structured_outputs.json")
+    guided_choice: list[str] | None = Field(None, min_length=1, max_length=256,
+                                            description="vLLM's older form of structured_outputs.choice")
 
     @field_validator("stop")
     @classmethod
@@ -66,7 +86,18 @@ class CompletionRequest(StrictModel):
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> CompletionRequest:
-        require_neutral(self.model_dump(), NEUTRAL)
+        require_neutral({"suffix": self.suffix}, NEUTRAL)
+        plain_text = self.response_format is None or self.response_format.type == "text"
+        forms = [name for name, value in (
+            ("response_format", None if plain_text else self.response_format),
+            ("structured_outputs", self.structured_outputs), ("guided_regex", self.guided_regex),
+            ("guided_json", self.guided_json), ("guided_choice", self.guided_choice)) if value is not None]
+        if len(forms) > 1:
+            raise ValueError(f"give one grammar, in one form: this request sets {' and '.join(forms)}")
+        if self.guided_choice is not None:
+            check_choices(self.guided_choice)
+        if self.stream and self.prompt_logprobs is not None:
+            raise ValueError("prompt_logprobs cannot be streamed: send stream false")
         if self.best_of is not None and self.best_of < self.n:
             raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
         if self.stream and self.best_of is not None and self.best_of != self.n:
@@ -78,9 +109,44 @@ class CompletionRequest(StrictModel):
         """Sequences per prompt: best_of, else n."""
         return self.best_of or self.n
 
+    def grammar_form(self) -> GrammarForm | None:
+        """The grammar asked for, in whichever form (the validator allowed one at most)."""
+        if isinstance(self.response_format, JsonObjectFormat):
+            return GrammarForm("json", None, "response_format")
+        if isinstance(self.response_format, JsonSchemaFormat):
+            return GrammarForm("json", self.response_format.json_schema.schema_, "response_format.json_schema.schema")
+        so = self.structured_outputs
+        if so is not None:
+            if so.regex is not None:
+                return GrammarForm("regex", so.regex, "structured_outputs.regex")
+            if so.json_ is not None:
+                return GrammarForm("json", so.json_, "structured_outputs.json")
+            if so.choice is not None:
+                return GrammarForm("choice", so.choice, "structured_outputs.choice")
+            return GrammarForm("json", None, "structured_outputs.json_object")
+        if self.guided_regex is not None:
+            return GrammarForm("regex", self.guided_regex, "guided_regex")
+        if self.guided_json is not None:
+            return GrammarForm("json", self.guided_json, "guided_json")
+        if self.guided_choice is not None:
+            return GrammarForm("choice", self.guided_choice, "guided_choice")
+        return None
+
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: texts, or character ids (which the route decodes with the model's vocabulary)."""
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            return [prompt]  # a str, or one prompt's ids
+        return list(prompt)  # type: ignore[arg-type]  # several prompts
+
+    @property
+    def prompt_scores(self) -> int | None:
+        """How many alternatives to report per prompt character, when the prompt is scored: for
+        echo with logprobs (without a stream) and for prompt_logprobs."""
+        asked = [n for n in (self.logprobs if self.echo and not self.stream else None, self.prompt_logprobs)
+                 if n is not None]
+        return max(asked) if asked else None
 
     def sampling(self) -> SamplingParams:
         temperature = 1.0 if self.temperature is None else self.temperature
@@ -94,9 +160,15 @@ class CompletionRequest(StrictModel):
 
 class Logprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] | None
+    token_logprobs: list[float | None] = Field(description="null for an echoed prompt's first character")
+    top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
+
+
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None
+    decoded_token: str
 
 
 class Choice(BaseModel):
@@ -104,6 +176,8 @@ class Choice(BaseModel):
     index: int
     logprobs: Logprobs | None = None
     finish_reason: str | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        None, description="vLLM's: per prompt character (the first null), it and the top alternatives by id")
 
 
 class Usage(BaseModel):

@@ -8,14 +8,13 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from charlm.sampling import MAX_SEED, MAX_TOP_K, SamplingParams
 from service.frontend.schemas.common import MAX_TOP_N, StrictModel, check_stop, require_neutral
+from service.frontend.schemas.grammar import GrammarForm, JsonSchemaGrammar, RegexGrammar, TGIGrammar
 
 DEFAULT_MAX_NEW_TOKENS = 100
 
 # TGI fields that clients send with neutral defaults; other values are refused.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "watermark": (False,),
-    "decoder_input_details": (False,),
-    "grammar": (None,),
     "adapter_id": (None,),
 }
 
@@ -43,8 +42,10 @@ class Parameters(StrictModel):
     min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="charlm extension: keep "
                                 "characters at least min_p times as likely as the most likely; 0 or null: off")
     watermark: bool = False
-    decoder_input_details: bool = False
-    grammar: Any = None
+    decoder_input_details: bool = Field(False, description="with details: each prompt character's id, text and "
+                                        "log-probability in details.prefill (the first one null); not for streams")
+    grammar: TGIGrammar | None = Field(None, description="generate only text that matches a regular expression "
+                                       "(regex) or satisfies a JSON schema (json, json_object, json_schema)")
     adapter_id: str | None = None
 
     _check_stop = field_validator("stop")(check_stop)
@@ -56,6 +57,16 @@ class Parameters(StrictModel):
             raise ValueError("best_of > 1 needs sampling: set do_sample, a temperature, top_k, top_p, typical_p "
                              "or min_p")
         return self
+
+    def grammar_form(self) -> GrammarForm | None:
+        param = "parameters.grammar"
+        if self.grammar is None:
+            return None
+        if isinstance(self.grammar, RegexGrammar):
+            return GrammarForm("regex", self.grammar.value, f"{param}.value")
+        if isinstance(self.grammar, JsonSchemaGrammar):
+            return GrammarForm("json", self.grammar.value.schema_, f"{param}.value.schema")
+        return GrammarForm("json", self.grammar.value, f"{param}.value")
 
     def sampling(self) -> SamplingParams:
         """Greedy unless asked to sample: by do_sample, a temperature or a sampling filter (as TGI does)."""
@@ -89,6 +100,12 @@ class Token(BaseModel):
     special: bool = False
 
 
+class PrefillToken(BaseModel):
+    id: int
+    text: str
+    logprob: float | None = Field(description="null for the first character, which has no context")
+
+
 class SequenceDetails(BaseModel):
     """What TGI reports of one generated sequence: the chosen one's details, and each other
     best_of candidate's."""
@@ -96,7 +113,8 @@ class SequenceDetails(BaseModel):
     finish_reason: str
     generated_tokens: int
     seed: int | None
-    prefill: list[Token] = Field(default_factory=list)
+    prefill: list[PrefillToken] = Field(default_factory=list, description="the prompt's characters, with "
+                                        "decoder_input_details")
     tokens: list[Token]
     top_tokens: list[list[Token]] | None = None
 

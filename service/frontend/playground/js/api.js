@@ -81,3 +81,33 @@ export async function* streamEvents(response) {
     };
   }
 }
+
+/** `GET /tokenizer_info?model=`: the model's characters (a character's id is its position). */
+export async function loadCharacters(model, apiKey) {
+  const path = `/tokenizer_info?model=${encodeURIComponent(model)}`;
+  return (await (await send(path, { headers: headers(apiKey) })).json()).chars;
+}
+
+/**
+ * Score texts with `/v1/completions` (echo, logprobs, max_tokens 0), `batch` texts per request: for
+ * each text, per character {text, logprob, top} (the first one's logprob null: it has no context).
+ */
+export async function scoreTexts(model, texts, batch, apiKey, signal) {
+  const scored = [];
+  for (let start = 0; start < texts.length; start += batch) {
+    const prompt = texts.slice(start, start + batch);
+    const body = JSON.stringify({ model, prompt, echo: true, logprobs: 5, max_tokens: 0 });
+    const response = await send("/v1/completions", { method: "POST", headers: headers(apiKey, true), body, signal });
+    const choices = (await response.json()).choices.sort((a, b) => a.index - b.index);
+    for (const choice of choices) {
+      const { tokens, token_logprobs: logprobs, top_logprobs: tops } = choice.logprobs;
+      scored.push(tokens.map((text, i) => ({
+        text,
+        logprob: logprobs[i],
+        top: Object.entries(tops[i] ?? {}).map(([t, lp]) => ({ text: t, logprob: lp }))
+          .sort((a, b) => b.logprob - a.logprob),
+      })));
+    }
+  }
+  return scored;
+}

@@ -22,6 +22,7 @@ const FIELD_CONTROLS = {
   "parameters.max_new_tokens": "max-new-tokens",
   "parameters.seed": "seed",
   "parameters.stop": "stop",
+  "parameters.grammar": "constrain",
   model: "model",
 };
 
@@ -38,6 +39,15 @@ export function stopStrings(text) {
     .map((line) => line.replace(/\\([nt\\])/g, (_, c) => escapes[c]));
 }
 
+/** The Constrain field as TGI's grammar (a JSON schema goes as its text: the server reads it). */
+function grammar() {
+  const kind = $("constrain-kind").value;
+  const value = $("constrain").value.trim();
+  if (!kind) return null;
+  if (!value) throw new FieldError("constrain", "enter a regular expression or a JSON schema, or constrain nothing");
+  return { type: kind, value };
+}
+
 /**
  * The generation parameters from the controls, without the model. The seed stays text here
  * (see requestJson).
@@ -52,6 +62,7 @@ export function readParameters() {
     max_new_tokens: numberValue("max-new-tokens"),
     seed: $("seed").value.trim() || null,
     stop: stopStrings($("stop").value),
+    grammar: grammar(),
   };
   for (const [name, value] of Object.entries(parameters)) {
     if (value === null) delete parameters[name];

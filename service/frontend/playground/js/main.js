@@ -1,5 +1,5 @@
 // The playground page: wires the form to the server and the output panels.
-import { ApiError, loadModelCard, loadModels, openStream, streamEvents } from "./api.js";
+import { ApiError, loadCharacters, loadModelCard, loadModels, openStream, scoreTexts, streamEvents } from "./api.js";
 import { FieldError, clearErrors, readParameters, requestJson, showError, showServerError } from "./form.js";
 import { OutputPanel } from "./output.js";
 
@@ -8,6 +8,7 @@ const MODEL_CONTROLS = ["model", "model-b"];
 const ALTERNATIVES = 5;  // the most likely characters asked for at each place
 const FOLLOW_MODELS_MS = 5000;  // how often the model list is asked again: models come and go while serving
 let models = [];
+let limits = null;  // the server's, from /info
 let running = [];  // AbortControllers of the streams in flight
 
 function describe(model) {
@@ -50,6 +51,7 @@ function fillPickers(info) {
     showModelInfo(controlId);
   }
   if (info?.limits) $("max-new-tokens").max = info.limits.max_new_tokens;
+  limits = info?.limits ?? null;
 }
 
 async function refreshModels() {
@@ -152,9 +154,72 @@ async function generate(event) {
 function setRunning(isRunning) {
   const [from, to] = isRunning ? [$("generate"), $("stop-button")] : [$("stop-button"), $("generate")];
   to.disabled = false;
-  if (document.activeElement === from) to.focus();  // a keyboard user keeps a focused button
+  if (document.activeElement === from || document.activeElement === $("score")) to.focus();  // keyboard users
   from.disabled = true;
+  $("score").disabled = isRunning;
   document.body.dataset.running = String(isRunning);
+}
+
+/** The text in runs of characters the model has ({text, known}): a character it lacks breaks the text. */
+function runsOf(text, known) {
+  const runs = [];
+  for (const char of text) {  // by code point, as the server counts characters
+    const isKnown = known.has(char);
+    const last = runs[runs.length - 1];
+    if (last && last.known === isKnown) last.text += char;
+    else runs.push({ text: char, known: isKnown });
+  }
+  return runs;
+}
+
+/**
+ * Score the prompt box's text with the first model: each character shaded by the probability the
+ * model gave it after the characters before it. Characters the model does not have are shown and
+ * counted apart; the text after one is scored afresh (its first character has no context).
+ */
+async function scoreText() {
+  if (running.length) return;
+  clearErrors();
+  const text = $("prompt").value;
+  if (!text) {
+    showError("prompt", "paste a text to score");
+    return;
+  }
+  const model = $("model").value;
+  const apiKey = $("api-key").value.trim();
+  const outputs = $("outputs");
+  outputs.replaceChildren();
+  const panel = new OutputPanel(outputs, model, branch);
+  panel.startScoring();
+  $("show-probs").checked = true;
+  showProbabilities();
+  const controller = new AbortController();
+  running.push(controller);
+  setRunning(true);
+  try {
+    const runs = runsOf(text, new Set(await loadCharacters(model, apiKey)));
+    const known = runs.filter((run) => run.known).map((run) => run.text);
+    const scored = await scoreTexts(model, known, limits?.max_n ?? 1, apiKey, controller.signal);
+    for (const run of runs) {
+      if (run.known) {
+        for (const t of scored.shift()) panel.add(t.text, t.logprob, t.top);
+      } else {
+        for (const char of run.text) panel.add(char, null, [], true);
+      }
+    }
+    panel.finishScoring();
+  } catch (exc) {
+    if (controller.signal.aborted) {
+      panel.stopped();
+    } else {
+      const status = exc instanceof ApiError ? exc.status : 0;
+      panel.fail(exc.message);
+      showServerError(status, exc.message, "model");
+    }
+  } finally {
+    running = [];
+    setRunning(false);
+  }
 }
 
 function stop() {
@@ -177,6 +242,10 @@ function showProbabilities() {
 function start() {
   $("controls").addEventListener("submit", generate);
   $("stop-button").addEventListener("click", stop);
+  $("score").addEventListener("click", scoreText);
+  $("constrain-kind").addEventListener("change", () => {
+    $("constrain").disabled = !$("constrain-kind").value;
+  });
   $("compare").addEventListener("change", () => { $("compare-field").hidden = !$("compare").checked; });
   for (const controlId of MODEL_CONTROLS) $(controlId).addEventListener("change", () => showModelInfo(controlId));
   $("api-key").addEventListener("change", refreshModels);

@@ -26,11 +26,14 @@ export class OutputPanel {
     this.stats = {
       status: part("stat-status"), first: part("stat-first"), rate: part("stat-rate"),
       count: part("stat-count"), bpc: part("stat-bpc"), ppl: part("stat-ppl"),
-      finish: part("stat-finish"), seed: part("stat-seed"),
+      finish: part("stat-finish"), seed: part("stat-seed"), unknown: part("stat-unknown"),
     };
+    this.unknownItem = part("stat-unknown-item");
     this.errorBox = part("output-error");
-    this.records = [];  // per character: {char, logprob, top}
+    this.records = [];  // per character: {char, logprob, top, unknown}; logprob null when not scored
     this.logprobSum = 0;
+    this.scored = 0;  // records with a log-probability
+    this.unknown = 0;  // characters outside the model's vocabulary (scoring)
     this.shown = 0;  // records on the page
     this.current = -1;  // the character the keyboard is on
     this.framePending = false;
@@ -52,19 +55,24 @@ export class OutputPanel {
   }
 
   /**
-   * Take a streamed character with its log-probability and alternatives; characters reach the
-   * page once per frame, with the statistics. Touching the page per character would lay out the
-   * whole text each time, slower as it grows.
+   * Take a streamed character with its log-probability (null: not scored) and alternatives;
+   * characters reach the page once per frame, with the statistics. Touching the page per character
+   * would lay out the whole text each time, slower as it grows. `unknown`: a character the model
+   * does not have (scoring), counted apart.
    */
-  add(char, logprob, top) {
+  add(char, logprob, top, unknown = false) {
     const now = performance.now();
     if (this.records.length === 0) {
       this.firstAt = now;
       this.setStatus("streaming");
     }
     this.lastAt = now;
-    this.records.push({ char, logprob, top });
-    this.logprobSum += logprob;
+    this.records.push({ char, logprob, top, unknown });
+    if (logprob !== null) {
+      this.logprobSum += logprob;
+      this.scored += 1;
+    }
+    if (unknown) this.unknown += 1;
     if (!this.framePending) {
       this.framePending = true;
       requestAnimationFrame(() => this.draw());
@@ -84,19 +92,26 @@ export class OutputPanel {
       span.textContent = this.records[i].char;
       span.id = `${this.id}-c${i}`;
       span.dataset.i = String(i);
-      span.dataset.b = String(bucket(this.records[i].logprob));
+      const record = this.records[i];
+      if (record.logprob !== null) span.dataset.b = String(bucket(record.logprob));
+      else span.className = record.unknown ? "unknown" : "unscored";
+      span.title = record.unknown ? "not in the model's vocabulary" : (record.logprob === null ? "no context" : "");
       fragment.append(span);
     }
     this.generated.append(fragment);
     this.shown = count;
     if (following) box.scrollTop = box.scrollHeight;
-    this.stats.first.textContent = `${Math.round(this.firstAt - this.sentAt)} ms`;
-    const perSecond = rate(count, this.firstAt, this.lastAt);
-    this.stats.rate.textContent = perSecond === null ? "" : perSecond.toFixed(0);
-    this.stats.count.textContent = String(count);
-    const numbers = summary(this.logprobSum, count);
-    this.stats.bpc.textContent = numbers.bitsPerChar.toFixed(3);
-    this.stats.ppl.textContent = numbers.perplexity.toFixed(2);
+    if (!this.scoring) {
+      this.stats.first.textContent = `${Math.round(this.firstAt - this.sentAt)} ms`;
+      const perSecond = rate(count, this.firstAt, this.lastAt);
+      this.stats.rate.textContent = perSecond === null ? "" : perSecond.toFixed(0);
+    }
+    this.stats.count.textContent = this.scoring ? `${this.scored} scored of ${count}` : String(count);
+    this.stats.unknown.textContent = String(this.unknown);
+    this.unknownItem.hidden = !this.scoring;
+    const numbers = summary(this.logprobSum, this.scored);
+    this.stats.bpc.textContent = numbers ? numbers.bitsPerChar.toFixed(3) : "";
+    this.stats.ppl.textContent = numbers ? numbers.perplexity.toFixed(2) : "";
   }
 
   /** The prompt of a branch: this panel's prompt, its text before character `index`, then `text`. */
@@ -143,7 +158,20 @@ export class OutputPanel {
 
   open(index, pin) {
     const record = this.records[index];
-    if (record) this.alternatives.show(this.generated.children[index], index, record, pin);
+    if (record && record.logprob !== null) this.alternatives.show(this.generated.children[index], index, record, pin);
+  }
+
+  /** Scoring a text: no prompt shown, the statistics of a score (no rate, no seed). */
+  startScoring() {
+    this.scoring = true;
+    this.start("");
+    this.setStatus("scoring");
+  }
+
+  finishScoring() {
+    this.draw();
+    this.stats.finish.textContent = "scored";
+    this.setStatus("finished");
   }
 
   /** The stream's last event: finish reason and seed. The count stays the characters shown (the

@@ -1,0 +1,65 @@
+"""`POST /tokenize`, `POST /detokenize` and `GET /tokenizer_info` in vLLM's shapes, so that evaluation
+tools that ask the server for its tokenizer (lm-evaluation-harness's `local-completions`) need no
+tokenizer files: a model's characters are its tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from charlm.vocab import UnknownCharactersError
+from service.engine.specs import ModelInfo
+from service.frontend.errors import ServiceError
+from service.frontend.schemas.errors import TGI_GENERATION
+from service.frontend.schemas.tokenizer import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenizerInfo,
+)
+from service.frontend.state import ServiceState, ready_service
+
+router = APIRouter(tags=["tokenizer"])
+
+
+def described(state: ServiceState, name: str | None) -> tuple[str, ModelInfo]:
+    """The ready model's name and what the front end knows of it (404 naming the ones that exist)."""
+    view, _ = state.model(name)
+    assert view.info is not None
+    return view.name, view.info
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=TGI_GENERATION)
+async def tokenize(body: TokenizeRequest, state: Annotated[ServiceState, Depends(ready_service)]) -> TokenizeResponse:
+    """The prompt's character ids (422 naming the characters outside the model's vocabulary)."""
+    _, info = described(state, body.model)
+    try:
+        ids = info.vocab.encode(body.prompt).tolist()
+    except UnknownCharactersError as exc:
+        raise ServiceError(422, f"prompt: {exc}", param="prompt", kind="unknown_characters") from None
+    return TokenizeResponse(count=len(ids), max_model_len=info.context_length, tokens=ids,
+                            token_strs=list(body.prompt) if body.return_token_strs else None)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=TGI_GENERATION)
+async def detokenize(body: DetokenizeRequest,
+                     state: Annotated[ServiceState, Depends(ready_service)]) -> DetokenizeResponse:
+    """The text of character ids (422 naming ids outside the vocabulary)."""
+    name, info = described(state, body.model)
+    chars = info.chars
+    outside = sorted({i for i in body.tokens if not 0 <= i < len(chars)})
+    if outside:
+        raise ServiceError(422, f"tokens: id(s) {outside[:10]} outside the vocabulary of model {name} "
+                           f"(ids 0 to {len(chars) - 1})", param="tokens", kind="unknown_characters")
+    return DetokenizeResponse(prompt="".join(chars[i] for i in body.tokens))
+
+
+@router.get("/tokenizer_info", response_model=TokenizerInfo, responses=TGI_GENERATION)
+async def tokenizer_info(state: Annotated[ServiceState, Depends(ready_service)],
+                         model: str | None = None) -> TokenizerInfo:
+    """A model's vocabulary (default model unless `?model=` names one); it has no special tokens."""
+    name, info = described(state, model)
+    return TokenizerInfo(model=name, vocab_size=len(info.chars), model_max_length=info.context_length,
+                         chars=info.chars)
