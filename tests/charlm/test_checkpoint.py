@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from charlm.checkpoint import ModelDirError, load_model, save_model
-from charlm.models import build_model
+from charlm.models import ARCHITECTURES, build_model
 from charlm.vocab import Vocab
 
 TEXT = "to be or not to be\nбыть или не быть"
@@ -33,7 +33,7 @@ def saved(tmp_path):
     return tmp_path / "m", model, vocab
 
 
-@pytest.mark.parametrize("architecture", ["gpt", "lstm", "lstm_attention"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_save_then_load_gives_identical_logits(tmp_path, architecture):
     model, vocab = small_model(architecture)
     save_model(tmp_path / "m", model, vocab)

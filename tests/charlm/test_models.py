@@ -5,6 +5,7 @@ import torch
 
 from charlm.models import ARCHITECTURES, GPT, base, build_model
 from charlm.models.gpt import GPTState
+from tests.helpers import TINY
 
 V = 13
 CONFIGS = {
@@ -38,6 +39,12 @@ def step_with_room(model, tokens: torch.Tensor, state) -> torch.Tensor:
 
 def test_registry_has_the_three_architectures():
     assert set(ARCHITECTURES) == {"gpt", "lstm", "lstm_attention"}
+
+
+def test_every_architecture_has_test_settings():
+    """Tests parametrised over the families take them from here and from tests.helpers.TINY (the
+    tiny trained models every decoding and service test runs on): a new family must join both."""
+    assert set(CONFIGS) == set(ARCHITECTURES) == set(TINY)
 
 
 @pytest.mark.parametrize("architecture", sorted(CONFIGS))
