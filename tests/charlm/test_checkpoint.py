@@ -21,6 +21,7 @@ def small_model(architecture="gpt"):
         "gpt": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16},
         "lstm": {"hidden_size": 16},
         "lstm_attention": {"hidden_size": 16, "n_embd": 8, "n_head": 2, "block_size": 4},
+        "mingru": {"n_embd": 16, "hidden_size": 8, "n_layer": 2},
     }
     torch.manual_seed(0)
     return build_model(architecture, {"vocab_size": len(vocab), **configs[architecture]}).eval(), vocab

@@ -12,6 +12,7 @@ CONFIGS = {
     "gpt": {"vocab_size": V, "block_size": 8, "n_layer": 2, "n_head": 2, "n_embd": 16},
     "lstm": {"vocab_size": V, "hidden_size": 16, "n_layer": 2},
     "lstm_attention": {"vocab_size": V, "hidden_size": 16, "n_embd": 8, "n_head": 2, "block_size": 5},
+    "mingru": {"vocab_size": V, "n_embd": 16, "hidden_size": 12, "n_layer": 2},
 }
 
 
@@ -37,8 +38,8 @@ def step_with_room(model, tokens: torch.Tensor, state) -> torch.Tensor:
     return model.step(tokens, state)
 
 
-def test_registry_has_the_three_architectures():
-    assert set(ARCHITECTURES) == {"gpt", "lstm", "lstm_attention"}
+def test_registry_has_the_four_architectures():
+    assert set(ARCHITECTURES) == {"gpt", "lstm", "lstm_attention", "mingru"}
 
 
 def test_every_architecture_has_test_settings():
@@ -157,6 +158,8 @@ def test_gpt_ties_input_and_output_embeddings():
         ("lstm", {"vocab_size": 5, "hidden_size": 0}, "hidden_size"),
         ("lstm", {"vocab_size": 5, "layers": 2}, "unknown config key"),
         ("lstm_attention", {"vocab_size": 5, "n_head": "two"}, "n_head must be int"),
+        ("mingru", {"vocab_size": 5, "hidden_size": 0}, "hidden_size must be at least 1"),
+        ("mingru", {"vocab_size": 5, "dropout": -0.1}, "dropout"),
         ("transformer", {"vocab_size": 5}, "unknown architecture"),
     ],
 )
