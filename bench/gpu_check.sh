@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One command that proves the GPU path on a CUDA machine, within about 8 minutes:
 #   the gpu-marked tests; bench/engine.py (engine against the batched naive loop, batch 1/32/256,
-#   bf16 and fp32, every bundled model and a random gpt-baby-size model); bench/serve.py at
-#   1/32/256 streams; where a decode step's GPU time goes (bench/gpu_profile.py); gpt-baby
-#   training throughput, eager then compiled; then docs/benchmarks-gpu.md (bench/gpu_report.py),
-#   naming the card.
+#   bf16 and fp32, every bundled model and a random gpt-baby-size model); shakespeare-mingru against
+#   shakespeare-gpt at batch 256 and 1,024 (bf16); bench/serve.py at 1/32/256 streams; where a
+#   decode step's GPU time goes (bench/gpu_profile.py); gpt-baby training throughput, eager then
+#   compiled, and the mingru preset's against the gpt of its size; then docs/benchmarks-gpu.md
+#   (bench/gpu_report.py), naming the card.
 #
 #   bench/gpu_check.sh [--wheels DIR] [--data FILE] [--out DIR]
 #
@@ -70,6 +71,8 @@ step gpu-tests 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu
 step engine 240 $PY bench/engine.py --device cuda --dtypes bfloat16 float32 --batches 1 32 256 \
     --models models/shakespeare-gpt models/shakespeare-lstm models/pushkin-lstm-attention random:gpt-baby \
     --results "$RESULTS"
+step engine-mingru 90 $PY bench/engine.py --device cuda --dtypes bfloat16 --batches 256 1024 --no-naive \
+    --models models/shakespeare-mingru models/shakespeare-gpt --results "$RESULTS"
 step engine-eager 60 $PY bench/engine.py --device cuda --dtypes bfloat16 --batches 1 256 --no-graphs --no-naive \
     --models models/shakespeare-gpt --results "$OUT_DIR/eager.jsonl"
 step serve 100 $PY bench/serve.py --device cuda --levels 1 32 256 --procs 8 --plot "$OUT_DIR/serve.png" \
@@ -81,5 +84,7 @@ step train-throughput 45 $PY bench/train_throughput.py --presets gpt-baby --devi
     --data "$DATA" --results "$RESULTS"
 step train-throughput-compiled 120 $PY bench/train_throughput.py --presets gpt-baby --device cuda --iters 30 \
     --data "$DATA" --compile --results "$RESULTS"
+step train-throughput-mingru 45 $PY bench/train_throughput.py --device cuda --iters 30 --data "$DATA" \
+    --presets mingru gpt-small:block_size=128,batch_size=32 --results "$RESULTS"
 $PY bench/gpu_report.py --out "$OUT_DIR" --doc docs/benchmarks-gpu.md && say "wrote docs/benchmarks-gpu.md"
 say "done"
