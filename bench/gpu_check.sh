@@ -4,8 +4,9 @@
 #   bf16 and fp32, every bundled model and a random gpt-baby-size model); shakespeare-mingru against
 #   shakespeare-gpt at batch 256 and 1,024 (bf16); bench/serve.py at 1/32/256 streams; where a
 #   decode step's GPU time goes (bench/gpu_profile.py); gpt-baby training throughput, eager then
-#   compiled, and the mingru preset's against the gpt of its size; then docs/benchmarks-gpu.md
-#   (bench/gpu_report.py), naming the card.
+#   compiled, and the mingru preset's against the gpt of its size; the mingru recipe trained for
+#   shakespeare-gpt's 5,500 iterations on its schedule, if time is left, to compare their validation
+#   curves at equal characters seen; then docs/benchmarks-gpu.md (bench/gpu_report.py), naming the card.
 #
 #   bench/gpu_check.sh [--wheels DIR] [--data FILE] [--out DIR]
 #
@@ -86,5 +87,9 @@ step train-throughput-compiled 120 $PY bench/train_throughput.py --presets gpt-b
     --data "$DATA" --compile --results "$RESULTS"
 step train-throughput-mingru 45 $PY bench/train_throughput.py --device cuda --iters 30 --data "$DATA" \
     --presets mingru gpt-small:block_size=128,batch_size=32 --results "$RESULTS"
+# shakespeare-gpt's schedule (lr 2e-3, warmup 200, cosine over 8,500) up to its best iteration, 5,500.
+step train-mingru 120 $PY -m charlm train --data "$DATA" --out "$OUT_DIR/shakespeare-mingru-gpu" --overwrite \
+    --device cuda --preset mingru --set max_iters=5500 --set lr_decay_iters=8500 --set warmup_iters=200 \
+    --set eval_interval=500 --set eval_iters=50 --no-progress
 $PY bench/gpu_report.py --out "$OUT_DIR" --doc docs/benchmarks-gpu.md && say "wrote docs/benchmarks-gpu.md"
 say "done"

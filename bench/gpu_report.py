@@ -113,7 +113,20 @@ def training_section(rows: list[Row], out: Path) -> list[str]:
         lines.append(f"- `gpt-baby` (bias off, 2,500 iterations, cosine to 2,500) on tinyshakespeare: best validation "
                      f"loss {best['val_loss']:.4f} at iteration {best['iter']:,}; {metrics[-1]['elapsed_s']:.0f} s "
                      f"in all ({'bundled' if best['val_loss'] <= 1.47 else 'not bundled: above 1.47'})")
+    lines.extend(mingru_curve(out))
     return lines or ["- not measured"]
+
+
+def mingru_curve(out: Path) -> list[str]:
+    """The mingru recipe's validation losses beside shakespeare-gpt's (its metrics.jsonl), at equal
+    iterations of the same schedule: the comparison a loaded CPU could not make."""
+    mingru = {m["iter"]: m["val_loss"] for m in read_jsonl(out / "shakespeare-mingru-gpu" / "metrics.jsonl")}
+    if not mingru:
+        return []
+    gpt = {m["iter"]: m["val_loss"] for m in read_jsonl(Path("models") / GPT / "metrics.jsonl")}
+    shown = ", ".join(f"{i:,}: {mingru[i]:.4f} / {number(gpt.get(i), 4)}" for i in sorted(mingru) if i)
+    return [f"- the `mingru` recipe on shakespeare-gpt's schedule, validation loss mingru / shakespeare-gpt "
+            f"by iteration: {shown}"]
 
 
 def profile_lines(out: Path) -> list[str]:
