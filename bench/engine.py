@@ -2,7 +2,7 @@
 
     python bench/engine.py [--models models/shakespeare-gpt random:gpt-baby] [--device auto]
                            [--dtypes float32 bfloat16 auto] [--batches 1 8 32 64] [--chars 300]
-                           [--threads N] [--no-graphs] [--no-compile] [--attention auto|sdpa|bmm]
+                           [--threads N] [--rounds N] [--no-graphs] [--no-compile] [--attention auto|sdpa|bmm]
                            [--no-naive] [--no-step-alone] [--results results.jsonl]
 
 For each model, dtype and batch size B, B seeded requests of --chars characters are submitted at
@@ -11,8 +11,10 @@ loop is how the inspirations' `generate` works, batched: for every character, ru
 context (cropped to block_size) of all B rows through `forward` and sample from the last position
 (on the device, no host synchronisation per character; attention without cuDNN's, as the engine's).
 Recurrent models have no cropped context to re-run: their loop is left out. "step alone" is the
-decoder's step with every row active and none of the engine's per-character bookkeeping. `random:gpt-baby` is
-a randomly initialised model of the gpt-baby preset's size with tinyshakespeare's 65 characters.
+decoder's step with every row active and none of the engine's per-character bookkeeping. `random:PRESET`
+(e.g. `random:gpt-baby`) is a randomly initialised model of a training preset's size with tinyshakespeare's
+65 characters. With --rounds N every measurement is taken N times, the models taking turns, so that a
+shared machine's slow spells fall on all of them alike; a second table gives the ranges.
 The engine decodes as the server does (on CUDA: the step compiled, then captured; the Triton decode
 attention kernel where it passes its self-check); `--no-compile` and `--attention sdpa` give the path
 before those, for a baseline in the same run. `--dtypes auto` loads the model in float32 and lets the
@@ -29,6 +31,7 @@ import queue
 import string
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,17 +45,19 @@ from service.control.registry import DTYPES
 from service.engine.engine import Engine
 from service.engine.events import StepEvents
 from service.engine.sequences import Finished, GenerationRequest
+from training.config import PRESETS
 
 PROMPT = "ROMEO:\n"
-GPT_BABY = {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.0}
 
 
 def load(spec: str, device: torch.device, dtype: torch.dtype) -> tuple[str, CharModel, Vocab]:
-    if spec == "random:gpt-baby":
+    """A model directory, or `random:PRESET`: a fresh model of that training preset's size."""
+    if spec.startswith("random:"):
+        preset = PRESETS[spec.removeprefix("random:")]
         vocab = Vocab(sorted(set(string.ascii_letters + " \n!$&',-.3:;?")))  # tinyshakespeare's 65
         torch.manual_seed(0)
-        model = build_model("gpt", {"vocab_size": len(vocab), **GPT_BABY}).to(device=device, dtype=dtype).eval()
-        return "gpt-baby size (random)", model, vocab
+        model = build_model(preset.architecture, {**preset.model, "vocab_size": len(vocab)})
+        return f"{spec.removeprefix('random:')} size (random)", model.to(device=device, dtype=dtype).eval(), vocab
     loaded = load_model(spec, device=device, dtype=dtype)
     return Path(spec).name, loaded.model, loaded.vocab
 
@@ -128,8 +133,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(args: argparse.Namespace, spec: str, device: torch.device, dtype_name: str) -> None:
-    auto = dtype_name == "auto"
+def measure(args: argparse.Namespace, spec: str, device: torch.device, dtype_name: str) -> list[dict[str, Any]]:
+    """The rows of one model and dtype, at every batch size."""
+    auto, rows = dtype_name == "auto", []
     for batch in args.batches:
         # Loaded for each batch: `dtype auto` converts the model in place to what it chose.
         name, model, vocab = load(spec, device, torch.float32 if auto else DTYPES[dtype_name])
@@ -152,14 +158,28 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device, dtype_nam
         print(f"| {name} | {shown} | {batch} | {rate:,.0f} | {1000 * batch / rate:.3f} | {alone} "
               f"| {loop} | {ratio} | {memory.get('decode_attention', '—')} | {memory.get('compile_s', 'no')} |",
               flush=True)
+        row = {"bench": "engine", "model": name, "device": str(device), "dtype": dtype_name, "batch": batch,
+               "chars_per_s": rate, "ms_per_step": 1000 * batch / rate, "step_alone_ms": step_ms,
+               "loop_chars_per_s": naive, "cuda_graphs": graphs, "compiled": memory.get("compiled"),
+               "compile_s": memory.get("compile_s"), "decode_attention": memory.get("decode_attention"),
+               "chosen_dtype": memory.get("dtype"), "dtype_reason": memory.get("dtype_reason")}
+        rows.append(row)
         if args.results:
-            row = {"bench": "engine", "model": name, "device": str(device), "dtype": dtype_name, "batch": batch,
-                   "chars_per_s": rate, "ms_per_step": 1000 * batch / rate, "step_alone_ms": step_ms,
-                   "loop_chars_per_s": naive, "cuda_graphs": graphs, "compiled": memory.get("compiled"),
-                   "compile_s": memory.get("compile_s"), "decode_attention": memory.get("decode_attention"),
-                   "chosen_dtype": memory.get("dtype"), "dtype_reason": memory.get("dtype_reason")}
             with args.results.open("a") as out:
                 out.write(json.dumps(row) + "\n")
+    return rows
+
+
+def print_ranges(rows: list[dict[str, Any]]) -> None:
+    """Lowest to highest characters per second of each (model, dtype, batch) over the rounds."""
+    print("\n| model | dtype | batch | engine characters / s, lowest to highest | rounds |")
+    print("|---|---|---:|---:|---:|")
+    groups: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["dtype"], row["batch"]), []).append(row)
+    for (name, dtype_name, batch), group in groups.items():
+        rates = sorted(r["chars_per_s"] for r in group)
+        print(f"| {name} | {dtype_name} | {batch} | {rates[0]:,.0f} to {rates[-1]:,.0f} | {len(group)} |")
 
 
 def main() -> None:
@@ -171,6 +191,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--chars", type=int, default=300)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU intra-op threads")
+    parser.add_argument("--rounds", type=int, default=1, help="measure everything this many times, models in turn")
     parser.add_argument("--no-graphs", action="store_true", help="decode eagerly on CUDA")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     parser.add_argument("--no-step-alone", action="store_true", help="skip the step timed without the engine")
@@ -188,10 +209,14 @@ def main() -> None:
     print("| model | dtype | batch | engine characters / s | ms / step | step alone (ms) | naive loop characters / s "
           "| x loop | attention | compiled (s) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
-    for spec in args.models:
-        for dtype_name in args.dtypes:
-            torch.set_num_threads(args.threads)
-            measure(args, spec, device, dtype_name)
+    rows = []
+    for _ in range(args.rounds):
+        for spec in args.models:
+            for dtype_name in args.dtypes:
+                torch.set_num_threads(args.threads)
+                rows += measure(args, spec, device, dtype_name)
+    if args.rounds > 1:
+        print_ranges(rows)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@
 #   docs/benchmarks-gpu.md (bench/gpu_report.py), naming the card. After the targets, bench/serve.py
 #   at 1/256/1,024 streams with one HTTP front end and with four, each beside the same engine
 #   in-process, and shakespeare-lstm at 1,024 streams; the engine at batch 256 with every row under a
-#   grammar against none, and scoring 10,000 characters (bench/constrained.py).
+#   grammar against none, and scoring 10,000 characters (bench/constrained.py); shakespeare-mingru
+#   against shakespeare-gpt at batch 256 and 1,024; last, if time is left, the mingru preset's
+#   training throughput against the gpt of its size, and the mingru recipe trained on
+#   shakespeare-gpt's schedule, to compare their validation curves at equal characters seen.
 #
 #   bench/gpu_check.sh [--wheels DIR] [--data FILE] [--out DIR] [--dry-run]
 #
@@ -107,6 +110,8 @@ SERVE="env CHARLM_COMPILE=false $PY bench/serve.py --device $DEV --procs 8 --eng
 step serve 90 $SERVE --levels $B1 $B256 $B1024 --workers 1 --plot "$OUT_DIR/serve.png"
 step serve-workers 70 $SERVE --levels $B256 $B1024 --workers 4 --plot "$OUT_DIR/serve-workers.png"
 step serve-lstm 50 $SERVE --model shakespeare-lstm --levels $B1024 --workers 4 --plot "$OUT_DIR/serve-lstm.png"
+step engine-mingru 90 $ENGINE --models models/shakespeare-mingru $GPT --dtypes $HALF --batches $B256 $B1024 \
+    --results "$RESULTS"
 step constrained 60 $PY bench/constrained.py --device $DEV --only throughput scoring --batch $B256 --chars 200 \
     --rounds 2 --results "$OUT_DIR/constrained.jsonl"
 step profile $((PROFILE_BUDGET + 40)) $PY bench/gpu_profile.py --device $DEV --batch $B256 --budget-s $PROFILE_BUDGET \
@@ -122,5 +127,11 @@ step cpu-engine 40 $PY bench/engine.py --device cpu --chars 100 --no-naive --no-
     --results "$OUT_DIR/cpu.jsonl"
 step train-throughput 45 $PY bench/train_throughput.py --presets gpt-baby --device $DEV --iters $ITERS \
     --data "$DATA" --results "$RESULTS"
+step train-throughput-mingru 45 $PY bench/train_throughput.py --device $DEV --iters $ITERS --data "$DATA" \
+    --presets mingru gpt-small:block_size=128,batch_size=32 --results "$RESULTS"
+# shakespeare-gpt's schedule (lr 2e-3, warmup 200, cosine over 8,500) up to its best iteration, 5,500.
+[ "$DRY" = 1 ] || step train-mingru 120 $PY -m charlm train --data "$DATA" --out "$OUT_DIR/shakespeare-mingru-gpu" \
+    --overwrite --device $DEV --preset mingru --set max_iters=5500 --set lr_decay_iters=8500 --set warmup_iters=200 \
+    --set eval_interval=500 --set eval_iters=50 --no-progress
 $PY bench/gpu_report.py --out "$OUT_DIR" --doc "$DOC" && say "wrote $DOC"
 say "done"

@@ -1,9 +1,12 @@
 """Training throughput of each preset: characters per second through the real train step.
 
-    python bench/train_throughput.py [--presets gpt-tiny gpt-small ...] [--iters 20] [--device cpu]
+    python bench/train_throughput.py [--presets gpt-tiny gpt-small:block_size=128,batch_size=32 ...]
+                                     [--iters 20] [--rounds N] [--device cpu]
 
-Uses ../shared/data/tinyshakespeare.txt when present, else a generated text of the
-same alphabet size. Prints a Markdown table (docs/benchmarks.md holds the results).
+A preset may carry `--set`-style overrides after a colon, comma-separated. With --rounds N each
+preset is measured N times, the presets taking turns, and a second table gives the ranges (for a
+shared machine). Uses ../shared/data/tinyshakespeare.txt when present, else a generated text of
+the same alphabet size. Prints Markdown tables (docs/benchmarks.md holds the results).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import torch
 
 from training import distributed
-from training.config import PRESETS
+from training.config import PRESETS, parse_assignment
 from training.session import RunSpec, prepare
 from training.trainer import Trainer
 
@@ -35,9 +38,16 @@ def corpus(path: Path, workdir: Path) -> Path:
     return generated
 
 
+def parse_preset(text: str) -> tuple[str, dict[str, object]]:
+    """'gpt-small:block_size=128,batch_size=32' -> ('gpt-small', {'block_size': 128, 'batch_size': 32})."""
+    name, _, settings = text.partition(":")
+    return name, dict(parse_assignment(item) for item in settings.split(",") if item)
+
+
 def measure(preset: str, data: Path, workdir: Path, iters: int, warmup: int, device: str, compile_: bool):
-    spec = RunSpec(data=data, out=workdir / preset, preset=preset, progress=False, device=device,
-                   overrides={"compile": compile_})
+    name, overrides = parse_preset(preset)
+    spec = RunSpec(data=data, out=workdir / "run", preset=name, progress=False, device=device,
+                   overrides={**overrides, "compile": compile_}, overwrite=True)
     run = distributed.setup(device)
     session = prepare(spec, run)
     trainer = Trainer(session, run)
@@ -58,7 +68,8 @@ def measure(preset: str, data: Path, workdir: Path, iters: int, warmup: int, dev
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="PRESET or PRESET:key=value,...")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every preset this many times, in turn")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -69,18 +80,25 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     print("| preset | parameters | characters / iteration | ms / iteration | characters / s |")
     print("|---|---:|---:|---:|---:|")
+    rates: dict[str, list[float]] = {preset: [] for preset in args.presets}
     with tempfile.TemporaryDirectory() as tmp:
         data = corpus(args.data, Path(tmp))
-        for preset in args.presets:
-            params, chars, seconds = measure(preset, data, Path(tmp), args.iters, args.warmup, args.device,
-                                             args.compile)
-            print(f"| {preset} | {params:,} | {chars:,} | {seconds * 1000:,.0f} | {chars / seconds:,.0f} |",
-                  flush=True)
-            if args.results:
-                row = {"bench": "train", "preset": preset, "device": args.device, "compile": args.compile,
-                       "ms_per_iter": seconds * 1000, "chars_per_s": chars / seconds}
-                with args.results.open("a") as out:
-                    out.write(json.dumps(row) + "\n")
+        for _ in range(args.rounds):
+            for preset in args.presets:
+                params, chars, seconds = measure(preset, data, Path(tmp), args.iters, args.warmup, args.device,
+                                                 args.compile)
+                rates[preset].append(chars / seconds)
+                print(f"| {preset} | {params:,} | {chars:,} | {seconds * 1000:,.0f} | {chars / seconds:,.0f} |",
+                      flush=True)
+                if args.results:
+                    row = {"bench": "train", "preset": preset, "device": args.device, "compile": args.compile,
+                           "ms_per_iter": seconds * 1000, "chars_per_s": chars / seconds}
+                    with args.results.open("a") as out:
+                        out.write(json.dumps(row) + "\n")
+    if args.rounds > 1:
+        print("\n| preset | characters / s, lowest to highest | rounds |\n|---|---:|---:|")
+        for preset, measured in rates.items():
+            print(f"| {preset} | {min(measured):,.0f} to {max(measured):,.0f} | {len(measured)} |")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ TINY = {
         "lstm-attention",
         {"hidden_size": 32, "n_embd": 16, "n_head": 2, "block_size": 8, "seq_len": 16, "batch_size": 8},
     ),
+    "mingru": ("mingru", {"n_embd": 32, "hidden_size": 32, "n_layer": 2, "seq_len": 16, "batch_size": 8}),
 }
 TINY_RUN = {
     "max_iters": 60, "eval_interval": 30, "eval_iters": 4, "warmup_iters": 5, "lr": 5e-3, "sample_chars": 20,

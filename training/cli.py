@@ -13,6 +13,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from charlm.checkpoint import WEIGHTS_FILE, ModelDirError, load_model
 from charlm.cli import CommandError, add_device_argument, resolve_device
+from charlm.models import ARCHITECTURES
 from charlm.scoring import default_stride
 from charlm.vocab import UnknownCharactersError
 from training.config import PRESETS, ConfigError, parse_assignment
@@ -33,7 +34,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", required=True, type=Path, help="UTF-8 text file")
     parser.add_argument("--out", required=True, type=Path, help="model directory to write, e.g. models/NAME")
-    parser.add_argument("--arch", choices=("gpt", "lstm", "lstm_attention"), help="architecture")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture")
     parser.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model or training setting (repeatable), e.g. --set max_iters=500")

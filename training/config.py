@@ -96,8 +96,15 @@ PRESETS: dict[str, Preset] = {
         dict(batch_size=32, seq_len=128, batching="streams", lr=2e-3, min_lr=2e-4,
              max_iters=5000, weight_decay=0.0, eval_iters=40),
     ),
+    # minGRU at shakespeare-gpt's size (about 0.8M parameters) and batch shape.
+    "mingru": Preset(
+        "mingru",
+        dict(n_embd=128, n_layer=4, hidden_size=192, dropout=0.0),
+        dict(batch_size=32, seq_len=128, lr=2e-3, min_lr=2e-4, warmup_iters=200, max_iters=5000,
+             eval_iters=50),
+    ),
 }
-DEFAULT_PRESET = {"gpt": "gpt-small", "lstm": "lstm", "lstm_attention": "lstm-attention"}
+DEFAULT_PRESET = {"gpt": "gpt-small", "lstm": "lstm", "lstm_attention": "lstm-attention", "mingru": "mingru"}
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

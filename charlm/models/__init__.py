@@ -1,4 +1,4 @@
-"""The three architectures, built by name through one registry."""
+"""The architectures, built by name through one registry."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from charlm.models.base import CharModel, DecodeState, config_from_dict
 from charlm.models.gpt import GPT, GPTConfig
 from charlm.models.lstm import LSTM, LSTMConfig
 from charlm.models.lstm_attention import LSTMAttention, LSTMAttentionConfig
+from charlm.models.mingru import MinGRU, MinGRUConfig
 
 ARCHITECTURES: dict[str, type[CharModel]] = {
     "gpt": GPT,
     "lstm": LSTM,
     "lstm_attention": LSTMAttention,
+    "mingru": MinGRU,
 }
 
 
@@ -44,6 +46,8 @@ __all__ = [
     "LSTMAttention",
     "LSTMAttentionConfig",
     "LSTMConfig",
+    "MinGRU",
+    "MinGRUConfig",
     "UnknownArchitectureError",
     "build_model",
     "model_class",

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from charlm.checkpoint import ModelDirError, load_model, save_model
-from charlm.models import build_model
+from charlm.models import ARCHITECTURES, build_model
 from charlm.vocab import Vocab
 
 TEXT = "to be or not to be\nбыть или не быть"
@@ -21,6 +21,7 @@ def small_model(architecture="gpt"):
         "gpt": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16},
         "lstm": {"hidden_size": 16},
         "lstm_attention": {"hidden_size": 16, "n_embd": 8, "n_head": 2, "block_size": 4},
+        "mingru": {"n_embd": 16, "hidden_size": 8, "n_layer": 2},
     }
     torch.manual_seed(0)
     return build_model(architecture, {"vocab_size": len(vocab), **configs[architecture]}).eval(), vocab
@@ -33,7 +34,7 @@ def saved(tmp_path):
     return tmp_path / "m", model, vocab
 
 
-@pytest.mark.parametrize("architecture", ["gpt", "lstm", "lstm_attention"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_save_then_load_gives_identical_logits(tmp_path, architecture):
     model, vocab = small_model(architecture)
     save_model(tmp_path / "m", model, vocab)

@@ -7,7 +7,7 @@ from charlm.checkpoint import load_model
 from charlm.decoding import NewSequence, SlotDecoder
 from charlm.device_memory import DecoderMemoryError
 from charlm.generation import generate, prompt_ids
-from charlm.models import base, build_model
+from charlm.models import ARCHITECTURES, base, build_model
 from charlm.sampling import SamplingParams
 from tests.helpers import require_triton
 
@@ -79,17 +79,18 @@ def test_rows_joining_and_leaving_mid_stream_decode_as_if_alone(trained_dir, mod
         assert produced[name] == alone, name
 
 
+# Configs whose forward sees the whole history of test_decoded_logprobs_are_those_of_forward.
+WHOLE_HISTORY = {"gpt": {"block_size": 64}, "lstm_attention": {"block_size": 6}}
+
+
 @MODES
-@pytest.mark.parametrize("architecture", ["lstm", "lstm_attention", "gpt"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 @torch.inference_mode()
 def test_decoded_logprobs_are_those_of_forward(architecture, mode):
     """Prefill of all but the last prompt character, then the step: the reported log-probability
     of each drawn character is what `forward` gives it after the whole history."""
     torch.manual_seed(0)
-    config = {"vocab_size": 11, "block_size": 64} if architecture == "gpt" else {"vocab_size": 11}
-    if architecture == "lstm_attention":
-        config["block_size"] = 6
-    model = build_model(architecture, config).eval()
+    model = build_model(architecture, {"vocab_size": 11, **WHOLE_HISTORY.get(architecture, {})}).eval()
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
     ids, logprobs = decode_alone(model, prompt, SamplingParams(temperature=1.0), 7, 20, 3, **mode)
     history = torch.tensor([prompt + ids])

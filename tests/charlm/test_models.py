@@ -5,13 +5,14 @@ import torch
 
 from charlm.models import ARCHITECTURES, GPT, base, build_model
 from charlm.models.gpt import GPTState
-from tests.helpers import require_triton
+from tests.helpers import TINY, require_triton
 
 V = 13
 CONFIGS = {
     "gpt": {"vocab_size": V, "block_size": 8, "n_layer": 2, "n_head": 2, "n_embd": 16},
     "lstm": {"vocab_size": V, "hidden_size": 16, "n_layer": 2},
     "lstm_attention": {"vocab_size": V, "hidden_size": 16, "n_embd": 8, "n_head": 2, "block_size": 5},
+    "mingru": {"vocab_size": V, "n_embd": 16, "hidden_size": 12, "n_layer": 2},
 }
 
 
@@ -43,8 +44,14 @@ def test_a_gpt_on_a_cpu_decodes_with_scaled_dot_product_attention_by_default():
     assert not model.attention_kernel
 
 
-def test_registry_has_the_three_architectures():
-    assert set(ARCHITECTURES) == {"gpt", "lstm", "lstm_attention"}
+def test_registry_has_the_four_architectures():
+    assert set(ARCHITECTURES) == {"gpt", "lstm", "lstm_attention", "mingru"}
+
+
+def test_every_architecture_has_test_settings():
+    """Tests parametrised over the families take them from here and from tests.helpers.TINY (the
+    tiny trained models every decoding and service test runs on): a new family must join both."""
+    assert set(CONFIGS) == set(ARCHITECTURES) == set(TINY)
 
 
 @pytest.mark.parametrize("architecture", sorted(CONFIGS))
@@ -161,6 +168,8 @@ def test_gpt_ties_input_and_output_embeddings():
         ("lstm", {"vocab_size": 5, "hidden_size": 0}, "hidden_size"),
         ("lstm", {"vocab_size": 5, "layers": 2}, "unknown config key"),
         ("lstm_attention", {"vocab_size": 5, "n_head": "two"}, "n_head must be int"),
+        ("mingru", {"vocab_size": 5, "hidden_size": 0}, "hidden_size must be at least 1"),
+        ("mingru", {"vocab_size": 5, "dropout": -0.1}, "dropout"),
         ("transformer", {"vocab_size": 5}, "unknown architecture"),
     ],
 )

@@ -23,9 +23,10 @@ from service.frontend.app import create_app
 from service.frontend.models import LocalModels
 from service.frontend.state import ServiceState
 from service.settings import Settings
-from tests.helpers import wait_until
+from tests.helpers import TINY, wait_until
 
-ARCHITECTURES = ["gpt", "lstm", "lstm_attention"]
+ARCHITECTURES = sorted(TINY)  # every registered architecture (tests/charlm/test_models.py checks)
+TINY_NAMES = {f"tiny-{architecture}" for architecture in ARCHITECTURES}  # the tiny_models fixture
 
 
 def settings_for(models_dir: Path, **overrides: Any) -> Settings:

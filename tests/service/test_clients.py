@@ -11,7 +11,7 @@ import text_generation
 from text_generation.errors import ValidationError
 from text_generation.types import Grammar, GrammarType
 
-from tests.service.helpers import live_server
+from tests.service.helpers import TINY_NAMES, live_server
 
 
 @pytest.fixture(scope="module", params=[1, 7], ids=["interval-1", "interval-7"])
@@ -53,7 +53,7 @@ def test_openai_client_completes_and_streams(base_url):
                                             stream=True))
     assert "".join(c.choices[0].text for c in chunks) == choice.text
     assert chunks[-1].choices[0].finish_reason == "length"
-    assert {m.id for m in client.models.list()} == {"tiny-gpt", "tiny-lstm", "tiny-lstm_attention"}
+    assert {m.id for m in client.models.list()} == TINY_NAMES
 
 
 def test_openai_client_raises_its_own_errors(base_url):

@@ -5,6 +5,8 @@ import json
 import pytest
 from httpx_sse import aconnect_sse
 
+from tests.service.helpers import TINY_NAMES
+
 pytestmark = pytest.mark.anyio
 
 
@@ -84,7 +86,7 @@ async def test_model_list(client):
     body = (await client.get("/v1/models")).json()
     assert body["object"] == "list"
     cards = {card["id"]: card for card in body["data"]}
-    assert set(cards) == {"tiny-gpt", "tiny-lstm", "tiny-lstm_attention"}
+    assert set(cards) == TINY_NAMES
     assert cards["tiny-gpt"]["architecture"] == "gpt" and cards["tiny-gpt"]["context_length"] == 16
     assert cards["tiny-lstm"]["context_length"] is None and cards["tiny-lstm"]["parameters"] > 0
     assert all(card["object"] == "model" and card["vocab_size"] > 10 for card in cards.values())

@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.service.helpers import TINY_NAMES
+
 pytestmark = pytest.mark.anyio
 
 
@@ -10,16 +12,14 @@ async def test_health_reports_each_model(client):
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ready"
-    assert {name: m["status"] for name, m in body["models"].items()} == {
-        "tiny-gpt": "ready", "tiny-lstm": "ready", "tiny-lstm_attention": "ready",
-    }
+    assert {name: m["status"] for name, m in body["models"].items()} == dict.fromkeys(TINY_NAMES, "ready")
 
 
 async def test_info_reports_version_device_limits_and_models(client):
     body = (await client.get("/info")).json()
     assert body["device"] == "cpu" and body["dtype"] == "float32" and body["default_model"] == "tiny-gpt"
     assert body["limits"]["max_batch_size"] == 16 and body["limits"]["max_new_tokens"] == 4096
-    assert set(body["models"]) == {"tiny-gpt", "tiny-lstm", "tiny-lstm_attention"}
+    assert set(body["models"]) == TINY_NAMES
     gpt = body["models"]["tiny-gpt"]  # how it decodes, and why: SDPA and no compilation on a CPU
     assert gpt["decode_attention"] == "sdpa" and gpt["decode_attention_reason"] == "on cpu"
     assert all(model["compiled"] is False for model in body["models"].values())

@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 
+from charlm.models import ARCHITECTURES
 from training.config import PRESETS, ConfigError, TrainConfig, parse_assignment, resolve
 from training.optim import learning_rate
 
@@ -32,6 +33,11 @@ def test_every_preset_resolves_to_valid_configs():
 
 def test_architecture_alone_picks_its_default_preset():
     assert resolve("lstm", None, {}, 10)[0] == "lstm"
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_architecture_has_a_default_preset(architecture):
+    assert resolve(architecture, None, {}, 10)[0] == architecture
 
 
 def test_overrides_reach_the_model_or_the_training_config():

@@ -168,9 +168,11 @@ def test_early_stopping_after_patience_evaluations_without_improvement(corpus_fi
     assert json.loads((out / "config.json").read_text())["training"]["iterations_run"] == 10
 
 
-def test_streams_carry_the_recurrent_state_between_batches(corpus_file, tmp_path):
-    spec = RunSpec(data=corpus_file, out=tmp_path / "m", preset="lstm", device="cpu", progress=False,
-                   overrides={"hidden_size": 8, "seq_len": 16, "batch_size": 4})
+@pytest.mark.parametrize("preset, model", [("lstm", {"hidden_size": 8}),
+                                           ("mingru", {"hidden_size": 8, "n_embd": 8, "n_layer": 1})])
+def test_streams_carry_the_recurrent_state_between_batches(corpus_file, tmp_path, preset, model):
+    spec = RunSpec(data=corpus_file, out=tmp_path / "m", preset=preset, device="cpu", progress=False,
+                   overrides={**model, "seq_len": 16, "batch_size": 4, "batching": "streams"})
     session = prepare(spec, distributed.setup("cpu"))
     seen = []
     forward_carry = session.model.forward_carry
