@@ -84,7 +84,8 @@ def measure(spec: str, mode: Mode, args: argparse.Namespace, device: torch.devic
     decoder = filled_decoder(model, vocab, args.batch, mode)
     cuda = device.type == "cuda"
     with torch.inference_mode():
-        prepared = prepare_step(f"profile {name}", decoder.runs[False], compile=mode.compile and cuda, graph=cuda)
+        plain_step = decoder.runs[False, False]  # without sampling controls or grammar
+        prepared = prepare_step(f"profile {name}", plain_step, compile=mode.compile and cuda, graph=cuda)
         kernels, micros, top = profiled(prepared.run, device)
         run = prepared.graph.replay if prepared.graph is not None else prepared.run
         for _ in range(5):
