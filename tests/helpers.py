@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
 
 from training.session import RunSpec
 from training.trainer import train
@@ -48,6 +53,19 @@ def train_tiny(architecture: str, data: Path, out: Path, overwrite: bool = False
     return out
 
 
+def in_ci() -> bool:
+    """Whether this run is CI's (`CI=true`, which `.ci/run` sets), where every tool the tests need is installed."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def missing_tool(message: str) -> NoReturn:
+    """A test cannot run without a tool that CI installs: under CI this fails the test (a group of
+    tests skipped there would leave CI green while testing nothing); elsewhere it skips, saying why."""
+    if in_ci():
+        pytest.fail(f"{message}; CI=true, so this fails instead of skipping", pytrace=False)
+    pytest.skip(message)
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.02) -> bool:
     """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
     deadline = time.monotonic() + timeout
@@ -56,3 +74,12 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: f
             return True
         time.sleep(interval)
     return False
+
+
+def take(items: queue.Queue, deadline: float, what: str) -> Any:
+    """The next item of `items`; fails, naming `what` was awaited, once `deadline` (a
+    time.monotonic() value) has passed without one."""
+    try:
+        return items.get(timeout=max(deadline - time.monotonic(), 0.001))
+    except queue.Empty:
+        raise AssertionError(f"timed out waiting for {what}") from None
