@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import time
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from service.engine.sequences import Finished, GenerationRequest
 from service.engine.stopping import FinishReason
 from service.frontend.engine_client import EngineClient
 from service.frontend.metrics import ServiceMetrics
+from tests.helpers import take
 
 
 @pytest.fixture()
@@ -39,9 +41,10 @@ def collecting(events: queue.Queue, name: str):
 
 
 def finish_of(events: queue.Queue, names: set[str]) -> dict[str, Finished]:
+    deadline = time.monotonic() + 60
     ends: dict[str, Finished] = {}
     while set(ends) != names:
-        name, event = events.get(timeout=60)
+        name, event = take(events, deadline, f"the ends of {sorted(names - set(ends))}")
         if isinstance(event, Finished):
             ends[name] = event
     return ends
@@ -66,7 +69,7 @@ def test_a_cancellation_crosses_the_pipe(client):
     events: queue.Queue = queue.Queue()
     request = GenerationRequest([1, 2], 10**9, SamplingParams(), collecting(events, "endless"))
     client.submit(request)
-    events.get(timeout=60)  # it runs
+    take(events, time.monotonic() + 60, "the first character")  # it runs
     request.cancel()
     assert finish_of(events, {"endless"})["endless"].reason is FinishReason.CANCELLED
     assert client.active == 0 and client.queued == 0
@@ -90,7 +93,7 @@ def test_a_child_that_dies_ends_its_sequences_with_an_error(tiny_models):
     engine.start()
     events: queue.Queue = queue.Queue()
     engine.submit(GenerationRequest([1, 2], 10**9, SamplingParams(), collecting(events, "running")))
-    events.get(timeout=60)
+    take(events, time.monotonic() + 60, "the first character")
     os.kill(engine._process.pid, signal.SIGKILL)
     end = finish_of(events, {"running"})["running"]
     assert end.reason is FinishReason.ERROR and "exited unexpectedly" in (end.error or "")
