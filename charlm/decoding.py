@@ -10,7 +10,9 @@ On CUDA every step covers all `slots` rows, so its shapes never change: it is
 captured as a CUDA graph, and a row's arithmetic does not depend on the other
 rows (batch invariance). Short prompts are fed through that step too
 (`charlm.prompt_feed`). On a CPU a step covers the active rows only, and
-prompts are prefilled in one call each.
+prompts are prefilled in one call each: the shapes change with the batch, so a
+row's logits match its logits alone up to float32 rounding only (covering every
+row there would make a lone request several times slower; bench/batch_invariance.py).
 """
 
 from __future__ import annotations
