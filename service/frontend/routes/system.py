@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import charlm
+from service.frontend.errors import RETRY_AFTER_S
 from service.frontend.schemas.errors import TGI_AUTH
 from service.frontend.schemas.system import HEALTH_RESPONSES, Info
 from service.frontend.state import ServiceState, check_api_key, service_state
@@ -34,7 +35,9 @@ async def health(state: Annotated[ServiceState, Depends(service_state)]) -> JSON
     """200 with each model's status when serving; 503 while starting or draining."""
     status = "draining" if state.draining else ("ready" if state.registry is not None else "starting")
     body = {"status": status, "models": model_statuses(state)}
-    return JSONResponse(body, status_code=200 if state.ready else 503)
+    if state.ready:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @router.get("/info", response_model=Info, responses=TGI_AUTH)
