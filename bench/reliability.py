@@ -2,7 +2,7 @@
 and drains watched through the probes.
 
     python bench/reliability.py [soak|storm|overload|fuzz|drain|all] [--models-dir models] [--model shakespeare-gpt]
-        [--soak-seconds 120] [--soak-warmup 60] [--soak-clients 64] [--droppers 1000] [--burst 500]
+        [--soak-seconds 120] [--soak-warmup 100] [--soak-clients 64] [--droppers 1000] [--burst 500]
         [--fuzz-examples 1000] [--drain-runs 5]
 
 Each scenario starts `charlm serve` as a separate process on the bundled models (one server per
@@ -42,17 +42,15 @@ def server(args: argparse.Namespace, *flags: str) -> Iterator[ServerProcess]:
 def run_soak(args: argparse.Namespace) -> None:
     with server(args, "--max-batch-size", str(args.soak_clients)) as process:
         asyncio.run(load.soak(process.url, args.soak_clients, args.soak_warmup, chars=200))
-        with load.sampled_memory(process.process.pid, every_s=0.5) as samples:
+        with load.sampled_memory(process.process.pid, every_s=0.5) as memory:
             report = asyncio.run(load.soak(process.url, args.soak_clients, args.soak_seconds, chars=200))
         wait_until(lambda: load.idle(process.url), timeout=30)
         active, queued = load.engine_counts(process.url)
-    quarter = max(1, len(samples) // 4)
-    first, last = sum(samples[:quarter]) / quarter, sum(samples[-quarter:]) / quarter
     print(f"soak: {args.soak_clients} clients for {report.seconds:.0f} s after {args.soak_warmup:.0f} s of warm-up: "
           f"{report.streams} streams, "
           f"{report.chars} chars ({report.chars / report.seconds:,.0f}/s), {len(report.errors)} errors; "
-          f"after: {active} active, {queued} queued; RSS {first / 1024:.1f} -> {last / 1024:.1f} MiB "
-          f"({(last / first - 1) * 100:+.2f}%)")
+          f"after: {active} active, {queued} queued")
+    print(f"  resident memory, first -> last quarter, of the server and each process under it: {memory.summary()}")
     for error in report.errors[:5]:
         print("  error:", error)
 
@@ -122,7 +120,8 @@ def main() -> None:
     parser.add_argument("--model", default="shakespeare-gpt")
     parser.add_argument("--soak-seconds", type=float, default=120)
     parser.add_argument("--soak-clients", type=int, default=64)
-    parser.add_argument("--soak-warmup", type=float, default=60, help="seconds of the same load before measuring")
+    parser.add_argument("--soak-warmup", type=float, default=100,
+                        help="seconds of the same load before measuring (memory plateaus about 80 s from cold)")
     parser.add_argument("--droppers", type=int, default=1000)
     parser.add_argument("--burst", type=int, default=500)
     parser.add_argument("--fuzz-examples", type=int, default=1000)

@@ -15,7 +15,9 @@ rows (batch invariance). Short prompts are fed through that step too
 that the graph replays fused kernels; the model chooses its decode attention
 (`prepare_decoding`) before either. On a CPU a step covers the active rows only
 (shapes that change every step: no compilation, which measured no faster there),
-and prompts are prefilled in one call each.
+and prompts are prefilled in one call each: the shapes change with the batch, so a
+row's logits match its logits alone up to float32 rounding only (covering every
+row there would make a lone request several times slower; bench/batch_invariance.py).
 """
 
 from __future__ import annotations

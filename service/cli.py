@@ -37,8 +37,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None
     }
-    if "cors_origins" in overrides:
-        overrides["cors_origins"] = [o.strip() for o in overrides["cors_origins"].split(",") if o.strip()]
     try:
         return Settings(**overrides)
     except ValidationError as exc:

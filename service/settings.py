@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -49,7 +50,9 @@ class Settings(BaseSettings):
     models_poll_s: float = Field(
         2.0, ge=0, description="seconds between looks at models_dir for new, replaced or removed models; 0: off"
     )
-    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS: a JSON list, or comma-separated"
+    )
     stream_interval: int = Field(
         1, ge=1, le=1024, description="a stream's characters are sent every this many (1: each as it comes)"
     )
@@ -61,3 +64,18 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(30.0, ge=0, description="how long streams may finish after SIGTERM")
     torch_threads: int = Field(0, ge=0, description="intra-op CPU threads; 0: (cores - 1) / models, at least 1")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def origins_from_text(cls, value: object) -> object:
+        """CHARLM_CORS_ORIGINS and --cors-origins alike: a JSON list (`["https://a.example"]`) or
+        comma-separated origins (`https://a.example,https://b.example`)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list of origins ({exc})") from None
+        return [origin.strip() for origin in text.split(",") if origin.strip()]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
@@ -64,6 +66,19 @@ def train_tiny(architecture: str, data: Path, out: Path, overwrite: bool = False
     return out
 
 
+def in_ci() -> bool:
+    """Whether this run is CI's (`CI=true`, which `.ci/run` sets), where every tool the tests need is installed."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def missing_tool(message: str) -> NoReturn:
+    """A test cannot run without a tool that CI installs: under CI this fails the test (a group of
+    tests skipped there would leave CI green while testing nothing); elsewhere it skips, saying why."""
+    if in_ci():
+        pytest.fail(f"{message}; CI=true, so this fails instead of skipping", pytrace=False)
+    pytest.skip(message)
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.02) -> bool:
     """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
     deadline = time.monotonic() + timeout
@@ -83,3 +98,12 @@ def require_triton() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{decode_kernel.available()}; CI installs the dev extra, which brings it")
         pytest.skip(f"{decode_kernel.available()} (the dev extra installs it)")
+
+
+def take(items: queue.Queue, deadline: float, what: str) -> Any:
+    """The next item of `items`; fails, naming `what` was awaited, once `deadline` (a
+    time.monotonic() value) has passed without one."""
+    try:
+        return items.get(timeout=max(deadline - time.monotonic(), 0.001))
+    except queue.Empty:
+        raise AssertionError(f"timed out waiting for {what}") from None

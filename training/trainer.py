@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import charlm
 from charlm.models import CharModel, DecodeState
@@ -25,10 +24,11 @@ from training import distributed, model_card
 from training.artifacts import RunDirectory
 from training.evaluation import autocast_for, estimate_loss, loss_metrics
 from training.optim import learning_rate
+from training.progress import Progress
 from training.session import RunSpec, Session, prepare
 
 logger = logging.getLogger(__name__)
-PROGRESS_EVERY = 10  # iterations between progress-bar updates (each costs a device sync)
+PROGRESS_EVERY = 10  # iterations between progress updates (each costs a device sync)
 
 
 @contextlib.contextmanager
@@ -131,10 +131,9 @@ class Trainer:
         session, config = self.session, self.session.config
         state: DecodeState | None = None
         iters = range(session.start_iter, config.max_iters + 1)
-        show = session.spec.progress and self.run.is_main
-        bar = tqdm(iters, disable=not show, unit="it", dynamic_ncols=True)
+        progress = Progress(iters, PROGRESS_EVERY, enabled=session.spec.progress and self.run.is_main)
         window_start, window_iters = time.perf_counter(), 0
-        for self.iteration in bar:
+        for self.iteration in progress:
             if self.stop.is_set():
                 break
             iteration = self.iteration
@@ -146,9 +145,9 @@ class Trainer:
             window_iters += 1
             if window_iters == PROGRESS_EVERY:
                 rate = self.chars_per_iter * window_iters / (time.perf_counter() - window_start)
-                bar.set_postfix(loss=f"{loss.item():.4f}", chars_per_s=f"{rate:,.0f}")
+                progress.update(iteration, loss.item(), rate)
                 window_start, window_iters = time.perf_counter(), 0
-        bar.close()
+        progress.close()
 
     def train_step(self, iteration: int, state: DecodeState | None) -> tuple[Tensor, DecodeState | None]:
         session = self.session

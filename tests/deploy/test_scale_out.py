@@ -19,6 +19,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from tests.deploy.helpers import render_nginx_conf
+from tests.helpers import missing_tool
 from tests.service.helpers import LONG, free_port, healthy, serve_process, wait_until
 
 STREAMS = 20
@@ -56,7 +57,7 @@ def nginx_process(conf: Path, prefix: Path) -> Iterator[subprocess.Popen]:
 def running_cluster(models: Path, prefix: Path, *flags: str) -> Iterator[Cluster]:
     """Two replicas on the tiny models and nginx in front of them, with the project's configuration."""
     if nginx_binary() is None:
-        pytest.skip("nginx is not installed (Debian: apt-get install nginx; .ci/deploy-checks does)")
+        missing_tool("nginx is not installed (Debian: apt-get install nginx; .ci/deploy-checks install does)")
     args = ("--models-dir", str(models), "--default-model", "tiny-gpt", "--max-batch-size", str(BATCH),
             "--max-new-tokens", str(LONG), "--sse-keepalive-s", "0.1", "--log-level", "warning", *flags)
     with contextlib.ExitStack() as stack:
@@ -113,7 +114,8 @@ def test_request_ids_pass_through_nginx(cluster):
     assert answer.status_code == 200 and answer.headers["x-request-id"] == "trace-42"
     generated = httpx.get(f"{cluster.nginx}/health").headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated), "nginx gives a request without an id its own"
-    assert wait_until(lambda: f"request_id={generated} " in cluster.access_log.read_text(), timeout=10)
+    assert wait_until(lambda: f"request_id={generated} " in cluster.access_log.read_text(), timeout=10), \
+        "nginx's own request id never reached its access log"
 
 
 def queued(base: str, model: str = "tiny-gpt") -> int:
@@ -136,7 +138,7 @@ def test_a_stream_reaches_the_client_through_nginx_before_its_generation_has_eve
             for _ in range(BATCH):
                 blocker = blockers.enter_context(client.stream("POST", f"{base}/generate_stream", json=endless))
                 assert blocker.status_code == 200
-        assert wait_until(lambda: all(active(base) == BATCH for base in cluster.replicas))
+        assert wait_until(lambda: all(active(base) == BATCH for base in cluster.replicas)), "the blockers never all ran"
         with client.stream("POST", f"{cluster.nginx}/generate_stream", json=short) as waiting:
             lines = waiting.iter_lines()
             first = next(line for line in lines if line)
@@ -163,7 +165,7 @@ def test_a_draining_replica_hands_new_requests_to_the_other(tiny_models, tmp_pat
         with connect_sse(client, "POST", f"{draining}/generate_stream", json=held_body) as held:
             assert held.response.status_code == 200
             cluster.processes[0].send_signal(signal.SIGTERM)
-            assert wait_until(lambda: not healthy(draining), timeout=10)
+            assert wait_until(lambda: not healthy(draining), timeout=10), "the replica did not start draining"
             before = served_count(other, "/generate")
             statuses = [client.post(f"{cluster.nginx}/generate", json=body).status_code for _ in range(10)]
             assert statuses == [200] * 10

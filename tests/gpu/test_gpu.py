@@ -30,6 +30,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs these)"),
 ]
 CUDA = torch.device("cuda")
+BUNDLED = Path(__file__).resolve().parents[2] / "models"
 
 
 def on_gpu(path: Path, dtype: torch.dtype = torch.bfloat16) -> LoadedModel:
@@ -37,16 +38,42 @@ def on_gpu(path: Path, dtype: torch.dtype = torch.bfloat16) -> LoadedModel:
 
 
 @torch.inference_mode()
-def decode(decoder: SlotDecoder, row: int, chars: int) -> tuple[list[int], list[float]]:
-    """The next `chars` characters `row` draws (steps that feed its prompt draw none)."""
+def decode(decoder: SlotDecoder, row: int, chars: int, contexts: list[list[int]] | None = None
+           ) -> tuple[list[int], list[float]]:
+    """The next `chars` characters `row` draws (steps that feed its prompt draw none). With
+    `contexts`, a model with a window also records the characters each draw's step attended to."""
     ids, logprobs = [], []
-    while len(ids) < chars:
+    for _ in range(chars + 100):  # a prompt fed through the step draws nothing for up to 64 steps
+        if len(ids) == chars:
+            break
         step = decoder.launch()
         result = step.result()
         if step.drew is None or step.drew[row]:
             ids.append(result.ids[row])
             logprobs.append(result.logprobs[row])
+            if contexts is not None:
+                contexts.append(decoder.state.window(row).tolist())
+    assert len(ids) == chars, f"{len(ids)} of {chars} characters"
     return ids, logprobs
+
+
+class CountingGraph:
+    """A captured graph that counts its replays (the decoder only ever calls `replay`)."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph):
+        self.graph, self.replays = graph, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.graph.replay()
+
+
+def count_replays(decoder: SlotDecoder) -> dict[tuple[bool, bool], CountingGraph]:
+    """Wrap a warmed-up decoder's step graphs, by (controls, grammar)."""
+    assert decoder.graphed, "the step was not captured"
+    counting = {controls: CountingGraph(graph) for controls, graph in decoder.graphs.items() if graph is not None}
+    decoder.graphs = counting  # type: ignore[assignment]
+    return counting
 
 
 @torch.inference_mode()
@@ -81,20 +108,40 @@ def test_a_seeded_row_alone_equals_the_same_row_in_a_full_batch_of_255_others(tr
         alone_row = alone.add(prompt_ids(loaded.vocab, "the"), SamplingParams(temperature=0.9, top_k=20), 77)
     full_row = fill(full, loaded, 255, target_seed=77)
     assert full.active == 256 and full_row != alone_row
+    replays = [count_replays(decoder)[False, False] for decoder in (alone, full)]
     assert decode(alone, alone_row, 60) == decode(full, full_row, 60)
+    assert all(graph.replays >= 60 for graph in replays), "the steps did not replay the graph"
 
 
-def test_bf16_decoding_agrees_with_float32_forward(trained_dir):
-    bf16, fp32 = on_gpu(trained_dir), on_gpu(trained_dir, torch.float32)
+def assert_bf16_agrees_with_float32(path: Path, prompt: str, chars: int, atol: float) -> None:
+    """The log-probabilities of a bf16 decode against float32 `forward` over exactly what each step
+    saw: for a model with a window (gpt), the window its cache held, re-encoded past block_size; for
+    the others, the whole text so far."""
+    bf16, fp32 = on_gpu(path), on_gpu(path, torch.float32)
     decoder = SlotDecoder(bf16.model, 8)
-    prompt = prompt_ids(bf16.vocab, "the")
+    prompt_chars = prompt_ids(bf16.vocab, prompt)
+    windowed = bf16.model.decode_window is not None
+    contexts: list[list[int]] = []
     with torch.inference_mode():
-        decoder.add(prompt, SamplingParams(temperature=1.0), 3)
-        ids, logprobs = decode(decoder, 0, 12)  # within every tiny model's window
-        history = torch.tensor([prompt + ids], device=CUDA)
-        expected = fp32.model(history)[0][0, len(prompt) - 1 : -1].float().log_softmax(-1)
-    expected = expected[torch.arange(12), torch.tensor(ids)].cpu()
-    torch.testing.assert_close(torch.tensor(logprobs), expected, atol=0.15, rtol=0.05)
+        decoder.add(prompt_chars, SamplingParams(temperature=1.0), 3)
+        ids, logprobs = decode(decoder, 0, chars, contexts if windowed else None)
+        if not windowed:
+            contexts = [prompt_chars + ids[:i] for i in range(chars)]
+        expected = [fp32.model(torch.tensor([context], device=CUDA))[0][0, -1].float().log_softmax(-1)[drawn].item()
+                    for context, drawn in zip(contexts, ids, strict=True)]
+    if windowed:
+        assert min(map(len, contexts)) < max(map(len, contexts)) == bf16.model.decode_window, "never re-encoded"
+    difference = (torch.tensor(logprobs) - torch.tensor(expected)).abs()
+    assert difference.max() < atol and difference.mean() < atol / 3, (difference.max(), difference.mean())
+
+
+def test_bf16_decoding_agrees_with_float32_forward_past_the_window(trained_dir):
+    assert_bf16_agrees_with_float32(trained_dir, "the", chars=60, atol=0.15)  # the tiny windows are 8 and 16
+
+
+def test_the_bundled_bf16_model_agrees_with_float32_past_its_window():
+    """shakespeare-gpt-large: weights stored in bf16, served in bf16 on a GPU; block_size 256."""
+    assert_bf16_agrees_with_float32(BUNDLED / "shakespeare-gpt-large", "ROMEO:", chars=400, atol=0.25)
 
 
 def test_decode_attention_never_runs_cudnn(tiny_models, monkeypatch):
@@ -180,7 +227,7 @@ def test_the_sampling_controls_replay_as_a_graph_and_keep_batch_invariance(train
     alone, full = SlotDecoder(loaded.model, 256, compile=False), SlotDecoder(loaded.model, 256, compile=False)
     for decoder in (alone, full):
         decoder.warm_up([loaded.vocab.start_id] * 4)
-        assert decoder.graphed
+    replays = [count_replays(decoder)[True, False] for decoder in (alone, full)]
     with torch.inference_mode():
         alone_row = alone.add(prompt_ids(loaded.vocab, "the king"), controlled, 21)
         for seed in range(127):
@@ -189,6 +236,7 @@ def test_the_sampling_controls_replay_as_a_graph_and_keep_batch_invariance(train
         for seed in range(128):
             full.add(prompt_ids(loaded.vocab, "my lord"), SamplingParams(top_k=5), 900 + seed)
     assert decode(alone, alone_row, 50) == decode(full, full_row, 50)
+    assert all(graph.replays >= 50 for graph in replays), "the steps did not replay the graph with the controls"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -4,15 +4,17 @@ helpers those tests share."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import shutil
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from tests.helpers import wait_until
+from tests.helpers import missing_tool, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
+# The page renders 165-305 characters/s on the 2-core development machine (README, Playground):
+# a long stream in a test takes at most a tenth of this, so a loaded machine still has margin.
+LONG_STREAM_TIMEOUT_S = 120
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--no-first-run",
@@ -21,10 +23,14 @@ CHROMIUM_FLAGS = [
 
 @contextlib.contextmanager
 def chromium() -> Iterator[Any]:
-    """A Playwright browser on the system Chromium; the calling test is skipped when there is none."""
+    """A Playwright browser on the system Chromium; without one the calling test is skipped, or
+    fails under CI (`tests.helpers.missing_tool`)."""
     if shutil.which(CHROMIUM) is None:
-        pytest.skip(f"no Chromium at {CHROMIUM} (.ci/install-browser installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+        missing_tool(f"no Chromium at {CHROMIUM} (.ci/install-browser installs it)")
+    try:
+        sync_api = importlib.import_module("playwright.sync_api")
+    except ImportError:
+        missing_tool("playwright is not installed (it is in the dev extra)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
@@ -59,12 +65,13 @@ def wait_for_script(page: Any, expression: str, arg: Any = None, timeout: float 
     assert wait_until(lambda: page.evaluate(expression, arg), timeout), f"never true: {expression}"
 
 
-def wait_for_outputs(page: Any, count: int, *statuses: str) -> list[Any]:
+def wait_for_outputs(page: Any, count: int, *statuses: str, timeout: float = 60) -> list[Any]:
     """Wait until `count` output panels have all ended in one of `statuses`."""
     wait_for_script(
         page,
         "([count, statuses]) => { const panels = [...document.querySelectorAll('.output')];"
         " return panels.length === count && panels.every(p => statuses.includes(p.dataset.status)); }",
         [count, list(statuses)],
+        timeout,
     )
     return page.locator(".output").all()

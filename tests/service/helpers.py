@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -11,7 +12,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,15 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClie
         base_url = "http://charlm.test"
         async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=60) as client:
             yield client, app
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` on the event loop (leaving it to the app meanwhile) until it holds; fails
+    naming `what` was awaited after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:g} s for {what}"
+        await asyncio.sleep(0.01)
 
 
 def service_state(app: FastAPI) -> ServiceState:
@@ -102,12 +113,14 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def serve_process(*args: str, prefix: tuple[str, ...] = ()) -> Iterator[ServerProcess]:
+def serve_process(*args: str, prefix: tuple[str, ...] = (), environment: dict[str, str] | None = None
+                  ) -> Iterator[ServerProcess]:
     """`charlm serve` as a separate process on a free port; `prefix` runs it through a wrapper
-    command. Its output goes to a file: a pipe nobody reads would stall a busy server."""
+    command, `environment` adds variables. Its output goes to a file: a pipe nobody reads would
+    stall a busy server."""
     port = free_port()
     command = [*prefix, sys.executable, "-m", "charlm", "serve", "--port", str(port), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(environment or {})}
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "server.log"
         with log.open("w") as out:

@@ -193,26 +193,99 @@ def cancelled(url: str) -> float:
     return sum(float(line.split()[-1]) for line in lines if line.startswith("charlm_requests_cancelled_total"))
 
 
-def resident_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def resident_kib(pid: int) -> int | None:
+    """A process's resident memory in KiB; None once it has gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    return None  # a zombie: no memory left
+
+
+def parent_pids() -> dict[int, int]:
+    """Every process's parent, from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)", which may hold spaces
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    return parents
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (a server's engine processes, front ends, helpers)."""
+    children: dict[int, list[int]] = {}
+    for child, parent in parent_pids().items():
+        children.setdefault(parent, []).append(child)
+    tree, pending = [], [pid]
+    while pending:
+        tree.append(current := pending.pop())
+        pending += children.get(current, [])
+    return tree
+
+
+def describe(pid: int) -> str:
+    """A short name for a process of the tree: its pid and what it runs."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return f"{pid} (gone)"
+    words = [word.decode(errors="replace") for word in argv if word]
+    if any("spawn_main" in word for word in words):
+        return f"{pid} (spawned child)"  # multiprocessing's: an engine, or its resource tracker
+    if any("resource_tracker" in word for word in words):
+        return f"{pid} (resource tracker)"
+    return f"{pid} ({' '.join(words[1:4])[:60]})"
+
+
+@dataclasses.dataclass
+class MemoryReport:
+    """Resident memory of a process tree, sampled over time: each process's and the total."""
+
+    names: dict[int, str] = dataclasses.field(default_factory=dict)
+    samples: list[dict[int, int]] = dataclasses.field(default_factory=list)  # pid -> KiB, per sample
+
+    def series(self) -> dict[str, list[int]]:
+        """Per process (those present in every sample) and "total" (all of them): KiB over time."""
+        steady = set.intersection(*(set(sample) for sample in self.samples)) if self.samples else set()
+        series = {self.names[pid]: [sample[pid] for sample in self.samples] for pid in sorted(steady)}
+        return {**series, "total": [sum(sample.values()) for sample in self.samples]}
+
+    def growth(self) -> dict[str, tuple[float, float]]:
+        """For each series: the mean of its first quarter and of its last quarter, in KiB."""
+        quarters = {}
+        for name, values in self.series().items():
+            quarter = max(1, len(values) // 4)
+            quarters[name] = (sum(values[:quarter]) / quarter, sum(values[-quarter:]) / quarter)
+        return quarters
+
+    def summary(self) -> str:
+        return "; ".join(f"{name} {first / 1024:.1f} -> {last / 1024:.1f} MiB ({(last / first - 1) * 100:+.2f}%)"
+                         for name, (first, last) in self.growth().items())
 
 
 @contextlib.contextmanager
-def sampled_memory(pid: int, every_s: float = 0.2) -> Iterator[list[int]]:
-    samples: list[int] = []
+def sampled_memory(pid: int, every_s: float = 0.2) -> Iterator[MemoryReport]:
+    """Sample the resident memory of `pid` and of every descendant, each `every_s` seconds."""
+    report = MemoryReport()
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(every_s):
-            samples.append(resident_kib(pid))
+            sizes = {p: kib for p in process_tree(pid) if (kib := resident_kib(p)) is not None}
+            for p in sizes.keys() - report.names.keys():
+                report.names[p] = describe(p)
+            report.samples.append(sizes)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
-        yield samples
+        yield report
     finally:
         done.set()
-        thread.join()
+        thread.join(30)

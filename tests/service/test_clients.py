@@ -11,14 +11,29 @@ import text_generation
 from text_generation.errors import ValidationError
 from text_generation.types import Grammar, GrammarType
 
+from charlm.checkpoint import load_model
+from tests import reference
 from tests.service.helpers import TINY_NAMES, live_server
 
 
 @pytest.fixture(scope="module", params=[1, 7], ids=["interval-1", "interval-7"])
 def base_url(tiny_models, request):
-    """A server sending each character as it comes, and one sending them seven at a time."""
-    with live_server(tiny_models, stream_interval=request.param) as (base, _):
+    """A server sending each character as it comes, and one sending them seven at a time. Its
+    default model is the LSTM, whose distributions `tests.reference` computes by hand (the
+    TGI client names no model)."""
+    with live_server(tiny_models, stream_interval=request.param, default_model="tiny-lstm") as (base, _):
         yield base
+
+
+@pytest.fixture(scope="module")
+def lstm(tiny_models):
+    return load_model(tiny_models / "tiny-lstm")
+
+
+def misses(lstm, prompt: str, text: str, judge) -> list[int]:
+    """The steps of `text` that `judge(logits, prompt ids, drawn ids)` finds the control forbids."""
+    ids = lstm.vocab.encode(text).tolist()
+    return judge(reference.next_char_logits(lstm, prompt, text), lstm.vocab.encode(prompt).tolist(), ids)
 
 
 def test_text_generation_client_generates_and_streams(base_url):
@@ -64,22 +79,54 @@ def test_openai_client_raises_its_own_errors(base_url):
         client.completions.create(model="tiny-gpt", prompt="hi", max_tokens=5, temperature=-1)
 
 
-def test_text_generation_client_passes_the_sampling_controls(base_url):
+def test_text_generation_client_passes_the_sampling_controls(base_url, lstm):
+    """typical_p and frequency_penalty take effect (judged by hand: tests.reference), and
+    the same requests without them draw what the controls forbid."""
     client = text_generation.Client(base_url, timeout=60)
-    response = client.generate("the king", max_new_tokens=25, do_sample=True, seed=3, repetition_penalty=1.3,
-                               frequency_penalty=0.5, typical_p=0.9)
-    assert response.details.generated_tokens == 25 and response.details.seed == 3
-    best = client.generate("the king", max_new_tokens=25, do_sample=True, best_of=2)  # TGI's client: no seed
+    prompt, chars = "the king", 60
+
+    def typical(logits, prompt_ids, drawn):
+        return reference.typical_misses(logits, drawn, 0.5)
+
+    typical_text = client.generate(prompt, max_new_tokens=chars, typical_p=0.5, seed=3).generated_text
+    plain_text = client.generate(prompt, max_new_tokens=chars, do_sample=True, seed=3).generated_text
+    assert misses(lstm, prompt, typical_text, typical) == [] and misses(lstm, prompt, plain_text, typical)
+
+    def frequency(logits, prompt_ids, drawn):
+        return reference.greedy_misses(reference.tgi_frequency_adjusted(logits, prompt_ids, drawn, 2.0), drawn)
+
+    penalised = client.generate(prompt, max_new_tokens=chars, frequency_penalty=2.0).generated_text  # greedy
+    greedy = client.generate(prompt, max_new_tokens=chars).generated_text
+    assert misses(lstm, prompt, penalised, frequency) == [] and misses(lstm, prompt, greedy, frequency)
+    best = client.generate(prompt, max_new_tokens=25, do_sample=True, best_of=2)  # TGI's client: no seed
     assert len(best.details.best_of_sequences) == 1
 
 
-def test_openai_client_passes_the_sampling_controls(base_url):
+def test_openai_client_passes_the_sampling_controls(base_url, lstm):
+    """The penalties and min-p (an extension, sent in the body) take effect, judged by hand; best_of,
+    n and logit_bias arrive too."""
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
-    completion = client.completions.create(model="tiny-gpt", prompt="the king", max_tokens=20, seed=9, n=2,
-                                           best_of=3, frequency_penalty=0.4, presence_penalty=0.3,
-                                           logit_bias={"0": -100})
+    prompt, chars = "the king", 60
+
+    def complete(max_tokens=chars, **fields):  # type: ignore[no-untyped-def]
+        return client.completions.create(model="tiny-lstm", prompt=prompt, max_tokens=max_tokens, seed=9, **fields)
+
+    def penalties(logits, prompt_ids, drawn):
+        return reference.greedy_misses(reference.openai_penalties_adjusted(logits, drawn, 0.7, 0.5), drawn)
+
+    penalised = complete(temperature=0, frequency_penalty=0.7, presence_penalty=0.5).choices[0].text
+    greedy = complete(temperature=0).choices[0].text
+    assert misses(lstm, prompt, penalised, penalties) == [] and misses(lstm, prompt, greedy, penalties)
+
+    def min_p(logits, prompt_ids, drawn):
+        return reference.min_p_misses(logits, drawn, 0.3)
+
+    kept = complete(temperature=1.0, extra_body={"min_p": 0.3}).choices[0].text
+    plain = complete(temperature=1.0).choices[0].text
+    assert misses(lstm, prompt, kept, min_p) == [] and misses(lstm, prompt, plain, min_p)
+    completion = complete(max_tokens=20, n=2, best_of=3, logit_bias={"0": -100})
     assert len(completion.choices) == 2 and completion.usage.completion_tokens == 60
-    assert all(len(c.text) == 20 for c in completion.choices)
+    assert not any(lstm.vocab.chars[0] in c.text for c in completion.choices)
 
 
 TITLE = r"[A-Z][a-z]+ (of|the) [A-Z][a-z]+\n"

@@ -11,6 +11,7 @@ from charlm.sampling import SamplingParams
 from service.engine.engine import Engine, EngineClosed, QueueFull
 from service.engine.sequences import Finished, GenerationRequest
 from service.engine.stopping import FinishReason
+from tests.helpers import take, wait_until
 
 PROMPTS = ["the king", "", "my lord and", "war", "night of love and war and"]
 
@@ -23,12 +24,19 @@ def run_requests(engine, specs):
         for i, (ids, params, max_new) in enumerate(specs)
     ]
     engine.submit_all(requests)
-    ends = {}
-    while len(ends) < len(requests):
-        index, event = events.get(timeout=60)
-        if isinstance(event, Finished):
-            ends[index] = event
+    ends = finish_of(events, set(range(len(requests))))
     return [ends[i] for i in range(len(requests))]
+
+
+def finish_of(events, names, timeout=60.0):
+    """The Finished event of each name in `names`, from (name, event) pairs; fails after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    ends = {}
+    while set(ends) != set(names):
+        name, event = take(events, deadline, f"the ends of {sorted(set(names) - set(ends))}")
+        if isinstance(event, Finished):
+            ends[name] = event
+    return ends
 
 
 @pytest.fixture()
@@ -38,7 +46,7 @@ def engine(trained_dir):
     engine.start()
     yield engine
     engine.close()
-    engine.join()
+    assert engine.join(60), "the engine did not stop"
 
 
 def test_batched_sequences_equal_the_one_at_a_time_reference(engine):
@@ -54,6 +62,20 @@ def test_batched_sequences_equal_the_one_at_a_time_reference(engine):
         reference = "".join(c.char for c in generate(model, vocab, prompt, n, sp))
         assert end.text == reference and end.reason is FinishReason.LENGTH
     assert engine.max_batch_seen == 5
+
+
+def test_a_request_alone_is_charlm_generate_bit_for_bit(engine):
+    """Alone, the engine steps one row as `charlm generate` does: the same characters with the same
+    log-probabilities, exactly (in a batch, a CPU agrees up to rounding: README, Determinism)."""
+    events = queue.Queue()
+    params = SamplingParams(temperature=1.0, top_k=8, seed=9)
+    ids = prompt_ids(engine.vocab, "my lord")
+    engine.submit(GenerationRequest(ids, 40, params, lambda batch: [events.put(("alone", e)) for e in batch]))
+    deadline, tokens = time.monotonic() + 60, []
+    while not isinstance(event := take(events, deadline, "the request's characters")[1], Finished):
+        tokens.append((event.id, event.logprob))
+    reference = [(c.id, c.logprob) for c in generate(engine.model, engine.vocab, "my lord", 40, params)]
+    assert tokens == reference
 
 
 def test_more_requests_than_the_batch_queue_and_all_finish(engine):
@@ -73,9 +95,10 @@ def test_a_cancelled_request_leaves_the_batch(engine):
     request = GenerationRequest(prompt_ids(engine.vocab, "the"), 100_000, SamplingParams(),
                                 lambda batch: [events.put(e) for e in batch])
     engine.submit(request)
-    events.get(timeout=30)  # it is running
+    deadline = time.monotonic() + 30
+    take(events, deadline, "the first character")  # it is running
     request.cancel()
-    while not isinstance(event := events.get(timeout=30), Finished):
+    while not isinstance(event := take(events, deadline, "the end of the cancelled request"), Finished):
         pass
     assert event.reason is FinishReason.CANCELLED and engine.active == 0
 
@@ -134,24 +157,17 @@ def test_the_engine_recovers_after_a_failed_step(engine, monkeypatch):
 def test_closing_lets_active_sequences_finish_and_cancel_all_ends_them(engine):
     events = queue.Queue()
     ids = prompt_ids(engine.vocab, "the")
-    short = GenerationRequest(ids, 50, SamplingParams(), lambda batch: [events.put(("short", e)) for e in batch])
+    short = GenerationRequest(ids, 400, SamplingParams(), lambda batch: [events.put(("short", e)) for e in batch])
     endless = GenerationRequest(ids, 10**9, SamplingParams(), lambda batch: [events.put(("long", e)) for e in batch])
     engine.submit_all([short, endless])
-    while engine.active < 2:  # both running: closing cancels only what still waits
-        time.sleep(0.001)
+    # both running: closing cancels only what still waits (the short one takes a few hundred steps)
+    assert wait_until(lambda: engine.active == 2, timeout=30, interval=0.001), "the two never ran together"
     engine.close()
-    ends = {}
-    while "short" not in ends:
-        name, event = events.get(timeout=30)
-        if isinstance(event, Finished):
-            ends[name] = event
+    ends = finish_of(events, {"short"})
     assert ends["short"].reason is FinishReason.LENGTH and not engine.join(0.2)  # the endless one runs on
     engine.cancel_all()
-    assert engine.join(30)
-    while "long" not in ends:
-        name, event = events.get(timeout=30)
-        if isinstance(event, Finished):
-            ends[name] = event
+    assert engine.join(30), "cancel_all did not end the engine"
+    ends = finish_of(events, {"long"})
     assert ends["long"].reason is FinishReason.CANCELLED
 
 
@@ -165,8 +181,8 @@ def test_a_request_timing_out_while_queued_never_starts(trained_dir):
     waiting = GenerationRequest(ids, 5, SamplingParams(), lambda batch: [events.put(e) for e in batch], timeout_s=0.1)
     engine.submit(blocker)
     engine.submit(waiting)
-    (end,) = [events.get(timeout=30)]
+    (end,) = [take(events, time.monotonic() + 30, "the queued request's end")]
     assert end.reason is FinishReason.TIMEOUT and end.generated_tokens == 0 and end.first_char_s is None
     blocker.cancel()
     engine.close()
-    assert engine.join(30)
+    assert engine.join(30), "the engine did not stop"

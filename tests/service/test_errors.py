@@ -1,11 +1,15 @@
 """Every bad request gets its protocol's error shape and the right status, never a 500."""
 
 import asyncio
+import logging
+import re
 import shutil
 
+import httpx
 import pytest
 
-from tests.service.helpers import engine_of, running_app, service_state, settings_for
+from service.frontend.app import create_app
+from tests.service.helpers import engine_of, eventually, running_app, service_state, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -44,6 +48,8 @@ def assert_openai_error(response, status, *needles):
         ({"inputs": "x", "parameters": {"min_p": -0.1}}, ["parameters.min_p"]),
         ({"inputs": "x", "parameters": {"best_of": 2}}, ["best_of > 1 needs sampling"]),
         ({"inputs": "x", "parameters": {"watermark": True}}, ["watermark is not supported"]),
+        ({"inputs": "x", "parameters": {"adapter_id": "lora-1"}}, ["adapter_id is not supported", "use null"]),
+        ({"inputs": "x", "parameters": {"grammar": {"type": "json", "value": {}}}}, ["grammar is not supported"]),
         ({"inputs": "x", "parameters": {"stop": [""]}}, ["must not be empty"]),
         ({"inputs": "x", "colour": "blue"}, ["unknown field 'colour'"]),
         ({"inputs": ["a"] * 40}, ["the limit is 16"]),
@@ -129,8 +135,7 @@ async def test_full_queue_answers_429_with_retry_after(serve):
         running = asyncio.create_task(client.post("/generate", json=long))
         queued = asyncio.create_task(client.post("/generate", json=long))
         engine = engine_of(app, "tiny-gpt")
-        while engine.active + engine.queued < 2:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: engine.active + engine.queued == 2, "one request running and one queued")
         response = await client.post("/generate", json=tgi())
         assert_tgi_error(response, 429, "too many requests")
         assert response.headers["retry-after"] == "1"
@@ -149,11 +154,14 @@ async def test_timeout_has_its_own_finish_reason(serve):
 
 async def test_api_key_guards_generation_and_model_listing(serve):
     async with serve(api_key="s3cret") as (client, _):
-        assert_tgi_error(await client.post("/generate", json=tgi()), 401, "API key")
+        refused = await client.post("/generate", json=tgi())
+        assert_tgi_error(refused, 401, "API key")
+        assert refused.headers["www-authenticate"] == "Bearer"
         wrong = {"authorization": "Bearer nope"}
         assert_tgi_error(await client.post("/generate", json=tgi(), headers=wrong), 401)
-        error = assert_openai_error(await client.get("/v1/models"), 401)
-        assert error["type"] == "authentication_error"
+        refused = await client.get("/v1/models")
+        assert assert_openai_error(refused, 401)["type"] == "authentication_error"
+        assert refused.headers["www-authenticate"] == "Bearer"
         right = {"authorization": "Bearer s3cret"}
         assert (await client.post("/generate", json=tgi(), headers=right)).status_code == 200
         assert (await client.get("/v1/models", headers=right)).status_code == 200
@@ -188,8 +196,26 @@ async def test_draining_turns_health_and_new_requests_to_503(serve):
         service_state(app).draining = True
         health = await client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "draining"
-        assert_tgi_error(await client.post("/generate", json=tgi()), 503, "shutting down")
-        assert_openai_error(await client.post("/v1/completions", json={"prompt": "a"}), 503)
+        assert health.headers["retry-after"] == "1"
+        refused = await client.post("/generate", json=tgi())
+        assert_tgi_error(refused, 503, "shutting down")
+        assert refused.headers["retry-after"] == "1"
+        refused = await client.post("/v1/completions", json={"prompt": "a"})
+        assert_openai_error(refused, 503)
+        assert refused.headers["retry-after"] == "1"
+
+
+async def test_while_starting_health_and_generation_answer_503_with_retry_after(tiny_models):
+    """Before the lifespan has loaded the models (the app asked before its startup ran)."""
+    app = create_app(settings_for(tiny_models))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://charlm.test") as client:
+        health = await client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "starting"
+        assert health.headers["retry-after"] == "1"
+        refused = await client.post("/generate", json=tgi())
+        assert_tgi_error(refused, 503, "starting")
+        assert refused.headers["retry-after"] == "1"
+        assert_openai_error(await client.post("/v1/completions", json={"prompt": "a"}), 503, "starting")
 
 
 async def test_a_chunked_body_over_the_limit_is_a_413(serve):
@@ -208,3 +234,13 @@ async def test_huge_numbers_are_refused_before_any_work(client):
     response = await client.post("/v1/completions", json={"prompt": "a", "n": 10**12})
     assert_openai_error(response, 400, "the limit is 16")
 
+
+
+async def test_each_generation_request_logs_one_line_with_its_id_model_characters_and_timings(client, caplog):
+    with caplog.at_level(logging.INFO, logger="service"):
+        response = await client.post("/generate", json=tgi(details=True), headers={"x-request-id": "trace-7"})
+    assert response.status_code == 200
+    lines = [r.getMessage() for r in caplog.records if "trace-7" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(r"request trace-7 /generate model=tiny-gpt sequences=1 chars=5 finish=length "
+                        r"first_char_ms=[\d.]+ total_ms=[\d.]+", lines[0]), lines[0]

@@ -4,8 +4,11 @@ The same behaviour under polling, in a `charlm serve` process, is in test_live_m
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -13,8 +16,19 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from charlm.checkpoint import WEIGHTS_FILE
-from tests.service.helpers import engine_of, live_server, publish_model, running_app, service_state, settings_for
+from charlm.checkpoint import WEIGHTS_FILE, load_model
+from charlm.generation import generate as generate_locally
+from charlm.sampling import SamplingParams
+from tests.service.helpers import (
+    LONG,
+    engine_of,
+    eventually,
+    live_server,
+    publish_model,
+    running_app,
+    service_state,
+    settings_for,
+)
 
 pytestmark = pytest.mark.anyio
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -69,25 +83,44 @@ def last_event(lines: list[str]) -> dict[str, Any]:
     return event
 
 
+def chars_generated(client: httpx.Client, model: str) -> int:
+    """charlm_chars_generated_total of `model` (every version of it), counted each engine step."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'charlm_chars_generated_total{{model="{model}"}}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
 def test_a_replaced_model_finishes_running_streams_on_the_old_weights(own_models, tiny_models):
-    """Over a real socket (the in-process transport would buffer the stream)."""
-    body = {"inputs": "the ", "model": "tiny-gpt", "parameters": {"max_new_tokens": 3000, "seed": 5}}
-    with live_server(own_models, models_poll_s=0, admin_key="admin-secret") as (url, _), \
+    """Over a real socket (the in-process transport would buffer the stream). The stream is endless,
+    so it certainly runs when the new version is swapped in, and it is read until well past the
+    characters generated before the swap: those after it must still be the old weights' (greedy
+    decoding of the old model, computed here)."""
+    old = load_model(own_models / "tiny-gpt")
+    body = {"inputs": "the ", "model": "tiny-gpt", "parameters": {"max_new_tokens": LONG}}  # greedy
+    with live_server(own_models, models_poll_s=0, admin_key="admin-secret", max_new_tokens=LONG) as (url, _), \
             httpx.Client(base_url=url, timeout=60) as client:
-        old_text = client.post("/generate", json=body).json()["generated_text"]
         old_version = client.get("/health").json()["models"]["tiny-gpt"]["version"]
         stream = stream_lines(client, body)
         assert cast(httpx.Response, next(stream)).headers["x-charlm-model-version"] == old_version
-        first = cast(str, next(stream))
-        assert client.get("/health").json()["models"]["tiny-gpt"]["active"] == 1  # running on the old version
+        lines = [cast(str, next(stream))]
         publish_model(tiny_models / "tiny-lstm", own_models / "tiny-gpt")
         assert client.post("/admin/reload", headers=ADMIN).json()["replaced"] == ["tiny-gpt"]
-        event = last_event([first, *cast(Iterator[str], stream)])
-        assert event["generated_text"] == old_text and event["details"]["finish_reason"] == "length"
-        new_version = client.post("/generate", json=body).headers["x-charlm-model-version"]
+        assert client.get("/admin/models", headers=ADMIN).json()["retiring"] == 1  # the stream's engine runs on
+        wanted = chars_generated(client, "tiny-gpt") + 200  # more than the stream had before the swap
+        received: list[str] = []
+        for line in itertools.chain(lines, cast(Iterator[str], stream)):  # endless: read lazily
+            if line.startswith("data:"):
+                received.append(json.loads(line.removeprefix("data:"))["token"]["text"])
+                if len(received) == wanted:
+                    break
+        stream.close()  # leaving cancels the endless sequence
+        response = client.post("/generate", json={**body, "parameters": {"max_new_tokens": 30}})
+        new_version = response.headers["x-charlm-model-version"]
         assert new_version != old_version
-        assert client.get("/health").json()["models"]["tiny-gpt"] == {
-            "status": "ready", "version": new_version, "active": 0, "queued": 0}
+    greedy = SamplingParams(temperature=0)
+    expected = "".join(c.char for c in generate_locally(old.model, old.vocab, "the ", wanted, greedy))
+    assert "".join(received) == expected
 
 
 def test_a_removed_model_finishes_its_stream_and_takes_no_new_requests(own_models, tiny_models):
@@ -209,3 +242,16 @@ async def test_a_rewritten_config_with_the_same_weights_loads_nothing(own_models
         config.write_text(config.read_text() + "\n")  # as a training run's final summary does
         assert await reload(client) == {"loaded": [], "replaced": [], "removed": [], "failed": {}}
         assert engine_of(app, "tiny-gpt") is engine
+
+
+async def test_a_dead_engine_process_is_reported_failed_and_served_again_after_a_reload(own_models):
+    async with app_on(own_models, engine_process=True) as (client, app):
+        engine = engine_of(app, "tiny-gpt")
+        os.kill(engine._process.pid, signal.SIGKILL)  # the engine process dies
+        await eventually(lambda: engine.failure is not None, "the server to notice its engine died")
+        status = (await health(client))["tiny-gpt"]
+        assert status["status"] == "failed" and "exited unexpectedly" in str(status["error"])
+        assert (await generate(client, "tiny-gpt")).status_code == 404
+        assert (await reload(client))["loaded"] == ["tiny-gpt"]
+        assert (await health(client))["tiny-gpt"]["status"] == "ready"
+        assert (await generate(client, "tiny-gpt")).status_code == 200

@@ -89,7 +89,7 @@ def test_a_model_trained_while_serving_is_served_and_other_streams_stay_identica
             assert response.status_code == 200
             assert response.headers["x-charlm-model-version"] == statuses(server.url)["mine"]["version"]
             count = len(stream.chars)
-            assert wait_until(lambda: stream.has(count + 200), timeout=60)
+            assert wait_until(lambda: stream.has(count + 200), timeout=60), "the stream stalled after the load"
         finally:
             stream.stop()
         received = stream.text
@@ -106,16 +106,16 @@ def test_a_model_replaced_during_streams_finishes_them_on_the_old_weights(own_mo
         queued_expected = generated(server.url, "tiny-gpt", seed=6, chars=300).json()["generated_text"]
         running = Stream(server.url, "tiny-gpt", seed=5, chars=HUGE)
         try:
-            assert wait_until(lambda: running.has(10), timeout=60)
+            assert wait_until(lambda: running.has(10), timeout=60), server.output()
             queued = Stream(server.url, "tiny-gpt", seed=6, chars=300)
-            assert wait_until(lambda: statuses(server.url)["tiny-gpt"].get("queued") == 1, timeout=60)
+            assert wait_until(lambda: statuses(server.url)["tiny-gpt"].get("queued") == 1, timeout=60), "never queued"
             publish_model(tiny_models / "tiny-lstm", own_models / "tiny-gpt")
             assert wait_until(lambda: statuses(server.url)["tiny-gpt"].get("version") not in (None, old_version),
                               LOAD_TIMEOUT_S), server.output()
             response = generated(server.url, "tiny-gpt", seed=5, chars=30)
             new_version = response.headers["x-charlm-model-version"]
             assert new_version not in (old_version, "")
-            assert wait_until(lambda: running.has(2000), timeout=120)
+            assert wait_until(lambda: running.has(2000), timeout=120), "the old stream stalled"
         finally:
             running.stop()
         assert running.text[:2000] == running_expected
@@ -164,11 +164,11 @@ def test_a_model_removed_during_a_stream_finishes_it_and_takes_no_more(own_model
         expected = generated(server.url, "doomed", seed=4, chars=1500).json()["generated_text"]
         stream = Stream(server.url, "doomed", seed=4, chars=HUGE)
         try:
-            assert wait_until(lambda: stream.has(10), timeout=60)
+            assert wait_until(lambda: stream.has(10), timeout=60), server.output()
             shutil.rmtree(own_models / "doomed")
             assert wait_until(lambda: "doomed" not in statuses(server.url), LOAD_TIMEOUT_S), server.output()
             assert generated(server.url, "doomed", seed=4, chars=10).status_code == 404
-            assert wait_until(lambda: stream.has(1500), timeout=120)
+            assert wait_until(lambda: stream.has(1500), timeout=120), "the stream stalled after the removal"
         finally:
             stream.stop()
         assert stream.text[:1500] == expected

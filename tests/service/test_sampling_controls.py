@@ -1,4 +1,9 @@
-"""The sampling controls through both protocols: penalties, min-p, typical-p, logit bias, best-of."""
+"""The sampling controls through both protocols: penalties, min-p, typical-p, logit bias, best-of.
+
+Each control is shown to change the draw the way it should: every character it let through is one
+the hand computation (`tests.reference`) allows, and the same request without the control
+draws characters it would not have allowed, so a route that dropped the control would fail.
+"""
 
 import math
 from pathlib import Path
@@ -6,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from charlm.checkpoint import load_model
+from tests import reference
 
 pytestmark = pytest.mark.anyio
+LSTM = "tiny-lstm"  # recurrent: `forward` over the whole text is exactly what decoding saw
+PROMPTS = ["the king", "war", "my lord", "night of love"]
+CHARS = 40
 
 
 def completion(**fields):
@@ -80,3 +89,70 @@ async def test_a_seeded_request_with_controls_is_the_same_alone_and_in_a_batch(c
     batch = (await client.post("/generate", json={"inputs": ["the king", "war", "my lord"],
                                                   "parameters": seeded})).json()
     assert batch[1]["generated_text"] == alone["generated_text"]
+
+
+@pytest.fixture(scope="module")
+def lstm(tiny_models: Path):
+    return load_model(tiny_models / LSTM)
+
+
+async def tgi_texts(client, **parameters) -> list[str]:
+    """The texts of PROMPTS, one TGI request with list inputs."""
+    body = {"inputs": PROMPTS, "model": LSTM, "parameters": {"max_new_tokens": CHARS, "seed": 3, **parameters}}
+    response = await client.post("/generate", json=body)
+    assert response.status_code == 200, response.text
+    return [answer["generated_text"] for answer in response.json()]
+
+
+async def openai_texts(client, **fields) -> list[str]:
+    """The texts of PROMPTS, one OpenAI completion (choice i is prompt i)."""
+    response = await client.post("/v1/completions", json=completion(model=LSTM, prompt=PROMPTS, max_tokens=CHARS,
+                                                                      seed=3, **fields))
+    assert response.status_code == 200, response.text
+    choices = sorted(response.json()["choices"], key=lambda choice: choice["index"])
+    return [choice["text"] for choice in choices]
+
+
+def misses_of(lstm, texts, judge) -> list[list[int]]:
+    """For each prompt's text, the steps `judge(logits, prompt ids, drawn ids)` finds impossible."""
+    encode = lambda text: lstm.vocab.encode(text).tolist()  # noqa: E731
+    return [judge(reference.next_char_logits(lstm, prompt, text), encode(prompt), encode(text))
+            for prompt, text in zip(PROMPTS, texts, strict=True)]
+
+
+def assert_control_took_effect(controlled: list[list[int]], plain: list[list[int]]) -> None:
+    assert controlled == [[]] * len(PROMPTS), f"draws the control forbids, at steps {controlled}"
+    assert any(plain), "without the control every draw was allowed anyway: this check could not fail"
+
+
+@pytest.mark.parametrize("protocol", ["tgi", "openai"])
+async def test_min_p_draws_only_characters_near_the_most_likely(client, lstm, protocol):
+    texts = tgi_texts if protocol == "tgi" else openai_texts
+    judge = lambda logits, prompt, drawn: reference.min_p_misses(logits, drawn, 0.3)  # noqa: E731
+    controlled = misses_of(lstm, await texts(client, temperature=1.0, min_p=0.3), judge)
+    assert_control_took_effect(controlled, misses_of(lstm, await texts(client, temperature=1.0), judge))
+
+
+async def test_typical_p_draws_only_from_the_typical_set(client, lstm):
+    judge = lambda logits, prompt, drawn: reference.typical_misses(logits, drawn, 0.5)  # noqa: E731
+    controlled = misses_of(lstm, await tgi_texts(client, typical_p=0.5), judge)  # typical_p alone samples
+    assert_control_took_effect(controlled, misses_of(lstm, await tgi_texts(client, do_sample=True), judge))
+
+
+async def test_tgi_frequency_penalty_follows_each_characters_share_of_the_text(client, lstm):
+    def judge(logits, prompt, drawn):
+        return reference.greedy_misses(reference.tgi_frequency_adjusted(logits, prompt, drawn, 2.0), drawn)
+
+    controlled = misses_of(lstm, await tgi_texts(client, frequency_penalty=2.0), judge)  # greedy
+    assert_control_took_effect(controlled, misses_of(lstm, await tgi_texts(client), judge))
+
+
+@pytest.mark.parametrize(("frequency", "presence"), [(1.0, 0.0), (0.0, 1.5)])
+async def test_openai_penalties_follow_the_counts_of_generated_characters(client, lstm, frequency, presence):
+    def judge(logits, prompt, drawn):
+        adjusted = reference.openai_penalties_adjusted(logits, drawn, frequency, presence)
+        return reference.greedy_misses(adjusted, drawn)
+
+    penalties = {"frequency_penalty": frequency, "presence_penalty": presence}
+    controlled = misses_of(lstm, await openai_texts(client, temperature=0, **penalties), judge)
+    assert_control_took_effect(controlled, misses_of(lstm, await openai_texts(client, temperature=0), judge))

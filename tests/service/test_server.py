@@ -27,7 +27,7 @@ def test_disconnected_streams_leave_the_batch_running_or_queued(tiny_models):
             assert next(line for line in lines if line.startswith("data:"))
             with long_stream(base, client) as queued:
                 assert queued.status_code == 200
-                assert wait_until(lambda: engine.queued == 1)
+                assert wait_until(lambda: engine.queued == 1), "the second stream was never queued"
             assert wait_until(lambda: engine.queued == 0), "queued request not dropped"
         assert wait_until(lambda: engine.active == 0), "running request not dropped"
         assert load.cancelled(base) == 2
@@ -39,7 +39,7 @@ def test_a_disconnected_non_streaming_request_is_cancelled(tiny_models):
         body = {"inputs": "the", "parameters": {"max_new_tokens": LONG}}
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{base}/generate", json=body, timeout=0.5)
-        assert wait_until(lambda: engine.active == 0)
+        assert wait_until(lambda: engine.active == 0), "the request was not dropped"
         assert load.cancelled(base) == 1
 
 
@@ -58,7 +58,8 @@ def test_charlm_serve_streams_and_drains_on_sigterm(tiny_models):
                 stream = source.iter_sse()
                 next(stream)
                 process.send_signal(signal.SIGTERM)
-                assert wait_until(lambda: httpx.get(f"{base}/health").status_code == 503, timeout=10)
+                assert wait_until(lambda: httpx.get(f"{base}/health").status_code == 503, timeout=10), \
+                    "/health never turned 503"
                 refused = httpx.post(f"{base}/generate", json={"inputs": "a"})
                 assert refused.status_code == 503
                 last = json.loads(list(stream)[-1].data)
@@ -72,3 +73,19 @@ def test_charlm_serve_without_a_loadable_model_exits_non_zero(tmp_path):
         assert server.process.wait(120) == 2
         output = server.output()
         assert "no model could be loaded" in output and "junk" in output
+
+
+def test_a_second_signal_exits_at_once(tiny_models):
+    """The first SIGTERM drains (here with a grace far longer than the test), the second ends the
+    process without waiting for the stream it was draining."""
+    args = ("--models-dir", str(tiny_models), "--default-model", "tiny-gpt", "--shutdown-grace-s", "600",
+            "--max-new-tokens", str(LONG))
+    with serve_process(*args) as server, httpx.Client(timeout=60) as client:
+        server.wait_healthy()
+        with long_stream(server.url, client) as stream:
+            assert next(line for line in stream.iter_lines() if line.startswith("data:"))
+            server.process.send_signal(signal.SIGTERM)
+            assert wait_until(lambda: httpx.get(f"{server.url}/health").status_code == 503, timeout=10), \
+                "the first signal did not start draining"
+            server.process.send_signal(signal.SIGTERM)
+            server.process.wait(30)  # raises TimeoutExpired if it waited on the stream instead

@@ -6,7 +6,8 @@ import json
 import pytest
 from httpx_sse import aconnect_sse
 
-from tests.service.helpers import ARCHITECTURES, engine_of
+from charlm.checkpoint import load_model
+from tests.service.helpers import ARCHITECTURES, engine_of, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -25,6 +26,10 @@ async def test_generate_returns_text_and_details(client):
     assert "".join(t["text"] for t in details["tokens"]) == body["generated_text"]
     assert all(t["logprob"] <= 0 and t["special"] is False for t in details["tokens"])
     assert response.headers["x-request-id"]
+    version = (await client.get("/health")).json()["models"]["tiny-gpt"]["version"]
+    assert response.headers["x-charlm-model"] == "tiny-gpt" and response.headers["x-charlm-model-version"] == version
+    other = await client.post("/v1/completions", json={"model": "tiny-lstm", "prompt": "the", "max_tokens": 2})
+    assert other.headers["x-charlm-model"] == "tiny-lstm"
 
 
 async def test_generate_without_details_and_with_full_text(client):
@@ -137,14 +142,29 @@ async def test_streams_hold_back_only_what_could_still_become_a_stop(client):
     events = await stream_events(client, "/generate_stream", generate_body(max_new_tokens=60, stop=[stop]))
     assert streamed_text(events) == text[: text.find(stop)] == events[-1]["generated_text"]
     assert events[-1]["details"]["finish_reason"] == "stop_sequence"
+    # The step that completed the stop string drew no character to send: a special empty token ends it.
+    assert events[-1]["token"]["special"] is True and events[-1]["token"]["text"] == ""
+    assert all(not e["token"]["special"] for e in events[:-1])
     unmatched = generate_body(max_new_tokens=60, stop=[text[10:12] + "\x00"])  # a prefix that never completes
     events = await stream_events(client, "/generate_stream", unmatched)
     assert streamed_text(events) == text  # everything released in the end
 
 
-async def test_empty_prompt_starts_from_the_start_character(client):
-    response = await client.post("/generate", json=generate_body(prompt="", details=True))
-    assert response.status_code == 200 and response.json()["details"]["generated_tokens"] == 30
+async def test_empty_prompt_starts_from_the_start_character(client, tiny_models):
+    """The same text as a prompt of the start character alone, and not as a prompt of any other."""
+    vocab = load_model(tiny_models / "tiny-gpt").vocab
+    start = vocab.chars[vocab.start_id]
+
+    async def text(prompt):
+        body = generate_body(prompt=prompt, details=True, seed=8, do_sample=True)
+        response = await client.post("/generate", json=body)
+        assert response.status_code == 200 and response.json()["details"]["generated_tokens"] == 30
+        return response.json()["generated_text"]
+
+    empty = await text("")
+    assert empty == await text(start)
+    others = [await text(other) for other in vocab.chars[:8] if other != start]
+    assert empty not in others
 
 
 async def test_truncate_keeps_the_end_of_the_prompt(client):
@@ -159,8 +179,7 @@ async def test_a_waiting_stream_receives_keep_alive_comments(serve):
     async with serve(max_batch_size=1, sse_keepalive_s=0.02) as (client, app):
         running = asyncio.create_task(client.post("/generate", json=generate_body(max_new_tokens=1500)))
         engine = engine_of(app, "tiny-gpt")
-        while engine.active == 0:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: engine.active == 1, "the long request to start")
         response = await client.post("/generate_stream", json=generate_body(max_new_tokens=5))
         await running
     assert response.status_code == 200
@@ -175,3 +194,21 @@ async def test_with_a_stream_interval_each_character_is_still_its_own_event(serv
         text = (await client.post("/generate", json=body)).json()["generated_text"]
     assert [e["index"] for e in events] == list(range(1, 31))
     assert events[-1]["generated_text"] == streamed_text(events) == text
+
+
+async def test_a_stream_that_runs_out_of_time_ends_with_a_special_empty_token(serve):
+    async with serve(request_timeout_s=0.3) as (client, _):
+        events = await stream_events(client, "/generate_stream", generate_body(max_new_tokens=4000))
+    last = events[-1]
+    assert last["details"]["finish_reason"] == "timeout" and len(events) - 1 < 4000
+    assert last["token"]["special"] is True and last["token"]["text"] == ""
+    assert last["generated_text"] == streamed_text(events)
+
+
+async def test_do_sample_without_a_temperature_samples_at_temperature_1(client):
+    async def text(**parameters):
+        return (await client.post("/generate", json=generate_body(seed=21, **parameters))).json()["generated_text"]
+
+    sampled = await text(do_sample=True)
+    assert sampled == await text(temperature=1.0)
+    assert sampled != await text(temperature=0.5) and sampled != await text()  # neither colder nor greedy

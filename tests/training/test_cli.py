@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from charlm.checkpoint import load_model
 from charlm.cli import main
+from tests import reference
 from tests.helpers import train_tiny
 
 
@@ -132,3 +134,73 @@ def test_eval_refuses_a_stride_longer_than_the_window(capsys, tiny_models, corpu
     args = ["eval", "--model", str(tiny_models / "tiny-gpt"), "--data", str(corpus_file), "--stride", "17"]
     status, _, err = run_cli(capsys, *args)
     assert status == 2 and "--stride must be between 1 and the window's 16 characters" in err
+
+
+def generated(capsys, model_dir, *flags: str, prompt: str = "the king", chars: int = 60) -> str:
+    """The characters `charlm generate` printed after the prompt."""
+    status, out, err = run_cli(capsys, "generate", "--model", str(model_dir), "--prompt", prompt,
+                               "--max-new-tokens", str(chars), *flags)
+    assert status == 0, err
+    assert out.startswith(prompt) and out.endswith("\n") and len(out) == len(prompt) + chars + 1
+    return out[len(prompt) : -1]
+
+
+def sampling_judges():
+    """flag -> (what the flags change, how to judge a draw by hand, the same flags without the control)."""
+    return {
+        "temperature-0": (["--temperature", "0"], lambda logits, prompt, drawn: reference.greedy_misses(logits, drawn),
+                          ["--temperature", "0.8", "--seed", "3"]),
+        "top-k": (["--temperature", "1", "--top-k", "2", "--seed", "3"],
+                  lambda logits, prompt, drawn: reference.top_k_misses(logits, drawn, 2),
+                  ["--temperature", "1", "--seed", "3"]),
+        "top-p": (["--temperature", "1", "--top-p", "0.5", "--seed", "3"],
+                  lambda logits, prompt, drawn: reference.top_p_misses(logits, drawn, 0.5),
+                  ["--temperature", "1", "--seed", "3"]),
+        "min-p": (["--temperature", "1", "--min-p", "0.3", "--seed", "3"],
+                  lambda logits, prompt, drawn: reference.min_p_misses(logits, drawn, 0.3),
+                  ["--temperature", "1", "--seed", "3"]),
+        "repetition-penalty": (
+            ["--temperature", "0", "--repetition-penalty", "2"],
+            lambda logits, prompt, drawn: reference.greedy_misses(
+                reference.repetition_adjusted(logits, prompt, drawn, 2.0), drawn),
+            ["--temperature", "0"]),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(sampling_judges()))
+def test_generate_sampling_flags_shape_the_draw(capsys, tiny_models, case):
+    """Each flag's draws are ones it allows (computed by hand from the model's distribution, see
+    tests/reference.py); the same command without it draws some it would not have."""
+    flags, judge, without = sampling_judges()[case]
+    lstm = tiny_models / "tiny-lstm"  # recurrent: forward over the whole text is what decoding saw
+    loaded = load_model(lstm)
+
+    def misses(text: str) -> list[int]:
+        encode = lambda t: loaded.vocab.encode(t).tolist()  # noqa: E731
+        return judge(reference.next_char_logits(loaded, "the king", text), encode("the king"), encode(text))
+
+    assert misses(generated(capsys, lstm, *flags)) == []
+    assert misses(generated(capsys, lstm, *without)), "without the flag every draw was allowed anyway"
+
+
+def test_generate_from_an_empty_prompt_starts_from_the_start_character(capsys, trained_dir):
+    vocab = load_model(trained_dir).vocab
+    start = vocab.chars[vocab.start_id]
+    from_empty = generated(capsys, trained_dir, "--seed", "4", prompt="")
+    assert from_empty == generated(capsys, trained_dir, "--seed", "4", prompt=start)
+
+
+def test_generate_runs_on_the_device_asked_for(capsys, tiny_models):
+    assert generated(capsys, tiny_models / "tiny-gpt", "--device", "cpu", "--seed", "1")
+    if not torch.cuda.is_available():
+        status, out, err = run_cli(capsys, "generate", "--model", str(tiny_models / "tiny-gpt"), "--device", "cuda")
+        assert status == 2 and out == "" and "CUDA is not available" in err
+
+
+def test_eval_scores_in_windows_of_the_seq_len_asked_for(capsys, trained_dir, corpus_file):
+    status, out, err = run_cli(capsys, "eval", "--model", str(trained_dir), "--data", str(corpus_file),
+                               "--seq-len", "8")
+    assert status == 0, err
+    assert out.rstrip().endswith("windows of 8)")
+    loss = float(out.split()[1])
+    assert 0 < loss < math.log(len(load_model(trained_dir).vocab))

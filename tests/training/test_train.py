@@ -1,7 +1,9 @@
 """Short real training runs on the fixture corpus."""
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 from charlm.checkpoint import load_model
-from tests.helpers import train_tiny, wait_until
+from tests.helpers import TINY, TINY_RUN, train_tiny, wait_until
 from training import artifacts, distributed
 from training.config import ConfigError
 from training.session import RunSpec, prepare
@@ -87,6 +89,42 @@ def test_overwrite_replaces_a_model_directory(corpus_file, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # the old directory is gone
 
 
+def test_overwrite_keeps_the_old_directory_until_the_new_first_checkpoint(corpus_file, tmp_path, monkeypatch):
+    """Until the new run's first checkpoint is complete, --out is the old model, whole; a crash
+    while that checkpoint is written leaves it so for good."""
+    out = train_tiny("lstm", corpus_file, tmp_path / "m", max_iters=4, eval_interval=2)
+    old_weights = (out / "model.safetensors").read_bytes()
+    seen_at_checkpoint = []
+    write_checkpoint = artifacts.RunDirectory.write_checkpoint
+
+    def looking(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen_at_checkpoint.append((out / "model.safetensors").read_bytes() == old_weights)
+        return write_checkpoint(self, *args, **kwargs)
+
+    monkeypatch.setattr(artifacts.RunDirectory, "write_checkpoint", looking)
+    monkeypatch.setattr(artifacts.torch, "save", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        train_tiny("gpt", corpus_file, out, overwrite=True, max_iters=4, eval_interval=2)
+    assert seen_at_checkpoint == [True]
+    assert (out / "model.safetensors").read_bytes() == old_weights and load_model(out).model.architecture == "lstm"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging directory left behind
+    monkeypatch.undo()
+    train_tiny("gpt", corpus_file, out, overwrite=True, max_iters=4, eval_interval=2)
+    assert load_model(out).model.architecture == "gpt"
+
+
+def test_progress_is_plain_lines_when_the_output_is_not_a_terminal(corpus_file, tmp_path, capsys, caplog):
+    """A progress bar's carriage-return frames would garble a log; under pytest stderr is no terminal."""
+    spec = RunSpec(data=corpus_file, out=tmp_path / "m", preset="lstm", device="cpu", progress=True,
+                   overrides={**TINY["lstm"][1], **TINY_RUN, "max_iters": 400, "eval_interval": 400})
+    with caplog.at_level(logging.INFO, logger="training"):
+        train(spec)
+    assert "\r" not in capsys.readouterr().err
+    lines = [r.getMessage() for r in caplog.records if r.name == "training.progress"]
+    assert 10 <= len(lines) <= 21, lines  # about twenty in a run, however long
+    assert all(re.fullmatch(r"iter \d+/400: loss \d+\.\d{4}, [\d,]+ characters/s", line) for line in lines), lines
+
+
 def test_streams_batching_needs_a_recurrent_model(corpus_file, tmp_path):
     with pytest.raises(ConfigError, match="needs a recurrent model"):
         train_tiny("gpt", corpus_file, tmp_path / "m", batching="streams")
@@ -128,18 +166,20 @@ def test_ctrl_c_keeps_the_best_checkpoint(corpus_file, tmp_path):
     out = tmp_path / "m"
     command = [
         sys.executable, "-m", "charlm", "train", "--data", str(corpus_file), "--out", str(out),
-        "--preset", "gpt-tiny", "--no-progress", "--set", "max_iters=100000", "--set", "eval_interval=20",
+        "--preset", "gpt-tiny", "--set", "max_iters=100000", "--set", "eval_interval=20",
         "--set", "eval_iters=2", "--set", "sample_chars=0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     metrics = out / "metrics.jsonl"  # written with each checkpoint, after the first evaluation
-    assert wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, timeout=120)
+    assert wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, timeout=120), \
+        "the run did not evaluate twice within 120 s"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "keeps the best checkpoint" in stderr and "stopping after this iteration" in stderr
     assert "Traceback" not in stderr
+    assert "\r" not in stderr and "characters/s" in stderr  # progress as plain lines into a pipe
     assert load_model(out).model is not None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 import charlm
 from service.frontend.engine_client import EngineConnection
+from service.frontend.errors import RETRY_AFTER_S
 from service.frontend.models import FrontModels, ModelView
 from service.frontend.schemas.errors import TGI_AUTH
 from service.frontend.schemas.system import HEALTH_RESPONSES, READY_RESPONSES, Info, Liveness
@@ -64,7 +65,9 @@ async def health(state: Annotated[ServiceState, Depends(service_state)]) -> JSON
     """200 with each model's status when serving; 503 while starting or draining."""
     status = "draining" if state.draining else ("ready" if state.models is not None else "starting")
     body = {"status": status, "models": model_statuses(state)}
-    return JSONResponse(body, status_code=200 if state.ready else 503)
+    if state.ready:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @router.get("/health/live", response_model=Liveness)

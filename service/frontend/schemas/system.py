@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from service.frontend.schemas.errors import RETRY_AFTER
+
 
 class ModelStatus(BaseModel):
     status: Literal["ready", "loading", "unloaded", "failed"]
@@ -90,7 +92,8 @@ class ReloadResult(BaseModel):
 
 HEALTH_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"model": Health, "description": "serving"},
-    503: {"model": Health, "description": "starting or draining: take this replica out of rotation"},
+    503: {"model": Health, "description": "starting or draining: take this replica out of rotation",
+          "headers": RETRY_AFTER},
 }
 
 READY_RESPONSES: dict[int | str, dict[str, object]] = {
