@@ -26,6 +26,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -223,8 +224,8 @@ def roles_of(pid: int | None) -> dict[str, list[int]]:
 
 def engine_baselines(args: argparse.Namespace) -> dict[int, float]:
     """Characters per second of the same model's engine in this process, at each level's batch size
-    (one thread, no HTTP; the device and dtype the server would choose), measured before the server
-    starts."""
+    (one thread, no HTTP; the device and dtype the server would choose, compiled unless
+    CHARLM_COMPILE=false, as the server), measured before the server starts."""
     import torch
     from engine import EndsSink, engine_rate  # bench/engine.py
 
@@ -239,7 +240,8 @@ def engine_baselines(args: argparse.Namespace) -> dict[int, float]:
     ids = prompt_ids(loaded.vocab, "ROMEO:\n")
     rates = {}
     for batch in args.levels:
-        engine = Engine(args.model, loaded.model, loaded.vocab, batch, batch, sink=EndsSink())
+        engine = Engine(args.model, loaded.model, loaded.vocab, batch, batch, sink=EndsSink(),
+                        compile_step=None if os.environ.get("CHARLM_COMPILE", "true") != "false" else False)
         engine.start()
         engine_rate(engine, ids, batch, min(args.chars, 20))
         rates[batch] = engine_rate(engine, ids, batch, args.chars)

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         1, ge=1, le=1024, description="a stream's characters are sent every this many (1: each as it comes)"
     )
     stream_writes_per_s: float = Field(
-        20_000, gt=0, description="stream writes per second per front end before characters are grouped: with S "
+        10_000, gt=0, description="stream writes per second per front end before characters are grouped: with S "
         "streams open, a stream writes at most every S / this seconds; an idle stream writes at once"
     )
     sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between keep-alive comments")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 from collections.abc import Sequence
 from typing import Protocol
@@ -53,6 +54,16 @@ class StepEvents:
     @functools.cached_property
     def logprob_list(self) -> list[float]:
         return self.logprobs.tolist()
+
+    @functools.cached_property
+    def logprob_json(self) -> list[str]:
+        """Each character's log-probability as JSON text, as `json.dumps` writes it: formatted in one
+        call for the whole message (a list's repr formats its floats in C)."""
+        if not len(self.logprobs):
+            return []
+        if np.isfinite(self.logprobs).all():
+            return repr(self.logprob_list)[1:-1].split(", ")
+        return [json.dumps(value) for value in self.logprob_list]
 
     def for_client(self, client: int) -> StepEvents:
         """The part of these events that goes to one front end."""

@@ -22,7 +22,7 @@ import msgspec
 import torch
 
 from charlm.checkpoint import ModelDirError, load_model
-from service.engine import wire
+from service.engine import collector, wire
 from service.engine.engine import Engine, EngineClosed, QueueFull
 from service.engine.events import StepEvents
 from service.engine.grammars import GrammarError
@@ -182,6 +182,7 @@ def run(spec: EngineSpec, control: Connection) -> None:
         return
     listener = Listener(spec.address, family="AF_UNIX", backlog=64)
     threading.Thread(target=accept_links, args=(listener, engine, relay), daemon=True, name="accept").start()
+    collector.settle()  # the model, the engine and its decode state live as long as the process
     control.send(("started", engine.memory, ModelInfo.of(loaded)))
     serve_control(engine, control)
     engine.join()

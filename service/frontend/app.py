@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import charlm
 from service.control.registry import NoModelsError, Registry
+from service.engine import collector
 from service.frontend import errors
 from service.frontend.metrics import ServiceMetrics
 from service.frontend.middleware import MODEL_HEADER, REQUEST_ID_HEADER, VERSION_HEADER, RequestContextMiddleware
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, control_address: str | None = N
         polling = None
         if isinstance(models, LocalModels) and settings.models_poll_s:
             polling = asyncio.create_task(models.watcher.poll(settings.models_poll_s))
+        collector.settle()  # what the front end made so far lives as long as it: out of the collector's way
         names = ", ".join(v.name for v in models.ready)
         logger.info("serving %s (default %s)", names, models.default_model)
         try:

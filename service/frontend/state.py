@@ -50,14 +50,16 @@ class ServiceState:
         return self.models.in_flight() if self.models is not None else 0
 
 
-def service_state(request: Request) -> ServiceState:
+async def service_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
 
 
-def ready_service(request: Request) -> ServiceState:
-    """Dependency of every generation route: 503 while starting or draining, 401 without the key."""
-    state = service_state(request)
+async def ready_service(request: Request) -> ServiceState:
+    """Dependency of every generation route: 503 while starting or draining, 401 without the key.
+    (Dependencies are coroutines: FastAPI runs a plain function's in a worker thread, a thread hop
+    per request.)"""
+    state: ServiceState = request.app.state.service
     check_api_key(request, state.settings)
     if state.models is None:
         raise ServiceError(503, "the service is starting; models are loading")
@@ -73,10 +75,10 @@ def check_api_key(request: Request, settings: Settings) -> None:
                            code="invalid_api_key")
 
 
-def admin_service(request: Request) -> ServiceState:
+async def admin_service(request: Request) -> ServiceState:
     """Dependency of the /admin routes: 403 when administration is off (no admin key configured),
     401 without the admin key (the API key does not open them), 503 while starting or draining."""
-    state = service_state(request)
+    state: ServiceState = request.app.state.service
     if state.settings.admin_key is None:
         raise ServiceError(403, "administration is off: set CHARLM_ADMIN_KEY to use /admin", kind="forbidden")
     if not bearer_matches(request, state.settings.admin_key):

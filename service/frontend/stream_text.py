@@ -48,14 +48,15 @@ class TGIText:
     def chunk_events(self, chunks: list[tuple[StepEvents, int, int]], position: int, written: list[int]) -> str:
         """The events of characters in message chunks (none with alternatives), the first at
         `position` + 1; their ids are added to `written`. This runs for every character of every
-        stream: it reads each message's characters as Python lists made once per message."""
+        stream: each message's characters and log-probabilities are read as Python lists and JSON
+        text made once per message."""
         heads, parts = self.heads, []
         for events, first, count in chunks:
             ids = events.id_list[first : first + count]
-            for i, logprob in zip(ids, events.logprob_list[first : first + count], strict=True):
+            for i, logprob in zip(ids, events.logprob_json[first : first + count], strict=True):
                 position += 1
-                parts.append(f'data: {{"index": {position}, "token": {heads[i]}{json_float(logprob)}, '
-                             f'"special": false}}, "top_tokens": null, "generated_text": null, "details": null}}\n\n')
+                parts.append(f'data: {{"index": {position}, "token": {heads[i]}{logprob}, "special": false}}, '
+                             f'"top_tokens": null, "generated_text": null, "details": null}}\n\n')
             written += ids
         return "".join(parts)
 

@@ -109,16 +109,16 @@ async def test_batch_size_0_is_32_on_a_cpu_and_threads_follow_the_formula(tiny_m
         async with running_app(settings_for(tiny_models, max_batch_size=0)) as (client, app):
             info = (await client.get("/info")).json()
             assert info["limits"]["max_batch_size"] == 32 and engine_of(app, "tiny-gpt").max_batch_size == 32
-            registry = service_state(app).registry
-            assert registry is not None and registry.config.threads == (8 - 1) // 3 == cpu_threads(3)
+            registry = service_state(app).models.registry
+            models = len(registry.entries)
+            assert registry.config.threads == (8 - 1) // models == cpu_threads(models)
             started: list[int] = []  # a thread started now, as the engine threads were, computes with
             probe = threading.Thread(target=lambda: started.append(torch.get_num_threads()))
             probe.start()
             probe.join()
-            assert started == [2]
+            assert started == [(8 - 1) // models]
         async with running_app(settings_for(tiny_models, torch_threads=3)) as (_, app):
-            registry = service_state(app).registry
-            assert registry is not None and registry.config.threads == 3
+            assert service_state(app).models.registry.config.threads == 3
         monkeypatch.setattr(os, "cpu_count", lambda: 2)
         assert cpu_threads(3) == 1  # never below one
     finally:
