@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
-# One command that proves the GPU path on a CUDA machine, within 8 minutes, in order of what matters
-# (steps that no longer fit the budget are skipped and reported): the gpu-marked test of batch
-#   invariance as served; the issue's targets as served (bench/engine.py: compiled step, attention
-#   chosen at startup, dtype auto for the LSTM), then the same shapes as before (step as written,
-#   SDPA) in the same run; kernels and kernel time per step of every bundled model
-#   (bench/gpu_profile.py); the gpu-marked tests of the Triton kernel, compiled steps and dtype
-#   auto, then the others; the engine of every bundled model in bf16 and fp32 at batch 1/32/256
-#   (not compiled: the dtype table); the CPU engine; gpt-baby training throughput; then
-#   docs/benchmarks-gpu.md (bench/gpu_report.py), naming the card. After the targets, bench/serve.py
-#   at 1/256/1,024 streams with one HTTP front end and with four, each beside the same engine
-#   in-process, and shakespeare-lstm at 1,024 streams; the engine at batch 256 with every row under a
-#   grammar against none, and scoring 10,000 characters (bench/constrained.py); shakespeare-mingru
-#   against shakespeare-gpt at batch 256 and 1,024; last, if time is left, the mingru preset's
-#   training throughput against the gpt of its size, and the mingru recipe trained on
-#   shakespeare-gpt's schedule, to compare their validation curves at equal characters seen.
+# One command that proves the GPU path on a CUDA machine, in order of what matters (steps that no
+# longer fit the budget, 8 minutes by default, are skipped and reported; CHARLM_GPU_CHECK_BUDGET_S
+# sets it): bench/serve.py at 1/256/1,024 streams with one HTTP front end and with four, each beside
+# the same engine in-process, and shakespeare-lstm at 1,024 streams; the decode step's targets as
+# before (step as written, SDPA) and as served (bench/engine.py: compiled step, attention chosen at
+# startup, dtype auto for the LSTM); the gpu-marked test of batch invariance as served;
+# shakespeare-mingru against shakespeare-gpt at batch 256 and 1,024; the engine at batch 256 with
+# every row under a grammar against none, and scoring 10,000 characters (bench/constrained.py);
+# kernels and kernel time per step of every bundled model (bench/gpu_profile.py); the gpu-marked
+# tests of the Triton kernel, compiled steps and dtype auto, then the others; the engine of every
+# bundled model in bf16 and fp32 at batch 1/32/256 (not compiled: the dtype table); the CPU engine;
+# training throughput (gpt-baby; the mingru preset against the gpt of its size); last, the mingru
+# recipe trained on shakespeare-gpt's schedule; then docs/benchmarks-gpu.md (bench/gpu_report.py).
 #
 #   bench/gpu_check.sh [--wheels DIR] [--data FILE] [--out DIR] [--dry-run]
 #
@@ -89,27 +87,29 @@ say "card: $(cat "$OUT_DIR/card.txt"); torch $($PY -c 'import torch; print(torch
 
 ENGINE="$PY bench/engine.py --device $DEV --chars $CHARS --no-naive --no-step-alone"
 BABY=random:gpt-baby GPT=models/shakespeare-gpt LSTM=models/shakespeare-lstm
-if [ "$DRY" = 1 ]; then
-    step gpu-tests 60 $PY -m pytest -q -p no:cacheprovider -m gpu --collect-only tests/gpu
-else
-    # The test behind the invariance target first, with a report of its own (a step cut short writes none).
-    step gpu-tests-invariance 100 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu -k alone_equals \
-        --junitxml "$OUT_DIR/gpu-tests.xml"
-fi
-# The targets as served, then the same shapes as before in this run (the baseline of each figure).
-step targets-gpt-baby 110 $ENGINE --models $BABY --dtypes $HALF --batches $B256 $B1024 --results "$RESULTS"
-step targets-gpt 80 $ENGINE --models $GPT --dtypes $HALF --batches $B1 $B256 --results "$RESULTS"
-step targets-lstm 50 $ENGINE --models $LSTM --dtypes auto --batches $B256 --results "$RESULTS"
-step baseline 90 bash -c "$ENGINE --no-compile --attention sdpa --models $BABY $GPT --dtypes $HALF \
-    --batches $B1 $B256 $B1024 --results $OUT_DIR/baseline.jsonl && $ENGINE --no-compile --models $LSTM \
-    --dtypes $HALF float32 --batches $B256 --results $OUT_DIR/baseline.jsonl"
-# The HTTP side, engines in processes, beside the same engine in-process (--engine-baseline): one front
-# end, then four; the fastest bundled model at 1,024 streams. The step as written: compiling every
-# model at startup would take the step's time.
-SERVE="env CHARLM_COMPILE=false $PY bench/serve.py --device $DEV --procs 8 --engine-baseline --results $RESULTS"
+# First the HTTP side (issue "streams at GPU scale"), engines in processes, beside the same engine
+# in-process (--engine-baseline): one front end, then four; the fastest bundled model at 1,024
+# streams. The step as written and bf16: compiling and timing dtypes at startup would take the
+# step's time (the first run measured 42 s of compiling per step variant).
+SERVE="env CHARLM_COMPILE=false CHARLM_DTYPE=$HALF $PY bench/serve.py --device $DEV --procs 8 --engine-baseline \
+    --results $RESULTS"
 step serve 90 $SERVE --levels $B1 $B256 $B1024 --workers 1 --plot "$OUT_DIR/serve.png"
 step serve-workers 70 $SERVE --levels $B256 $B1024 --workers 4 --plot "$OUT_DIR/serve-workers.png"
 step serve-lstm 50 $SERVE --model shakespeare-lstm --levels $B1024 --workers 4 --plot "$OUT_DIR/serve-lstm.png"
+# The decode step's targets: the same shapes as before (step as written, SDPA), then as served
+# (compiled: about 42 s per step variant and batch size, so these steps are long).
+step baseline 60 bash -c "$ENGINE --no-compile --attention sdpa --models $BABY $GPT --dtypes $HALF \
+    --batches $B1 $B256 $B1024 --results $OUT_DIR/baseline.jsonl && $ENGINE --no-compile --models $LSTM \
+    --dtypes $HALF float32 --batches $B256 --results $OUT_DIR/baseline.jsonl"
+step targets-gpt 200 $ENGINE --models $GPT --dtypes $HALF --batches $B1 $B256 --results "$RESULTS"
+step targets-lstm 100 $ENGINE --models $LSTM --dtypes auto --batches $B256 --results "$RESULTS"
+step targets-gpt-baby 200 $ENGINE --models $BABY --dtypes $HALF --batches $B256 $B1024 --results "$RESULTS"
+if [ "$DRY" = 1 ]; then
+    step gpu-tests 60 $PY -m pytest -q -p no:cacheprovider -m gpu --collect-only tests/gpu
+else  # the test behind the invariance target, with a report of its own (a step cut short writes none)
+    step gpu-tests-invariance 200 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu -k alone_equals \
+        --junitxml "$OUT_DIR/gpu-tests.xml"
+fi
 step engine-mingru 90 $ENGINE --models models/shakespeare-mingru $GPT --dtypes $HALF --batches $B256 $B1024 \
     --results "$RESULTS"
 step constrained 60 $PY bench/constrained.py --device $DEV --only throughput scoring --batch $B256 --chars 200 \

@@ -42,7 +42,7 @@ TABLE = readme_table()
 
 def test_readme_lists_every_bundled_model_directory():
     on_disk = sorted(p.name for p in BUNDLED.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert sorted(TABLE) == on_disk and len(on_disk) == 4
+    assert sorted(TABLE) == on_disk and len(on_disk) == 5
 
 
 @pytest.mark.anyio

@@ -64,6 +64,15 @@ def service_state(app: FastAPI) -> ServiceState:
     return state
 
 
+def engine_handle_of(app: FastAPI, model: str) -> Any:
+    """The control plane's handle on `model`'s engine (an engine process: its `pid` and `failure`)."""
+    models = service_state(app).models
+    assert isinstance(models, LocalModels)
+    handle = models.registry.entries[model].engine
+    assert handle is not None
+    return handle
+
+
 def engine_of(app: FastAPI, model: str) -> Any:
     """The `Engine` serving `model` (in these apps, engines run in threads of the app's process)."""
     models = service_state(app).models

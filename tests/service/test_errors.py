@@ -49,7 +49,7 @@ def assert_openai_error(response, status, *needles):
         ({"inputs": "x", "parameters": {"best_of": 2}}, ["best_of > 1 needs sampling"]),
         ({"inputs": "x", "parameters": {"watermark": True}}, ["watermark is not supported"]),
         ({"inputs": "x", "parameters": {"adapter_id": "lora-1"}}, ["adapter_id is not supported", "use null"]),
-        ({"inputs": "x", "parameters": {"grammar": {"type": "json", "value": {}}}}, ["grammar is not supported"]),
+        ({"inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "(king"}}}, ["does not compile"]),
         ({"inputs": "x", "parameters": {"stop": [""]}}, ["must not be empty"]),
         ({"inputs": "x", "colour": "blue"}, ["unknown field 'colour'"]),
         ({"inputs": ["a"] * 40}, ["the limit is 16"]),

@@ -21,6 +21,7 @@ from charlm.generation import generate as generate_locally
 from charlm.sampling import SamplingParams
 from tests.service.helpers import (
     LONG,
+    engine_handle_of,
     engine_of,
     eventually,
     live_server,
@@ -246,8 +247,8 @@ async def test_a_rewritten_config_with_the_same_weights_loads_nothing(own_models
 
 async def test_a_dead_engine_process_is_reported_failed_and_served_again_after_a_reload(own_models):
     async with app_on(own_models, engine_process=True) as (client, app):
-        engine = engine_of(app, "tiny-gpt")
-        os.kill(engine._process.pid, signal.SIGKILL)  # the engine process dies
+        engine = engine_handle_of(app, "tiny-gpt")
+        os.kill(engine.pid, signal.SIGKILL)  # the engine process dies
         await eventually(lambda: engine.failure is not None, "the server to notice its engine died")
         status = (await health(client))["tiny-gpt"]
         assert status["status"] == "failed" and "exited unexpectedly" in str(status["error"])

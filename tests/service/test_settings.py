@@ -30,7 +30,8 @@ FROM_ENVIRONMENT = {
     "max_new_tokens": "99", "max_prompt_chars": "77", "max_n": "3", "max_body_bytes": "4096",
     "request_timeout_s": "12.5", "api_key": "k1", "admin_key": "a1", "models_poll_s": "0.5",
     "cors_origins": '["https://a.example"]', "stream_interval": "4", "sse_keepalive_s": "3",
-    "shutdown_grace_s": "9", "torch_threads": "2", "log_level": "debug",
+    "shutdown_grace_s": "9", "torch_threads": "2", "log_level": "debug", "workers": "3", "compile": "false",
+    "stream_writes_per_s": "2500",
 }
 
 
@@ -74,7 +75,7 @@ FROM_FLAGS = {
     **dict.fromkeys(FROM_ENVIRONMENT, "5"), "cors_origins": "https://b.example", "device": "auto",
     "dtype": "float16", "log_level": "error", "cuda_graphs": "true", "engine_process": "true",
     "default_model": "theirs", "host": "127.0.0.2", "api_key": "k2", "admin_key": "a2", "models_dir": "/srv/other",
-    "max_body_bytes": "8192",
+    "max_body_bytes": "8192", "compile": "true",
 }
 
 

@@ -184,8 +184,11 @@ def closing_events(admitted: Admitted, body: GenerateRequest, text: TGIText, tok
     if end.reason is FinishReason.ERROR:
         error = {"error": end.error or "generation failed", "error_type": "generation"}
         return ("".join(text.event(t) for t in tokens) + data_event(json.dumps(error))).encode()
-    last = tokens[-1] if tokens else None
-    return ("".join(text.event(t) for t in tokens[:-1]) + closing_event(last, end, admitted.prompts[0], body)).encode()
+    # The last character carries the end when it is the end (the length or the grammar reached);
+    # after a stop string, a timeout or a cancellation, a special empty token does.
+    last = tokens[-1] if tokens and end.reason in (FinishReason.LENGTH, FinishReason.END) else None
+    shown = tokens[:-1] if last is not None else tokens
+    return ("".join(text.event(t) for t in shown) + closing_event(last, end, admitted.prompts[0], body)).encode()
 
 
 def closing_event(last: GeneratedToken | None, end: Finished, prompt: str, body: GenerateRequest) -> str:
