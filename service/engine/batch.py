@@ -25,9 +25,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from charlm.decoding import NewSequence, PendingStep, SlotDecoder, StepResult
+from charlm.decoding import NewSequence, SlotDecoder
 from charlm.grammar import COMPLETES, ENDS_BEFORE
 from charlm.scoring import score
+from charlm.step_results import PendingStep, StepResult
 from service.engine.events import StepEventsBuilder
 from service.engine.sequences import EngineMetrics, GenerationRequest, Held, Row, prompt_tokens
 from service.engine.stopping import FinishReason

@@ -8,6 +8,7 @@ supervisor's control plane instead (`control_address`: `service.frontend.remote`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,39 +38,11 @@ def create_app(settings: Settings | None = None, control_address: str | None = N
     metrics = ServiceMetrics()
     state = ServiceState(settings, metrics, Pacer(settings.stream_writes_per_s, settings.sse_keepalive_s))
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            models = await (follow_supervisor(control_address, state) if control_address
-                            else run_control_plane(settings, metrics))
-        except NoModelsError as exc:
-            state.startup_error = str(exc)
-            logger.error("cannot start: %s", exc)
-            raise
-        metrics.count_control_plane(lambda: (models.reloads, models.load_failures))
-        state.models, state.loop = models, asyncio.get_running_loop()
-        polling = None
-        if isinstance(models, LocalModels) and settings.models_poll_s:
-            polling = asyncio.create_task(models.watcher.poll(settings.models_poll_s))
-        collector.settle()  # what the front end made so far lives as long as it: out of the collector's way
-        names = ", ".join(v.name for v in models.ready)
-        logger.info("serving %s (default %s)", names, models.default_model)
-        try:
-            yield
-        finally:
-            state.draining = True
-            if polling is not None:
-                polling.cancel()
-            await models.stop()
-            if isinstance(models, LocalModels):
-                await asyncio.to_thread(models.registry.close, settings.shutdown_grace_s)
-            models.close()
-
     app = FastAPI(
         title="charlm",
         version=charlm.__version__,
         description="Character-level language models behind TGI- and OpenAI-compatible APIs.",
-        lifespan=lifespan,
+        lifespan=functools.partial(lifespan, state, control_address),
     )
     app.state.service = state
     app.openapi = openapi_with_limits(app, settings)  # type: ignore[method-assign]
@@ -90,6 +63,37 @@ def create_app(settings: Settings | None = None, control_address: str | None = N
             expose_headers=[REQUEST_ID_HEADER, MODEL_HEADER, VERSION_HEADER],
         )
     return app
+
+
+@asynccontextmanager
+async def lifespan(state: ServiceState, control_address: str | None, app: FastAPI) -> AsyncIterator[None]:
+    """Models served (by this front end's own control plane, or a supervisor's) before the first
+    request; on the way out, a drain, then the engines closed."""
+    settings, metrics = state.settings, state.metrics
+    try:
+        models = await (follow_supervisor(control_address, state) if control_address
+                        else run_control_plane(settings, metrics))
+    except NoModelsError as exc:
+        state.startup_error = str(exc)
+        logger.error("cannot start: %s", exc)
+        raise
+    metrics.count_control_plane(lambda: (models.reloads, models.load_failures))
+    state.models, state.loop = models, asyncio.get_running_loop()
+    polling = None
+    if isinstance(models, LocalModels) and settings.models_poll_s:
+        polling = asyncio.create_task(models.watcher.poll(settings.models_poll_s))
+    collector.settle()  # what the front end made so far lives as long as it: out of the collector's way
+    logger.info("serving %s (default %s)", ", ".join(v.name for v in models.ready), models.default_model)
+    try:
+        yield
+    finally:
+        state.draining = True
+        if polling is not None:
+            polling.cancel()
+        await models.stop()
+        if isinstance(models, LocalModels):
+            await asyncio.to_thread(models.registry.close, settings.shutdown_grace_s)
+        models.close()
 
 
 async def run_control_plane(settings: Settings, metrics: ServiceMetrics) -> LocalModels:
