@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import threading
 from pathlib import Path
 
@@ -65,11 +66,14 @@ class EngineProcess:
         self._send(("cancel_all",))
 
     def join(self, timeout: float | None = None) -> bool:
-        self._process.join(timeout)
-        if self._process.is_alive():
+        # Wait on the process's sentinel and leave the reaping to the watcher: two threads reaping
+        # one child race, and the loser (ECHILD) takes the dead process for a live one.
+        if not multiprocessing.connection.wait([self._process.sentinel], timeout):
             return False
-        if self._watcher.is_alive():
-            self._watcher.join(timeout)
+        if self._watcher.ident is None:  # never started: nobody else reaps it
+            self._process.join()
+            return True
+        self._watcher.join(timeout)
         return not self._watcher.is_alive()
 
     def kill(self) -> None:
