@@ -57,7 +57,11 @@ def canonical(name: str) -> str:
 
 def torch_closure() -> set[str]:
     """torch and every distribution it requires, directly or not: what `pip install torch` brings."""
-    from packaging.requirements import Requirement  # matplotlib's dependency, so in the image
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # the image has no packaging of its own: setuptools, torch's requirement, vendors one
+        import setuptools  # noqa: F401  (puts its vendored packages on sys.path)
+        from packaging.requirements import Requirement
 
     # torch asks for cuda-toolkit with extras (cublas, cudnn, ...), which bring the nvidia-* wheels.
     seen: set[tuple[str, str]] = set()

@@ -8,6 +8,7 @@ crash at any moment leaves a loadable model directory or none.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -15,10 +16,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt
 import torch
 
 from charlm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_model, write_atomically, write_json
@@ -62,7 +59,8 @@ class RunDirectory:
             return
         lines = "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in metrics)
         write_atomically(self.path / METRICS_FILE, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
-        write_atomically(self.path / PLOT_FILE, lambda tmp: plot_losses(metrics, tmp))
+        if plotting_available():
+            write_atomically(self.path / PLOT_FILE, lambda tmp: plot_losses(metrics, tmp))
 
     def write_summary(self, summary: dict[str, Any], card: str) -> None:
         """Replace the training summary in config.json and the model card."""
@@ -98,8 +96,24 @@ def read_metrics(path: Path, up_to_iter: int) -> list[dict[str, Any]]:
     return [m for m in metrics if m["iter"] <= up_to_iter]
 
 
+@functools.cache
+def plotting_available() -> bool:
+    """Whether matplotlib is installed: a dependency of the package, left out of the serving
+    image (docker/Dockerfile), where training goes on without its loss curve."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; never open a window
+    except ImportError:
+        logger.warning("matplotlib is not installed: no %s (pip install matplotlib)", PLOT_FILE)
+        return False
+    return True
+
+
 def plot_losses(metrics: list[dict[str, Any]], path: Path) -> None:
     """Train and validation loss against iterations, as a PNG."""
+    import matplotlib.pyplot as plt  # imported when first needed: the serving image has no matplotlib
+
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=100)
     iters = [m["iter"] for m in metrics]
     axes.plot(iters, [m["train_loss"] for m in metrics], label="train", marker=".")

@@ -82,13 +82,13 @@ def test_the_healthcheck_is_exec_form_and_asks_a_real_route_on_the_served_port()
 
 
 def test_every_download_can_trust_the_proxy_ca_secret():
-    fetches = re.compile(r"\b(pip install|pip wheel|apt-get update)\b")
+    fetches = re.compile(r"\b(pip (--python \S+ )?install|pip wheel|apt-get update)\b")
     downloads = [i.arguments for i in instructions_named("RUN")
                  if fetches.search(i.arguments) and "--no-index" not in i.arguments]
     assert len(downloads) >= 3  # apt for Python, pip for the project's wheel, pip for the virtualenv
     for arguments in downloads:
         assert "--mount=type=secret,id=ca_bundle" in arguments, arguments
-        for command in re.findall(r"\S+ (?:pip (?:install|wheel)|apt-get (?:update|install))", arguments):
+        for command in re.findall(r"\S+ (?:pip (?:--python \S+ )?(?:install|wheel)|apt-get (?:update|install))", arguments):
             assert command.startswith("with-extra-ca "), f"{command}: without the proxy CA"
 
 
@@ -121,13 +121,25 @@ def test_the_runtime_tells_the_nvidia_toolkit_what_it_needs():
 def test_the_virtualenv_is_one_layer_without_a_pip_cache():
     """One RUN writes /opt/venv (a copy from another stage would write it twice); every pip
     install keeps no cache, in a layer or in a cache mount."""
-    writers = [i.arguments for i in instructions_named("RUN") if "python3 -m venv /opt/venv" in i.arguments]
+    writers = [i.arguments for i in instructions_named("RUN") if "python3 -m venv --without-pip /opt/venv" in i.arguments]
     assert len(writers) == 1 and "torch==" in writers[0]
     assert not [i for i in instructions_named("COPY") if "/opt/venv" in i.arguments]
     for run in instructions_named("RUN"):
-        for command in re.findall(r"pip (?:install|wheel)[^&]*", run.arguments):
+        for command in re.findall(r"pip (?:--python \S+ )?(?:install|wheel)[^&]*", run.arguments):
             assert "--no-cache-dir" in command, command
         assert "type=cache" not in run.arguments
+
+
+def test_the_runtime_virtualenv_leaves_out_pip_and_matplotlib():
+    """The serving image holds no installer and no plotting (about 116 MB): the virtualenv is made
+    without pip, pip runs from a stage of its own, and the requirements skip matplotlib."""
+    venv = [i.arguments for i in instructions_named("RUN") if "/opt/venv" in i.arguments and "pip" in i.arguments]
+    assert venv and all("--without-pip" in a or "python3 -m venv" not in a for a in venv)
+    for arguments in venv:
+        for pip in re.findall(r"\S+/bin/pip (?:--python \S+ )?(?:install|wheel)", arguments):
+            assert pip.startswith("/opt/installer/bin/pip --python /opt/venv/bin/python"), pip
+    assert 'if not d.startswith("matplotlib")' in " ".join(venv)
+    assert not [i for i in runtime_stage() if i.keyword == "COPY" and "/opt/installer" in i.arguments]
 
 
 def test_the_bundled_models_are_the_default_models_directory():

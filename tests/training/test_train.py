@@ -38,6 +38,20 @@ def test_training_lowers_the_loss_and_writes_a_complete_model_directory(trained_
     assert not list(trained_dir.parent.glob(".*"))  # no staging directory left behind
 
 
+def test_without_matplotlib_training_writes_everything_but_the_loss_curve(corpus_file, tmp_path, monkeypatch, caplog):
+    # The serving image leaves matplotlib out (docker/Dockerfile); `charlm train` there still works.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    artifacts.plotting_available.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="training.artifacts"):
+            out = train_tiny("lstm", corpus_file, tmp_path / "m", max_iters=30, eval_interval=15)
+    finally:
+        artifacts.plotting_available.cache_clear()
+    assert {p.name for p in out.iterdir()} == EXPECTED_FILES - {"loss.png"}
+    assert [m["iter"] for m in read_metrics(out)] == [0, 15, 30]
+    assert "matplotlib is not installed: no loss.png" in caplog.text
+
+
 def test_model_card_and_summary_describe_the_run(trained_dir):
     info = json.loads((trained_dir / "config.json").read_text())
     summary = info["training"]
