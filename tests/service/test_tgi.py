@@ -196,6 +196,20 @@ async def test_with_a_stream_interval_each_character_is_still_its_own_event(serv
     assert events[-1]["generated_text"] == streamed_text(events) == text
 
 
+@pytest.mark.parametrize("top_n_tokens", [None, 2])
+async def test_streamed_tokens_are_the_details_tokens_whatever_the_writes_carry(serve, top_n_tokens):
+    """Each character's id, text and log-probability in the stream equal /generate's details, the
+    last ones too: an interval of 7 makes the final write carry several characters (30 = 4 x 7 + 2)."""
+    async with serve(stream_interval=7) as (client, _):
+        body = generate_body(seed=5, do_sample=True, details=True, top_n_tokens=top_n_tokens)
+        events = await stream_events(client, "/generate_stream", body)
+        details = (await client.post("/generate", json=body)).json()["details"]
+    assert [e["index"] for e in events] == list(range(1, 31))
+    assert [e["token"] for e in events] == details["tokens"]
+    if top_n_tokens:
+        assert [e["top_tokens"] for e in events] == details["top_tokens"]
+
+
 async def test_a_stream_that_runs_out_of_time_ends_with_a_special_empty_token(serve):
     async with serve(request_timeout_s=0.3) as (client, _):
         events = await stream_events(client, "/generate_stream", generate_body(max_new_tokens=4000))
