@@ -15,9 +15,9 @@ interleaved, best of three. docs/benchmarks.md records the results.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from engine import decoder_step_ms  # bench/, beside this script
 
 from charlm.checkpoint import load_model
 from charlm.decoding import SlotDecoder
@@ -61,20 +61,6 @@ def flip_chance(alone: torch.Tensor, batched: torch.Tensor) -> float:
     return float((cdf_alone - cdf_batched).abs()[:, :-1].sum(-1).mean())
 
 
-@torch.inference_mode()
-def step_ms(model: CharModel, prompt: list[int], active: int, fixed: bool, slots: int, steps: int = 100) -> float:
-    decoder = SlotDecoder(model, slots, graphs=False, fixed_shape=fixed)
-    decoder.warm_up(prompt)
-    for seed in range(active):
-        decoder.add(prompt, SamplingParams(temperature=0.8), seed)
-    for _ in range(5):
-        decoder.launch().result()
-    start = time.perf_counter()
-    for _ in range(steps):
-        decoder.launch().result()
-    return (time.perf_counter() - start) / steps * 1000
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["models/shakespeare-gpt", "models/shakespeare-lstm",
@@ -101,7 +87,8 @@ def main() -> None:
             chances[fixed] = flip_chance(alone, batched)
         timings = []
         for active in (1, 4, 16, 32):
-            best = {fixed: min(step_ms(loaded.model, prompt, active, fixed, args.slots) for _ in range(3))
+            best = {fixed: min(decoder_step_ms(loaded.model, prompt, args.slots, False, None, 100, active, fixed)
+                                   for _ in range(3))
                     for fixed in (False, True)}
             timings.append(f"{best[False]:.2f} vs {best[True]:.2f} ({best[True] / best[False]:.1f}x)")
         print(f"| {name} | {gaps[False]:.1e} | {chances[False] * 1000:.3f} | gap {gaps[True]:.0e}, "

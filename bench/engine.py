@@ -111,14 +111,14 @@ def naive_rate(model: CharModel, ids: list[int], batch: int, chars: int) -> floa
 
 @torch.inference_mode()
 def decoder_step_ms(model: CharModel, ids: list[int], batch: int, graphs: bool, compile: bool | None,
-                    steps: int = 200) -> float:
-    """The decode step alone, every row active, without the engine's bookkeeping: ms per step
-    with the host waiting for each result, as the engine does."""
+                    steps: int = 200, active: int | None = None, fixed_shape: bool = False) -> float:
+    """The decode step alone, `active` rows of `batch` (default all) drawing, without the engine's
+    bookkeeping: ms per step with the host waiting for each result, as the engine does."""
     from charlm.decoding import SlotDecoder
 
-    decoder = SlotDecoder(model, batch, graphs=graphs, compile=compile)
+    decoder = SlotDecoder(model, batch, graphs=graphs, compile=compile, fixed_shape=fixed_shape)
     decoder.warm_up(ids)
-    for seed in range(batch):
+    for seed in range(batch if active is None else active):
         decoder.add(ids, SamplingParams(temperature=0.8), seed)
     for _ in range(10):
         decoder.launch().result()

@@ -27,18 +27,28 @@ def decode_alone(model, prompt: list[int], params: SamplingParams, seed: int, ch
 
 def decode_with(decoder: SlotDecoder, prompt: list[int], params: SamplingParams, seed: int, chars: int):
     """The ids and log-probabilities of `chars` characters drawn by a sequence added to `decoder`, alone."""
-    decoder.add(prompt, params, seed)
-    ids, logprobs = [], []
+    row = decoder.add(prompt, params, seed)
+    [ids], [logprobs] = draw(decoder, [row], chars)
+    return ids, logprobs
+
+
+def draw(decoder: SlotDecoder, rows: list[int], chars: int, top: int = 0):
+    """The first `chars` characters each of `rows` draws, and their log-probabilities (with `top`:
+    those of their `top` most likely characters), per row; steps that feed a prompt draw nothing."""
+    ids: list[list[int]] = [[] for _ in rows]
+    scores: list[list] = [[] for _ in rows]
     for _ in range(chars + STEP_SLACK):
-        if len(ids) == chars:
+        if min(map(len, ids)) == chars:
             break
         step = decoder.launch()
         result = step.result()
-        if step.drew is None or step.drew[0]:
-            ids.append(result.ids[0])
-            logprobs.append(result.logprobs[0])
-    assert len(ids) == chars, f"{len(ids)} of {chars} characters after {chars + STEP_SLACK} steps"
-    return ids, logprobs
+        for drawn, scored, row in zip(ids, scores, rows, strict=True):
+            if len(drawn) < chars and (step.drew is None or step.drew[row]):
+                drawn.append(result.ids[row])
+                scored.append([lp for _, lp in result.top(row, top)] if top else result.logprobs[row])
+    fewest = min(map(len, ids))
+    assert fewest == chars, f"a row drew {fewest} of {chars} characters in {chars + STEP_SLACK} steps"
+    return ids, scores
 
 
 @MODES
@@ -169,16 +179,7 @@ def test_prompts_of_one_length_prefilled_together_decode_as_if_alone(trained_dir
              for s, t in enumerate(texts)]
     decoder = SlotDecoder(loaded.model, 4, **mode)
     assert decoder.add_group(group) == 0 and decoder.active == 3
-    produced: list[list[int]] = [[], [], []]
-    for _ in range(20 + STEP_SLACK):
-        if min(map(len, produced)) >= 20:
-            break
-        step = decoder.launch()
-        result = step.result()
-        for row in range(3):
-            if step.drew is None or step.drew[row]:
-                produced[row].append(result.ids[row])
-    assert min(map(len, produced)) >= 20, "a row stopped drawing"
+    produced, _ = draw(decoder, [0, 1, 2], 20)
     for sequence, ids in zip(group, produced, strict=True):
         alone, _ = decode_alone(loaded.model, sequence.prompt, sequence.params, sequence.seed, 20, 4, **mode)
         assert ids[:20] == alone
@@ -197,15 +198,7 @@ def test_a_row_without_controls_is_the_same_whether_a_neighbour_uses_them(traine
     decoder = SlotDecoder(loaded.model, 3, **mode)
     row = decoder.add(ids, plain, 4)
     decoder.add(prompt_ids(loaded.vocab, "war"), controlled, 8)
-    beside = []
-    for _ in range(25 + STEP_SLACK):
-        if len(beside) == 25:
-            break
-        step = decoder.launch()
-        result = step.result()
-        if step.drew is None or step.drew[row]:
-            beside.append(result.ids[row])
-    assert len(beside) == 25, "the row stopped drawing"
+    [beside], _ = draw(decoder, [row], 25)
     assert beside == decode_alone(loaded.model, ids, plain, 4, 25, 3, **mode)[0]
 
 
@@ -260,15 +253,7 @@ def test_a_rows_logits_in_a_batch_equal_its_logits_alone_up_to_rounding_on_a_cpu
             neighbour = ["war", "my lord and", "", "the"][seed % 4]
             decoder.add(prompt_ids(vocab, neighbour), SamplingParams(temperature=1.0), seed)
         row = decoder.add(prompt_ids(vocab, "the king"), SamplingParams(temperature=0.0), 1, top=True)
-        ids, top = [], []
-        for _ in range(40 + STEP_SLACK):
-            if len(ids) == 40:
-                break
-            step = decoder.launch()
-            result = step.result()
-            if step.drew is None or step.drew[row]:
-                ids.append(result.ids[row])
-                top.append([logprob for _, logprob in result.top(row, 10)])
+        [ids], [top] = draw(decoder, [row], 40, top=10)
         return ids, top
 
     (alone_ids, alone), (batched_ids, batched) = alternatives(0), alternatives(12)
