@@ -44,7 +44,7 @@ from service.engine.sequences import Finished, GenerationRequest
 from service.frontend.app import create_app
 from service.frontend.grammar import schema_regex
 from service.settings import Settings
-from training.evaluation import evaluate_text
+from training.evaluation import evaluate_text, loss_metrics
 from training.session import RunSpec
 from training.trainer import train
 
@@ -191,7 +191,7 @@ def evaluation(model_dir: Path, data: Path) -> dict:
     for name, stride in (("consecutive", window), ("sliding", window // 2)):
         start = time.perf_counter()
         loss = evaluate_text(loaded.model, ids, window, stride, torch.device("cpu"))
-        figures[name] = {"bpc": round(loss / 0.6931471805599453, 4), "seconds": round(time.perf_counter() - start, 1)}
+        figures[name] = {"bpc": round(loss_metrics(loss)["bpc"], 4), "seconds": round(time.perf_counter() - start, 1)}
     return {"measure": "charlm eval, last 10%", "chars": len(ids), "window": window, **figures}
 
 
@@ -209,7 +209,6 @@ def main() -> None:
     args = parser.parse_args()
     global DEVICE
     DEVICE = args.device
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     measures = {
         "regex": lambda: regex_conformance(args.model, args.seeds),
         "json": lambda: json_conformance(args.seeds),

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from engine import load  # bench/, beside this script
+from engine import load, synchronize  # bench/, beside this script
 
 from charlm.decoding import SlotDecoder
 from charlm.generation import prompt_ids
@@ -31,6 +31,7 @@ from charlm.graphs import prepare_step
 from charlm.models import base
 from charlm.sampling import SamplingParams
 from service.control.registry import DTYPES
+from training.config import PRESETS
 
 BUNDLED = sorted(str(p) for p in Path("models").iterdir() if (p / "config.json").is_file())
 
@@ -111,13 +112,8 @@ def measure(spec: str, mode: Mode, args: argparse.Namespace, device: torch.devic
 
 def architecture_of(spec: str) -> str:
     if spec.startswith("random:"):
-        return "gpt"
+        return PRESETS[spec.removeprefix("random:")].architecture
     return str(json.loads((Path(spec) / "config.json").read_text())["architecture"])
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

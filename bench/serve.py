@@ -26,7 +26,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
-import os
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -224,8 +223,8 @@ def roles_of(pid: int | None) -> dict[str, list[int]]:
 
 def engine_baselines(args: argparse.Namespace) -> dict[int, float]:
     """Characters per second of the same model's engine in this process, at each level's batch size
-    (one thread, no HTTP; the device and dtype the server would choose, compiled unless
-    CHARLM_COMPILE=false, as the server), measured before the server starts."""
+    (one thread, no HTTP; the device, dtype and compiling the server's settings choose), measured
+    before the server starts."""
     import torch
     from engine import EndsSink, engine_rate  # bench/engine.py
 
@@ -233,15 +232,17 @@ def engine_baselines(args: argparse.Namespace) -> dict[int, float]:
     from charlm.generation import prompt_ids
     from service.control.registry import resolve_device, resolve_dtype
     from service.engine.engine import Engine
+    from service.settings import Settings
 
     torch.set_num_threads(1)
-    device = resolve_device(args.device)
-    loaded = load_model(Path(args.models_dir) / args.model, device=device, dtype=resolve_dtype("auto", device))
+    settings = Settings(device=args.device)  # CHARLM_DTYPE and CHARLM_COMPILE read as the server reads them
+    device = resolve_device(settings.device)
+    loaded = load_model(Path(args.models_dir) / args.model, device=device, dtype=resolve_dtype(settings.dtype, device))
     ids = prompt_ids(loaded.vocab, "ROMEO:\n")
     rates = {}
     for batch in args.levels:
         engine = Engine(args.model, loaded.model, loaded.vocab, batch, batch, sink=EndsSink(),
-                        compile_step=None if os.environ.get("CHARLM_COMPILE", "true") != "false" else False)
+                        compile_step=None if settings.compile else False)
         engine.start()
         engine_rate(engine, ids, batch, min(args.chars, 20))
         rates[batch] = engine_rate(engine, ids, batch, args.chars)

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the process tree as the memory soak test reads it
+from tests.service.load import process_tree as descendants  # noqa: E402
 
 
 def free_port() -> int:
@@ -51,23 +53,6 @@ def spawned_process(*flags: str, startup_s: float = 300) -> Iterator[tuple[str, 
 
 
 BENCH_ADMIN_KEY = "bench-admin"  # spawned servers answer /admin/models, which names their engines' pids
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it, from /proc."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [pid], [pid]
-    while frontier:
-        children = [child for child, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
 
 
 def cpu_seconds(pids: list[int]) -> float:

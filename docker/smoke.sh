@@ -231,6 +231,7 @@ remove_old_images() {
 main() {
     mkdir -p "$CACHE_DIR"
     exec 9>"$CACHE_DIR/lock"
+    command -v flock >/dev/null || skip "flock is not installed"
     flock -w 1800 9 || fail "another smoke test held $CACHE_DIR/lock for 30 minutes"
     check_prerequisites
     ensure_base_image
