@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from charlm.models import CharModel, build_model
-from charlm.models.lstm import compact_weights
+from charlm.models.lstm import move_compacted
 from charlm.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -143,10 +143,7 @@ def _load(directory: Path, device: torch.device | str, dtype: torch.dtype | None
     model = _build_from_metadata(directory / WEIGHTS_FILE, metadata)
     _check_agreement(directory, info, metadata, model, vocab)
     _load_tensors(directory / WEIGHTS_FILE, model, tensors)
-    model.to(device=device, dtype=dtype).eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.RNNBase):
-            compact_weights(module)
+    move_compacted(model.eval(), device, dtype)
     return LoadedModel(directory.name, directory, model, vocab, info, fingerprint)
 
 

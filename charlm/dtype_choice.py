@@ -19,7 +19,7 @@ import torch
 
 from charlm.graphs import try_capture
 from charlm.models import CharModel
-from charlm.models.lstm import compact_weights
+from charlm.models.lstm import move_compacted
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def convert(model: CharModel, dtype: torch.dtype) -> CharModel:
     """`model` in `dtype`, in place (recurrent weights kept in one cuDNN buffer)."""
-    model.to(dtype=dtype)
-    for module in model.modules():
-        if isinstance(module, torch.nn.RNNBase):
-            compact_weights(module)
+    move_compacted(model, dtype=dtype)
     return model
 
 

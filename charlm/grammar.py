@@ -65,19 +65,30 @@ class Automaton:
         return self.accepting & (self.transitions < 0).all(axis=1)
 
     @functools.cached_property
-    def shortest(self) -> int | None:
-        """The length of the shortest accepted text (None: the grammar accepts nothing)."""
-        distance = {0: 0}
-        queue = collections.deque([0])
+    def shortest_text(self) -> list[int] | None:
+        """The character ids of a shortest text the automaton accepts (None: it accepts nothing)."""
+        parent: dict[int, tuple[int, int]] = {}
+        queue, seen = collections.deque([0]), {0}
         while queue:
             state = queue.popleft()
             if self.accepting[state]:
-                return distance[state]
-            for following in np.unique(self.transitions[state]):
-                if following >= 0 and int(following) not in distance:
-                    distance[int(following)] = distance[state] + 1
-                    queue.append(int(following))
+                text = []
+                while state:
+                    state, char_id = parent[state]
+                    text.append(char_id)
+                return text[::-1]
+            for char_id, following in enumerate(self.transitions[state].tolist()):
+                if following >= 0 and following not in seen:
+                    seen.add(following)
+                    parent[following] = (state, char_id)
+                    queue.append(following)
         return None
+
+    @property
+    def shortest(self) -> int | None:
+        """The length of the shortest accepted text (None: the grammar accepts nothing)."""
+        text = self.shortest_text
+        return None if text is None else len(text)
 
     def walk(self, ids: list[int]) -> int | None:
         """The state after `ids` from the start (None: the grammar forbids them)."""

@@ -58,6 +58,15 @@ def stacked_lstm(input_size: int, hidden_size: int, n_layer: int, dropout: float
                    batch_first=True)
 
 
+def move_compacted(module: nn.Module, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> None:
+    """`module.to(device, dtype)`, its recurrent layers' weights then put back in one cuDNN buffer each."""
+    module.to(device=device, dtype=dtype)
+    for layer in module.modules():
+        if isinstance(layer, nn.RNNBase):
+            compact_weights(layer)
+
+
 def compact_weights(rnn: nn.RNNBase) -> None:
     """Put the weights of `rnn` back into one contiguous cuDNN buffer after a move.
 

@@ -137,32 +137,13 @@ def trimmed(table: np.ndarray, accepting: np.ndarray, key: str, source: str) -> 
     return Automaton(key, kept.astype(np.int32), accepting[reached], source)
 
 
-def shortest_text(automaton: Automaton) -> list[int]:
-    """The character ids of a shortest text the automaton accepts (it accepts one)."""
-    parent: dict[int, tuple[int, int]] = {}
-    queue, seen = collections.deque([0]), {0}
-    while queue:
-        state = queue.popleft()
-        if automaton.accepting[state]:
-            text = []
-            while state:
-                state, char_id = parent[state]
-                text.append(char_id)
-            return text[::-1]
-        for char_id, following in enumerate(automaton.transitions[state].tolist()):
-            if following >= 0 and following not in seen:
-                seen.add(following)
-                parent[following] = (state, char_id)
-                queue.append(following)
-    raise ValueError("the automaton accepts nothing")
-
-
 def why_empty(widened: Automaton | None, vocab: Vocab, extra: list[str]) -> str:
     """Why no text over the vocabulary matches: the characters outside it on a shortest text the
     grammar accepts, when there is one, else that nothing matches at all."""
     if widened is None:
         return "no text the model can write satisfies the grammar"
-    text = shortest_text(widened)
+    text = widened.shortest_text
+    assert text is not None  # the widened grammar accepts something: only the vocabulary was missing
     needed = sorted({extra[i - len(vocab)] for i in text if i >= len(vocab)})
     shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in needed[:MAX_SHOWN])
     more = f" and {len(needed) - MAX_SHOWN} more" if len(needed) > MAX_SHOWN else ""
