@@ -65,6 +65,18 @@ class StepEvents:
             return repr(self.logprob_list)[1:-1].split(", ")
         return [json.dumps(value) for value in self.logprob_list]
 
+    def alternatives(self, chars: list[str], first: int = 0, count: int | None = None
+                     ) -> dict[int, tuple[Alternative, ...]]:
+        """The alternatives of characters [first, first + count) (default: all), by character index."""
+        end = len(self.ids) if count is None else first + count
+        out: dict[int, tuple[Alternative, ...]] = {}
+        for row, index in enumerate(self.top_index.tolist()):
+            if first <= index < end:
+                out[index] = tuple(Alternative(i, chars[i], lp) for i, lp in
+                                   zip(self.top_ids[row].tolist(), self.top_logprobs[row].tolist(), strict=True)
+                                   if i >= 0)
+        return out
+
     def for_client(self, client: int) -> StepEvents:
         """The part of these events that goes to one front end."""
         mine = self.clients == client  # (S,)
@@ -153,7 +165,8 @@ class CallbackSink:
             self.requests[request.key] = (request, [])
 
     def deliver(self, events: StepEvents) -> None:
-        per_key = tokens_by_key(events, self.chars, {key: len(text) for key, (_, text) in self.requests.items()})
+        stepped = {key: len(self.requests[key][1]) for key in set(events.keys.tolist()) if key in self.requests}
+        per_key = tokens_by_key(events, self.chars, stepped)
         ended = {end.key: end for end in events.finished}
         for key, tokens in per_key.items():
             if (entry := self.requests.get(key)) is not None:
@@ -177,11 +190,7 @@ def call(request: GenerationRequest, events: Sequence[GeneratedToken | Finished]
 
 def tokens_by_key(events: StepEvents, chars: list[str], released: dict[int, int]) -> dict[int, list[GeneratedToken]]:
     """Each segment's characters as tokens, positioned after the `released` ones before them."""
-    tops: dict[int, tuple[Alternative, ...]] = {}
-    for row, char_index in enumerate(events.top_index.tolist()):
-        tops[char_index] = tuple(Alternative(i, chars[i], lp) for i, lp in
-                                 zip(events.top_ids[row].tolist(), events.top_logprobs[row].tolist(), strict=True)
-                                 if i >= 0)
+    tops = events.alternatives(chars)
     ids, logprobs = events.ids.tolist(), events.logprobs.tolist()
     out: dict[int, list[GeneratedToken]] = {}
     start = 0

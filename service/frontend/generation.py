@@ -20,9 +20,8 @@ from charlm.grammar import Automaton
 from charlm.sampling_params import MAX_SEED, SamplingParams
 from charlm.vocab import UnknownCharactersError, Vocab
 from service.engine.engine import EngineClosed, QueueFull
-from service.engine.events import StepEvents
 from service.engine.grammars import GrammarError
-from service.engine.sequences import Alternative, Finished, GeneratedToken
+from service.engine.sequences import Finished, GeneratedToken
 from service.engine.specs import RequestSpec
 from service.frontend.engine_client import EngineConnection
 from service.frontend.errors import ServiceError
@@ -119,7 +118,7 @@ class Queued:
         tokens: list[GeneratedToken] = []
         chars = self.chars
         for events, first, count in chunks:
-            tops = top_alternatives(events, first, count, chars) if len(events.top_index) else {}
+            tops = events.alternatives(chars, first, count)
             ids = events.ids[first : first + count].tolist()
             logprobs = events.logprobs[first : first + count].tolist()
             for j, (char_id, logprob) in enumerate(zip(ids, logprobs, strict=True)):
@@ -149,18 +148,6 @@ class Queued:
 def with_text(end: Finished | None, tokens: list[GeneratedToken]) -> Finished:
     assert end is not None
     return dataclasses.replace(end, text="".join(t.text for t in tokens))
-
-
-def top_alternatives(events: StepEvents, first: int, count: int, chars: list[str]
-                     ) -> dict[int, tuple[Alternative, ...]]:
-    """The alternatives of the characters [first, first + count) of a message, by character index."""
-    out: dict[int, tuple[Alternative, ...]] = {}
-    for row, index in enumerate(events.top_index.tolist()):
-        if first <= index < first + count:
-            out[index] = tuple(Alternative(i, chars[i], lp) for i, lp in
-                               zip(events.top_ids[row].tolist(), events.top_logprobs[row].tolist(), strict=True)
-                               if i >= 0)
-    return out
 
 
 async def watch_disconnect(disconnected: Callable[[], Awaitable[bool]], submission: Submission) -> None:
