@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -207,12 +206,11 @@ def self_check(device: torch.device, dtype: torch.dtype, head_dim: int, span: in
     return None
 
 
-def check_logged(device: torch.device, dtype: torch.dtype, head_dim: int, span: int,
-                 log: Callable[..., None] = logger.warning) -> str | None:
+def check_logged(device: torch.device, dtype: torch.dtype, head_dim: int, span: int) -> str | None:
     """`self_check`, with the reason logged (once) when the kernel cannot be used."""
     first = self_check.cache_info().currsize
     problem = self_check(device, dtype, head_dim, span)
     if problem is not None and self_check.cache_info().currsize > first:
-        log("Triton decode attention not used on %s (%s, head size %d): %s; using scaled dot-product attention",
-            device, str(dtype).removeprefix("torch."), head_dim, problem)
+        logger.warning("Triton decode attention not used on %s (%s, head size %d): %s; using scaled dot-product "
+                       "attention", device, str(dtype).removeprefix("torch."), head_dim, problem)
     return problem
