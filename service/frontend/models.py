@@ -40,12 +40,16 @@ class FrontModels:
         return [v for v in self.views.values() if self.status(v) == "ready"]
 
     def status(self, view: ModelView) -> str:
-        """The view's status, or failed when this front end saw its engine die."""
+        """The view's status, or failed when this front end saw its engine die or could not reach it."""
         client = self.clients.get(view.engine)
-        return "failed" if client is not None and client.failure else view.status
+        if client is None:
+            return "failed" if view.status == "ready" else view.status
+        return "failed" if client.failure else view.status
 
     def reason(self, view: ModelView) -> str | None:
         client = self.clients.get(view.engine)
+        if client is None and view.status == "ready":
+            return f"this front end cannot reach the engine of model {view.name}"
         return client.failure if client is not None and client.failure else view.error
 
     def get(self, name: str | None) -> tuple[ModelView, EngineConnection]:
@@ -56,19 +60,25 @@ class FrontModels:
         return view, self.clients[view.engine]
 
     def in_flight(self) -> int:
-        """This front end's sequences that have not ended, on every engine."""
+        """This front end's sequences that have not ended, on every engine. Read by the drain's
+        thread too, so it changes nothing (copying the clients out is one step for the interpreter)."""
+        return sum(c.in_flight for c in [*self.clients.values(), *self.retiring])
+
+    def still_retiring(self) -> list[EngineConnection]:
+        """The clients of versions no longer served that still run sequences; the rest are let go."""
         self.retiring = [c for c in self.retiring if c.in_flight]
-        return sum(c.in_flight for c in self.clients.values()) + sum(c.in_flight for c in self.retiring)
+        return self.retiring
 
     async def follow(self, views: dict[str, ModelView], default_model: str) -> None:
         """Serve by `views` from now on: connect to new engines first, then let go of old ones."""
         wanted = {v.engine: v for v in views.values() if v.engine}
+        self.still_retiring()
         fresh: dict[str, EngineConnection] = {}
         for key, view in wanted.items():
             if key not in self.clients:
                 try:
                     fresh[key] = await self._connect(view)
-                except OSError as exc:  # the engine is gone already: its failure is reported on the next change
+                except OSError as exc:  # failed here (`status`) until a later change reaches it
                     logger.error("model %s: cannot reach its engine: %s", view.name, exc)
         for key, client in list(self.clients.items()):
             if key not in wanted:

@@ -19,11 +19,14 @@ from charlm.checkpoint import load_model
 from charlm.generation import generate, prompt_ids
 from charlm.sampling import SamplingParams
 from service.control.engines import EngineProcess
+from service.control.registry import UnknownModelError
+from service.control.views import ModelView
 from service.engine.engine import EngineClosed, QueueFull
 from service.engine.specs import EngineSpec, RequestSpec
 from service.engine.stopping import FinishReason
 from service.frontend.engine_client import EngineClient
 from service.frontend.metrics import ServiceMetrics
+from service.frontend.models import FrontModels
 from service.frontend.streams import Pacer, Submission, chunk_ids
 
 pytestmark = pytest.mark.anyio
@@ -154,3 +157,15 @@ def test_a_model_that_cannot_load_is_reported_by_start(tmp_path):
     handle = EngineProcess(spec_for(tmp_path / "missing", tmp_path))
     with pytest.raises(EngineClosed, match="not a directory"):
         handle.start()
+
+
+async def test_a_model_whose_engine_this_front_end_cannot_reach_is_failed_not_ready(tiny_models, tmp_path):
+    """The control plane says ready, but the connection fails (no listener): the front end serves it
+    as failed, with the reason, rather than as ready without a client."""
+    models = FrontModels(ServiceMetrics())
+    view = ModelView("tiny-lstm", tiny_models / "tiny-lstm", "ready", engine=str(tmp_path / "gone.sock"))
+    await models.follow({"tiny-lstm": view}, "tiny-lstm")
+    assert models.status(view) == "failed" and models.ready == []
+    assert "cannot reach the engine of model tiny-lstm" in (models.reason(view) or "")
+    with pytest.raises(UnknownModelError):
+        models.get("tiny-lstm")

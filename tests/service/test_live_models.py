@@ -19,6 +19,7 @@ import pytest
 from charlm.checkpoint import WEIGHTS_FILE, load_model
 from charlm.generation import generate as generate_locally
 from charlm.sampling import SamplingParams
+from tests.helpers import wait_until
 from tests.service.helpers import (
     LONG,
     engine_handle_of,
@@ -119,6 +120,8 @@ def test_a_replaced_model_finishes_running_streams_on_the_old_weights(own_models
         response = client.post("/generate", json={**body, "parameters": {"max_new_tokens": 30}})
         new_version = response.headers["x-charlm-model-version"]
         assert new_version != old_version
+        # the old version's engine is let go once its stream has ended
+        assert wait_until(lambda: client.get("/admin/models", headers=ADMIN).json()["retiring"] == 0)
     greedy = SamplingParams(temperature=0)
     expected = "".join(c.char for c in generate_locally(old.model, old.vocab, "the ", wanted, greedy))
     assert "".join(received) == expected

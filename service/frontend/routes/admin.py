@@ -37,7 +37,7 @@ async def admin_models(state: Admin) -> dict[str, Any]:
     was loaded and how long that took, the memory it holds."""
     assert state.models is not None
     models = [admin_view(state, view) for _, view in sorted(state.models.views.items())]
-    return {"models": models, "retiring": len(state.models.retiring)}
+    return {"models": models, "retiring": len(state.models.still_retiring())}
 
 
 @router.post("/reload", response_model=ReloadResult, responses=ADMIN_ERRORS)
