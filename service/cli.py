@@ -15,6 +15,7 @@ from service.frontend.app import create_app
 from service.frontend.server import DrainingServer, uvicorn_config
 from service.frontend.state import ServiceState
 from service.settings import Settings
+from service.supervisor import BindError, bind, serve_with_supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +69,17 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     logging.getLogger().setLevel(settings.log_level.upper())
     workers = resolve_workers(settings)
+    try:  # a busy port fails now, before any model loads (the server binds it again to serve)
+        bind(settings.host, settings.port).close()
+    except BindError as exc:
+        raise CommandError(str(exc)) from None
     if workers > 1:
         if not settings.engine_process:
             raise CommandError(f"{workers} front ends need engines in processes of their own: "
                                "CHARLM_ENGINE_PROCESS=false works with CHARLM_WORKERS=1 only")
-        from service.supervisor import serve_with_supervisor
-
         try:
             return serve_with_supervisor(settings, workers)
-        except NoModelsError as exc:
+        except (NoModelsError, BindError) as exc:
             raise CommandError(str(exc)) from None
     app = create_app(settings)
     server = DrainingServer(uvicorn_config(app, settings), app.state.service)

@@ -38,12 +38,20 @@ RESTARTS_PER_MINUTE = 10  # a front end that dies more often than this means the
 EXIT_MARGIN_S = 10.0  # beyond a front end's own drain, before it is killed
 
 
+class BindError(Exception):
+    """The port cannot be listened on (in use, or not allowed)."""
+
+
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket every front end accepts on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -64,6 +72,7 @@ class Supervisor:
         return asyncio.run(self._main())
 
     async def _main(self) -> int:
+        sock = bind(self.settings.host, self.settings.port)  # first: a busy port fails before any model loads
         registry = await asyncio.to_thread(Registry.load, self.settings)
         runtime = registry.config.runtime_dir
         metrics_dir = runtime / "metrics"
@@ -74,12 +83,13 @@ class Supervisor:
             control = ControlServer(registry, str(runtime / "control.sock"))
             control.watcher = watcher = ModelWatcher(registry, self.settings.models_dir, control.changed)
             await control.start()
-            return await self._serve(registry, control, watcher)
+            return await self._serve(sock, registry, control, watcher)
         finally:
+            sock.close()
             shutil.rmtree(runtime, ignore_errors=True)
 
-    async def _serve(self, registry: Registry, control: ControlServer, watcher: ModelWatcher) -> int:
-        sock = bind(self.settings.host, self.settings.port)
+    async def _serve(self, sock: socket.socket, registry: Registry, control: ControlServer,
+                     watcher: ModelWatcher) -> int:
         for index in range(self.workers):
             self._start_front_end(index, sock, control.path)
         host, port = sock.getsockname()[:2]
@@ -105,7 +115,6 @@ class Supervisor:
         await watcher.stop()
         await asyncio.to_thread(registry.close, 0.0)
         await control.close()
-        sock.close()
         if self.failed:
             logger.error("%s", self.failed)
             return 1

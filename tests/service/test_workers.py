@@ -13,6 +13,9 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,3 +193,19 @@ def test_sigterm_drains_both_front_ends_and_every_stream_completes(two_models):
         assert all(len(text) == 300 for text in texts)
         assert server.process.wait(60) == 0
         assert "draining" in server.output()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_is_one_clear_error_before_any_model_loads(two_models, workers):
+    """A busy port is a one-line error, exit 2, at once: not after the models load, not a traceback
+    (several front ends bind it in the supervisor; one front end in uvicorn)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "charlm", "serve", "--workers", str(workers), "--port", str(port),
+                   "--models-dir", str(two_models)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+    assert "loaded" not in result.stderr  # no model was loaded first
