@@ -119,8 +119,8 @@ class Queued:
         chars = self.chars
         for events, first, count in chunks:
             tops = events.alternatives(chars, first, count)
-            ids = events.ids[first : first + count].tolist()
-            logprobs = events.logprobs[first : first + count].tolist()
+            ids = events.id_list[first : first + count]  # the message's lists, made once for all its readers
+            logprobs = events.logprob_list[first : first + count]
             for j, (char_id, logprob) in enumerate(zip(ids, logprobs, strict=True)):
                 position += 1
                 tokens.append(GeneratedToken(position, char_id, chars[char_id], logprob, tops.get(first + j, ())))
@@ -143,6 +143,16 @@ class Queued:
 
     def updates(self) -> AsyncIterator[list[SequenceStream] | None]:
         return self.submission.updates()
+
+
+def text_of_ids(ids: list[int], chars: list[str], model: str, param: str, said: str) -> str:
+    """The text of character ids; a 422 naming the ids outside the vocabulary (`said`: how the
+    message names them)."""
+    outside = sorted({i for i in ids if not 0 <= i < len(chars)})
+    if outside:
+        raise ServiceError(422, f"{said} {outside[:10]} outside the vocabulary of model {model} "
+                           f"(ids 0 to {len(chars) - 1})", param=param, kind="unknown_characters")
+    return "".join(chars[i] for i in ids)
 
 
 def with_text(end: Finished | None, tokens: list[GeneratedToken]) -> Finished:

@@ -17,7 +17,14 @@ from service.engine.sequences import Finished, GeneratedToken, PromptToken
 from service.engine.stopping import FinishReason
 from service.frontend.admission import Admitted, admit, log_completion, log_if_left
 from service.frontend.errors import ServiceError, error_body
-from service.frontend.generation import ClientGone, GenerationSpec, SequenceResult, best_first, disconnect_of
+from service.frontend.generation import (
+    ClientGone,
+    GenerationSpec,
+    SequenceResult,
+    best_first,
+    disconnect_of,
+    text_of_ids,
+)
 from service.frontend.grammar import compile_grammar
 from service.frontend.models import ModelView
 from service.frontend.schemas.errors import OPENAI_GENERATION, OPENAI_LISTING, OPENAI_MODEL
@@ -75,11 +82,7 @@ def prompt_text(prompt: str | list[int], chars: list[str], model: str) -> str:
     """A prompt's text; one given as character ids is decoded (422 for an id outside the vocabulary)."""
     if isinstance(prompt, str):
         return prompt
-    outside = sorted({i for i in prompt if not 0 <= i < len(chars)})
-    if outside:
-        raise ServiceError(422, f"prompt names character id(s) {outside[:10]} outside the vocabulary of model {model} "
-                           f"(ids 0 to {len(chars) - 1})", param="prompt", kind="unknown_characters")
-    return "".join(chars[i] for i in prompt)
+    return text_of_ids(prompt, chars, model, "prompt", "prompt names character id(s)")
 
 
 def scored_prompt(end: Finished, prompt: str) -> tuple[PromptToken, ...]:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends
 from charlm.vocab import UnknownCharactersError
 from service.engine.specs import ModelInfo
 from service.frontend.errors import ServiceError
+from service.frontend.generation import text_of_ids
 from service.frontend.schemas.errors import TGI_GENERATION
 from service.frontend.schemas.tokenizer import (
     DetokenizeRequest,
@@ -48,12 +49,7 @@ async def detokenize(body: DetokenizeRequest,
                      state: Annotated[ServiceState, Depends(ready_service)]) -> DetokenizeResponse:
     """The text of character ids (422 naming ids outside the vocabulary)."""
     name, info = described(state, body.model)
-    chars = info.chars
-    outside = sorted({i for i in body.tokens if not 0 <= i < len(chars)})
-    if outside:
-        raise ServiceError(422, f"tokens: id(s) {outside[:10]} outside the vocabulary of model {name} "
-                           f"(ids 0 to {len(chars) - 1})", param="tokens", kind="unknown_characters")
-    return DetokenizeResponse(prompt="".join(chars[i] for i in body.tokens))
+    return DetokenizeResponse(prompt=text_of_ids(body.tokens, info.chars, name, "tokens", "tokens: id(s)"))
 
 
 @router.get("/tokenizer_info", response_model=TokenizerInfo, responses=TGI_GENERATION)
