@@ -103,7 +103,7 @@ def run_eval(args: argparse.Namespace) -> int:
     seq_len = args.seq_len or trained_seq_len or context or DEFAULT_EVAL_SEQ_LEN
     if seq_len < 1 or (context is not None and seq_len > context):
         raise CommandError(f"--seq-len must be between 1 and the model's context of {context or 'any'}")
-    stride = args.stride or default_stride(seq_len)
+    stride = default_stride(seq_len) if args.stride is None else args.stride
     if not 1 <= stride <= seq_len:
         raise CommandError(f"--stride must be between 1 and the window's {seq_len} characters")
     if len(ids) < 2:

@@ -130,8 +130,9 @@ def test_eval_reads_a_gpt_through_a_sliding_window(capsys, tiny_models, corpus_f
     assert runs["8"][1].split()[5] != runs["16"][1].split()[5]
 
 
-def test_eval_refuses_a_stride_longer_than_the_window(capsys, tiny_models, corpus_file):
-    args = ["eval", "--model", str(tiny_models / "tiny-gpt"), "--data", str(corpus_file), "--stride", "17"]
+@pytest.mark.parametrize("stride", ["17", "0"])
+def test_eval_refuses_a_stride_outside_the_window(capsys, tiny_models, corpus_file, stride):
+    args = ["eval", "--model", str(tiny_models / "tiny-gpt"), "--data", str(corpus_file), "--stride", stride]
     status, _, err = run_cli(capsys, *args)
     assert status == 2 and "--stride must be between 1 and the window's 16 characters" in err
 
