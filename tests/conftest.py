@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from charlm.checkpoint import LoadedModel, load_model
-from tests.helpers import TINY, make_corpus, make_json_corpus, train_tiny
+from tests.helpers import TINY, make_corpus, make_json_corpus, make_play_corpus, train_tiny
+
+PLAY_TEMPLATE = Path(__file__).parent.parent / "charlm" / "chat_templates" / "play.jinja"
 
 torch.set_num_threads(1)  # the suite is many tiny models; extra threads only contend
 if not torch.cuda.is_available():  # Triton kernels run interpreted; it must be set before Triton's import
@@ -39,6 +42,20 @@ def json_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data.write_text(make_json_corpus(), encoding="utf-8")
     models = tmp_path_factory.mktemp("json-models")
     train_tiny("gpt", data, models / "tiny-json", max_iters=150)
+    return models
+
+
+@pytest.fixture(scope="session")
+def play_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory holding tiny-play: a tiny GPT trained on a play (speeches of `NAME:` and
+    lines), shipped as the bundled Shakespeare models are, with charlm's play chat template and a
+    speech's end as the reply's default stop."""
+    data = tmp_path_factory.mktemp("play-data") / "play.txt"
+    data.write_text(make_play_corpus(), encoding="utf-8")
+    models = tmp_path_factory.mktemp("play-models")
+    model = train_tiny("gpt", data, models / "tiny-play", max_iters=150)
+    shutil.copy(PLAY_TEMPLATE, model / "chat_template.jinja")
+    (model / "generation_config.json").write_text('{"stop_strings": ["\\n\\n"]}\n', encoding="utf-8")
     return models
 
 

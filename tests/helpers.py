@@ -56,6 +56,21 @@ def make_json_corpus(n_lines: int = 500, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+SPEAKERS = ["ROMEO", "JULIET", "CHORUS", "NURSE", "MESSENGER"]
+
+
+def make_play_corpus(n_speeches: int = 400, seed: int = 0) -> str:
+    """A play as the Shakespeare corpus is written: speeches of `NAME:` and a few lines, a blank
+    line between speeches (what charlm/chat_templates/play.jinja writes a chat as)."""
+    rng = random.Random(seed)
+    speeches = []
+    for _ in range(n_speeches):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6))).capitalize() + rng.choice(",.!;?")
+                 for _ in range(rng.randint(1, 3))]
+        speeches.append(f"{rng.choice(SPEAKERS)}:\n" + "\n".join(lines) + "\n")
+    return "\n".join(speeches)
+
+
 def train_tiny(architecture: str, data: Path, out: Path, overwrite: bool = False, **settings: object) -> Path:
     preset, overrides = TINY[architecture]
     spec = RunSpec(
