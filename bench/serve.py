@@ -33,6 +33,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 from serve_load import APIS, Level, run_level  # bench/, beside this script
 from serve_report import HEADER, plot, report, summary
 from spawned import cpu_seconds, descendants, server_processes, spawned_process
@@ -99,6 +100,20 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def check_same_prompt(url: str, model: str) -> None:
+    """Chat against completions is like with like only if the server renders the chat message as the
+    completions prompt is written: their usage must count the same prompt characters."""
+    counted = {}
+    for api in ("completions", "chat"):
+        body = {**APIS[api].body(model, 1, 0), "stream": False, "stream_options": None}
+        answer = httpx.post(f"{url}{APIS[api].path}", json=body, timeout=60)
+        answer.raise_for_status()
+        counted[api] = answer.json()["usage"]["prompt_tokens"]
+    if counted["completions"] != counted["chat"]:
+        raise SystemExit(f"the chat's prompt is not the completions prompt ({counted['chat']} characters against "
+                         f"{counted['completions']}): the model's chat template is not the play's")
+
+
 def measure(pool: concurrent.futures.Executor, args: argparse.Namespace, url: str,
             process: subprocess.Popen | None, api: str, concurrency: int) -> Level:
     """One level with one API, with the CPU the server's processes used meanwhile, by role."""
@@ -123,6 +138,8 @@ def main() -> None:
     server = contextlib.nullcontext((args.url, None)) if args.url else spawned_process(*flags)
     levels = []
     with server as (url, process), concurrent.futures.ProcessPoolExecutor(args.procs) as pool:
+        if {"completions", "chat"} <= set(args.api):
+            check_same_prompt(url, args.model)
         for api in args.api:  # warm connections, workers and each route
             run_level(pool, args.procs, url, api, min(args.procs, 4), 1, 20, args.model)
         print(HEADER)
