@@ -77,28 +77,29 @@ def spread(values: list[float], digits: int) -> str:
     return median if len(values) == 1 else f"{median} ({min(values):,.{digits}f} to {max(values):,.{digits}f})"
 
 
-def compared(ours: Level, theirs: Level) -> str:
-    """Our share of their characters/s; our first-character p50 less theirs."""
-    difference = ours.percentile(ours.first, 50) - theirs.percentile(theirs.first, 50)
-    share = ours.rate / theirs.rate if theirs.rate else float("nan")
-    return f"{share:.2f}; {difference:+.1f}"
+def against(ours: list[Level], theirs: list[Level]) -> list[str]:
+    """Repeat by repeat (the same round of the machine's noise): our share of their characters/s and
+    our first-character p50 less theirs; each as the median over repeats (and range), then every repeat's."""
+    pairs = list(zip(ours, theirs, strict=False))
+    shares = [o.rate / t.rate if t.rate else float("nan") for o, t in pairs]
+    differences = [o.percentile(o.first, 50) - t.percentile(t.first, 50) for o, t in pairs]
+    rounds = ", ".join(f"{share:.2f}; {difference:+.1f}" for share, difference in zip(shares, differences, strict=True))
+    return [spread(shares, 2), spread(differences, 1), rounds]
 
 
 def summary(levels: list[Level]) -> list[str]:
     """Per streams level and API, over repeats: the median and range of characters/s and of first
-    character p50 and p95; each API beside the first one named, in each repeat (the same round): its
-    share of the first's characters/s and the difference of its first-character p50."""
+    character p50 and p95; each API beside the first one named, repeat by repeat (`against`)."""
     grouped = runs(levels)
     apis = list(dict.fromkeys(level.api for level in levels))
     lines = ["| streams | API | characters / s, median (range) | first char p50 (ms) | first char p95 (ms) "
-             f"| against {apis[0]}, each round: characters / s share; first char p50 difference (ms) |",
-             "|---:|---|---:|---:|---:|---|"]
+             f"| share of {apis[0]}'s characters / s, per round | first char p50 less {apis[0]}'s (ms), per round "
+             "| each round: share; p50 difference |", "|---:|---|---:|---:|---:|---:|---:|---|"]
     for (concurrency, api), measured in grouped.items():
-        against = "—" if api == apis[0] else ", ".join(
-            compared(ours, theirs) for ours, theirs in zip(measured, grouped[concurrency, apis[0]], strict=False))
+        compared = ["—"] * 3 if api == apis[0] else against(measured, grouped[concurrency, apis[0]])
         p50, p95 = ([lv.percentile(lv.first, q) for lv in measured] for q in (50, 95))
         lines.append(f"| {concurrency} | {api} | {spread([lv.rate for lv in measured], 0)} "
-                     f"| {spread(p50, 1)} | {spread(p95, 1)} | {against} |")
+                     f"| {spread(p50, 1)} | {spread(p95, 1)} | {' | '.join(compared)} |")
     return lines
 
 

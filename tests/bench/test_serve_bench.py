@@ -52,4 +52,4 @@ def test_the_summary_compares_each_api_with_the_first_in_the_same_repeat():
     lines = summary(levels)
     assert lines[2].startswith("| 32 | completions | 1,000 (1,000 to 1,000) | 20.5 (20.0 to 21.0) |")
     assert lines[3].startswith("| 32 | chat | 1,000 (900 to 1,100) | 21.0 (20.0 to 22.0) |")
-    assert lines[3].endswith("| 0.90; +2.0, 1.10; -1.0 |")
+    assert lines[3].endswith("| 1.00 (0.90 to 1.10) | 0.5 (-1.0 to 2.0) | 0.90; +2.0, 1.10; -1.0 |")
