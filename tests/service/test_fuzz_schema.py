@@ -25,6 +25,7 @@ from schemathesis.checks import (
     unsupported_method,
 )
 
+from charlm.chat_template import template_path
 from service.frontend.app import create_app
 from service.settings import Settings
 from tests.service.helpers import live_server
@@ -43,7 +44,11 @@ schema = schemathesis.openapi.from_dict(create_app(Settings(**FUZZ_LIMITS)).open
 
 @pytest.fixture(scope="module")
 def fuzzed_server(tiny_models: Path) -> Iterator[str]:
-    with live_server(tiny_models, **FUZZ_LIMITS) as (base_url, _):
+    """Chats reach generation (a template for every model) and templates sent with requests are
+    rendered (trusted), so the fuzzer's templates meet the sandbox and its limits."""
+    chat = {"chat_template": template_path("verse"), "trust_request_chat_template": True,
+            "chat_template_timeout_s": 0.5}
+    with live_server(tiny_models, **chat, **FUZZ_LIMITS) as (base_url, _):
         yield base_url
 
 
