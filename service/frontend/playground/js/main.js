@@ -1,17 +1,19 @@
-// The playground page: wires the form to the server, the output panels and the scoring.
+// The playground page: wires the form to the server, the output panels, the scoring and the chat.
 import { ApiError, loadModelCard, loadModels, openStream, streamEvents } from "./api.js";
+import { Chat } from "./chat.js";
 import { FieldError, clearErrors, readParameters, requestJson, showError, showServerError } from "./form.js";
 import { OutputPanel } from "./output.js";
+import { ALTERNATIVES } from "./probabilities.js";
 import { scoreInto } from "./score.js";
 
 const $ = (id) => document.getElementById(id);
 const MODEL_CONTROLS = ["model", "model-b"];
-const START_BUTTONS = ["generate", "score"];
-const ALTERNATIVES = 5;  // the most likely characters asked for at each place
+const START_BUTTONS = ["generate", "score", "send", "clear"];  // disabled while something runs
 const FOLLOW_MODELS_MS = 5000;  // how often the model list is asked again: models come and go while serving
 let models = [];
 let limits = null;  // the server's, from /info
 let running = null;  // the AbortController of the work in flight (all of a comparison's streams)
+const chat = new Chat($("chat-turns"));
 
 function describe(model) {
   const context = model.context_length === null ? "unbounded context" : `context ${model.context_length}`;
@@ -137,10 +139,19 @@ async function exclusively(work) {
   }
 }
 
-function generate(event) {
+/** The form's submission: a generation, or in the Chat view the line typed. */
+function submit(event) {
   event.preventDefault();
   if (running) return;
   clearErrors();
+  if (document.body.dataset.view === "chat") {
+    exclusively((signal) => chat.send($("model").value, $("api-key").value.trim(), signal));
+  } else {
+    generate();
+  }
+}
+
+function generate() {
   let list;
   try {
     list = requests();
@@ -161,11 +172,12 @@ function generate(event) {
 
 function setRunning(isRunning) {
   const starts = START_BUTTONS.map($);
+  const chatting = document.body.dataset.view === "chat";
   const focused = document.activeElement;
   const moveFocus = isRunning ? starts.includes(focused) : focused === $("stop-button");
   for (const button of starts) button.disabled = isRunning;
   $("stop-button").disabled = !isRunning;
-  if (moveFocus) $(isRunning ? "stop-button" : "generate").focus();  // keyboard users
+  if (moveFocus) $(isRunning ? "stop-button" : (chatting ? "send" : "generate")).focus();  // keyboard users
   document.body.dataset.running = String(isRunning);
 }
 
@@ -202,8 +214,13 @@ function branch(prompt) {
 
 function showProbabilities() {
   const on = $("show-probs").checked;
-  $("outputs").classList.toggle("shaded", on);
+  for (const id of ["outputs", "chat-turns"]) $(id).classList.toggle("shaded", on);
   $("probs-legend").hidden = !on;
+}
+
+/** Show the Text view (generate, score) or the Chat view: the controls of the other are hidden. */
+function showView() {
+  document.body.dataset.view = $("view-chat").checked ? "chat" : "text";
 }
 
 /** Ctrl+Enter in a text box submits the form. */
@@ -215,9 +232,14 @@ function submitOnCtrlEnter(event) {
 }
 
 function start() {
-  $("controls").addEventListener("submit", generate);
+  $("controls").addEventListener("submit", submit);
   $("stop-button").addEventListener("click", stop);
   $("score").addEventListener("click", scoreText);
+  $("clear").addEventListener("click", () => {
+    clearErrors();
+    chat.clear();
+  });
+  for (const id of ["view-text", "view-chat"]) $(id).addEventListener("change", showView);
   $("constrain-kind").addEventListener("change", () => {
     $("constrain").disabled = !$("constrain-kind").value;
   });
@@ -226,9 +248,11 @@ function start() {
   $("api-key").addEventListener("change", refreshModels);
   $("show-probs").addEventListener("change", showProbabilities);
   $("prompt").addEventListener("keydown", submitOnCtrlEnter);
+  $("chat-message").addEventListener("keydown", submitOnCtrlEnter);
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && running) stop();
   });
+  showView();
   setRunning(false);
   showProbabilities();
   refreshModels();

@@ -11,15 +11,18 @@ function rate(count, firstAt, lastAt) {
 }
 
 export class OutputPanel {
-  /** `onBranch(prompt)`: start a generation from `prompt` (a text up to an alternative). */
-  constructor(container, modelName, onBranch) {
+  /**
+   * `onBranch(prompt)`: start a generation from `prompt` (a text up to an alternative); null: the
+   * alternatives are shown without branching. `heading`: the panel's title, the model's name unless given.
+   */
+  constructor(container, modelName, onBranch, heading = modelName) {
     const template = document.getElementById("output-template");
     this.element = template.content.firstElementChild.cloneNode(true);
     this.element.dataset.model = modelName;
     this.element.setAttribute("aria-label", `Output of ${modelName}`);
     this.id = `panel${(panels += 1)}`;
     const part = (name) => this.element.querySelector(`.${name}`);
-    part("output-model").textContent = modelName;
+    part("output-model").textContent = heading;
     this.textBox = part("output-text");
     this.generated = part("generated");
     this.echo = part("echo");
@@ -37,7 +40,9 @@ export class OutputPanel {
     this.shown = 0;  // records on the page
     this.current = -1;  // the character the keyboard is on
     this.framePending = false;
-    this.alternatives = new Alternatives(this.element, (index, text) => onBranch(this.branchPrompt(index, text)));
+    this.alternatives = new Alternatives(
+      this.element, onBranch && ((index, text) => onBranch(this.branchPrompt(index, text))),
+    );
     this.listen();
     container.appendChild(this.element);
   }
@@ -116,7 +121,12 @@ export class OutputPanel {
 
   /** The prompt of a branch: this panel's prompt, its text before character `index`, then `text`. */
   branchPrompt(index, text) {
-    return this.prompt + this.records.slice(0, index).map((r) => r.char).join("") + text;
+    return this.prompt + this.text(index) + text;
+  }
+
+  /** The text received, or its first `end` characters. */
+  text(end = this.records.length) {
+    return this.records.slice(0, end).map((r) => r.char).join("");
   }
 
   /** Hover and click show a character's alternatives; the arrow keys walk the characters. */
