@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from charlm.chat_template import check_template_file
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHARLM_", extra="ignore", frozen=True)
@@ -62,8 +64,26 @@ class Settings(BaseSettings):
     )
     sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between keep-alive comments")
     shutdown_grace_s: float = Field(30.0, ge=0, description="how long streams may finish after SIGTERM")
+    chat_template: Path | None = Field(
+        None, description="a Jinja chat template file for the models whose directory has no chat_template.jinja"
+    )
+    trust_request_chat_template: bool = Field(
+        False, description="let a request send its own chat_template (rendered in the same sandbox and limits)"
+    )
+    chat_template_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="longest a chat template may take to render one request (400 past it)"
+    )
     torch_threads: int = Field(0, ge=0, description="intra-op CPU threads; 0: (cores - 1) / models, at least 1")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("chat_template")
+    @classmethod
+    def readable_template(cls, path: Path | None) -> Path | None:
+        """The file must be there and be a template now, not at the first chat request."""
+        if path is None:
+            return None
+        check_template_file(path)
+        return path
 
     @field_validator("cors_origins", mode="before")
     @classmethod

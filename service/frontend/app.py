@@ -25,7 +25,7 @@ from service.frontend.middleware import MODEL_HEADER, REQUEST_ID_HEADER, VERSION
 from service.frontend.models import FrontModels, LocalModels
 from service.frontend.openapi import openapi_with_limits
 from service.frontend.remote import RemoteModels
-from service.frontend.routes import admin, openai, playground, system, tgi, tokenizer
+from service.frontend.routes import admin, chat, openai, playground, system, tgi, tokenizer
 from service.frontend.state import ServiceState
 from service.frontend.streams import Pacer
 from service.settings import Settings
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, control_address: str | None = N
     app.include_router(system.router)
     app.include_router(tgi.router)
     app.include_router(openai.router)
+    app.include_router(chat.router)
     app.include_router(tokenizer.router)  # issue 22
     app.include_router(admin.router)
     playground.install(app)

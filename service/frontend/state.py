@@ -11,6 +11,7 @@ from collections.abc import Callable
 from fastapi import Request
 from pydantic import SecretStr
 
+from service.frontend.chat_prompt import ChatTemplates
 from service.frontend.engine_client import EngineConnection
 from service.frontend.errors import ServiceError
 from service.frontend.metrics import ServiceMetrics
@@ -32,6 +33,10 @@ class ServiceState:
     draining: bool = False
     startup_error: str | None = None
     started_at: float = dataclasses.field(default_factory=time.time)
+    chat_templates: ChatTemplates = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.chat_templates = ChatTemplates(self.settings)
 
     @property
     def ready(self) -> bool:

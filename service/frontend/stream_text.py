@@ -99,3 +99,46 @@ class OpenAIChunks:
             "tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
             "top_logprobs": top, "text_offset": [offset + t.position - 1 for t in tokens],
         }, ensure_ascii=False)
+
+
+def utf8(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+class ChatChunks:
+    """The chunks of one OpenAI chat completion stream, written as text; with include_usage each
+    carries `"usage": null` (the last, with `choices: []`, carries the usage)."""
+
+    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool):
+        header = json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                             "model": model, "system_fingerprint": None}, ensure_ascii=False)
+        self.prefix = header[:-1] + ', "choices": ['
+        self.suffix = '], "usage": null}' if include_usage else "]}"
+
+    def chunk(self, index: int, delta: str, logprobs: str = "null", finish_reason: str | None = None) -> str:
+        end = "null" if finish_reason is None else json.dumps(finish_reason)
+        choice = f'{{"index": {index}, "delta": {delta}, "logprobs": {logprobs}, "finish_reason": {end}}}'
+        return data_event(self.prefix + choice + self.suffix)
+
+    def role(self, index: int) -> str:
+        """A choice's first chunk."""
+        return self.chunk(index, '{"role": "assistant", "content": ""}')
+
+    def text(self, index: int, text: str) -> str:
+        return self.chunk(index, f'{{"content": {json.dumps(text, ensure_ascii=False)}}}')
+
+    def characters(self, index: int, tokens: list[GeneratedToken]) -> str:
+        """A chunk of characters with their log-probabilities (OpenAI's logprobs.content)."""
+        text = json.dumps("".join(t.text for t in tokens), ensure_ascii=False)
+        return self.chunk(index, f'{{"content": {text}}}', json.dumps(
+            {"content": token_logprobs(tokens), "refusal": None}, ensure_ascii=False))
+
+    def end(self, index: int, finish_reason: str) -> str:
+        return self.chunk(index, "{}", finish_reason=finish_reason)
+
+
+def token_logprobs(tokens: list[GeneratedToken]) -> list[dict[str, object]]:
+    """OpenAI's per-token entries: a character, its log-probability and UTF-8 bytes, and the alternatives."""
+    return [{"token": t.text, "logprob": t.logprob, "bytes": utf8(t.text),
+             "top_logprobs": [{"token": a.text, "logprob": a.logprob, "bytes": utf8(a.text)} for a in t.top]}
+            for t in tokens]

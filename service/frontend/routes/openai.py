@@ -69,13 +69,13 @@ async def admit_completion(state: ServiceState, request: Request, body: Completi
     texts = [prompt_text(prompt, view.info.chars, view.name) for prompt in body.prompts]
     prompts = [prompt for prompt in texts for _ in range(body.candidates)]
     offsets = [j for _ in texts for j in range(body.candidates)]
-    max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+    max_tokens = body.max_new_tokens(DEFAULT_MAX_TOKENS)
     interval = state.settings.stream_interval if body.stream else 0
     form = body.grammar_form()
-    grammar = await compile_grammar(form, view.info.vocab, max_tokens, "max_tokens") if form else None
+    grammar = await compile_grammar(form, view.info.vocab, max_tokens, body.tokens_param) if form else None
     spec = GenerationSpec(max_tokens, body.sampling(), tuple(body.stop or ()), body.logprobs or 0, interval,
                           grammar=grammar, prompt_logprobs=body.prompt_scores)
-    return await admit(state, request, body.model, prompts, spec, "prompt", "max_tokens", offsets)
+    return await admit(state, request, body.model, prompts, spec, "prompt", body.tokens_param, offsets)
 
 
 def prompt_text(prompt: str | list[int], chars: list[str], model: str) -> str:
@@ -224,7 +224,7 @@ async def completion_events(
             yield "".join(parts).encode()
         ordered = [ends[i] for i in sorted(ends)]
         log_completion(admitted, "/v1/completions", ordered)
-        if body.stream_options is not None and body.stream_options.include_usage:
+        if body.include_usage:
             yield chunk([], usage(ordered, body.n))
         yield ServerSentEvent(raw_data="[DONE]")
     finally:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from charlm.chat_template import ChatTemplateError
 from charlm.vocab import UnknownCharactersError
 from service.engine.specs import ModelInfo
 from service.frontend.errors import ServiceError
@@ -34,14 +35,21 @@ def described(state: ServiceState, name: str | None) -> tuple[str, ModelInfo]:
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=TGI_GENERATION)
 async def tokenize(body: TokenizeRequest, state: Annotated[ServiceState, Depends(ready_service)]) -> TokenizeResponse:
-    """The prompt's character ids (422 naming the characters outside the model's vocabulary)."""
-    _, info = described(state, body.model)
+    """The prompt's character ids (422 naming the characters outside the model's vocabulary); for
+    messages, those of the prompt the model's chat template renders, which is returned too."""
+    view, _ = state.model(body.model)
+    info = view.info
+    assert info is not None
+    rendered = await state.chat_templates.render(view, body.messages, body) if body.messages else None
+    prompt = rendered.text if rendered is not None else body.prompt or ""
     try:
-        ids = info.vocab.encode(body.prompt).tolist()
+        ids = info.vocab.encode(prompt).tolist()
     except UnknownCharactersError as exc:
-        raise ServiceError(422, f"prompt: {exc}", param="prompt", kind="unknown_characters") from None
+        param = "prompt" if rendered is None else "messages"
+        raise ServiceError(422, f"{param}: {exc}", param=param, kind="unknown_characters") from None
     return TokenizeResponse(count=len(ids), max_model_len=info.context_length, tokens=ids,
-                            token_strs=list(body.prompt) if body.return_token_strs else None)
+                            token_strs=list(prompt) if body.return_token_strs else None,
+                            prompt=prompt if rendered is not None else None)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=TGI_GENERATION)
@@ -56,6 +64,12 @@ async def detokenize(body: DetokenizeRequest,
 async def tokenizer_info(state: Annotated[ServiceState, Depends(ready_service)],
                          model: str | None = None) -> TokenizerInfo:
     """A model's vocabulary (default model unless `?model=` names one); it has no special tokens."""
-    name, info = described(state, model)
-    return TokenizerInfo(model=name, vocab_size=len(info.chars), model_max_length=info.context_length,
-                         chars=info.chars)
+    view, _ = state.model(model)
+    info = view.info
+    assert info is not None
+    try:
+        template = state.chat_templates.of_model(view.path)
+    except ChatTemplateError:
+        template = None  # /v1/chat/completions says why
+    return TokenizerInfo(model=view.name, vocab_size=len(info.chars), model_max_length=info.context_length,
+                         chars=info.chars, chat_template=template.source if template is not None else None)

@@ -1,4 +1,4 @@
-"""OpenAI completions wire format (`/v1/completions`, `/v1/models`)."""
+"""OpenAI completions wire format (`/v1/completions`, `/v1/models`), and what chat completions share with it."""
 
 from __future__ import annotations
 
@@ -27,38 +27,44 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 
 class StreamOptions(StrictModel):
     include_usage: bool = False
+    include_obfuscation: bool | None = Field(None, description="accepted as false or null: charlm pads no chunks")
+
+    @model_validator(mode="after")
+    def _refuse_obfuscation(self) -> StreamOptions:
+        require_neutral({"include_obfuscation": self.include_obfuscation}, {"include_obfuscation": (None, False)},
+                        "stream_options.")
+        return self
 
 
-class CompletionRequest(StrictModel):
+class SamplingRequest(StrictModel):
+    """What OpenAI's completions and chat completions share: the model, how many characters, how
+    they are drawn, and grammars (OpenAI's response_format and vLLM's forms)."""
+
     model: str | None = Field(None, description="model name (default: the server's default model)")
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
-        "", description="a prompt, a list of prompts, or prompts as character ids (one list, or a list of lists)")
-    max_tokens: int | None = Field(16, ge=0, description="characters to generate per choice")
+    max_tokens: int | None = Field(None, ge=0, description="characters to generate per choice")
+    max_completion_tokens: int | None = Field(None, ge=0, description="OpenAI's newer name for max_tokens; it wins "
+                                              "when both are given")
     temperature: float | None = Field(1.0, ge=0, allow_inf_nan=False, description="0 is greedy")
     top_p: float | None = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(0, ge=0, le=MAX_TOP_K, description="charlm extension; 0: off")
     n: int = Field(1, ge=1, description="choices per prompt")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="alternatives to report per step")
-    echo: bool = Field(False, description="prepend the prompt to each choice's text; with logprobs (and no "
-                       "stream), the prompt's characters come first in logprobs, the first one's null")
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     user: str | None = None
-    suffix: str | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False,
                                            description="subtracted from the logit of every character already generated")
     frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False,
                                             description="subtracted once per time a character was generated")
-    best_of: int | None = Field(None, ge=1, description="candidates per prompt (>= n); the n with the highest mean "
-                                "log-probability are answered; not for streams")
     logit_bias: dict[str, float] | None = Field(None, description="character id (as a string) -> bias in "
                                                 "[-100, 100], added to its logit")
     min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="charlm extension: keep "
                                 "characters at least min_p times as likely as the most likely; 0: off")
-    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_N, description="vLLM extension: each prompt "
-                                        "character's log-probability and rank, with this many alternatives")
+    typical_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="charlm extension: "
+                                    "locally typical sampling; 1 or null: off")
+    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False, description="charlm extension: "
+                                             "divides the positive logits of characters already seen; 1 or null: off")
     response_format: ResponseFormat | None = Field(None, description="json_object, or json_schema with a schema")
     structured_outputs: StructuredOutputs | None = Field(None, description="vLLM extension: exactly one of regex, "
                                                          "json (a schema), choice, json_object")
@@ -69,8 +75,9 @@ class CompletionRequest(StrictModel):
 
     @field_validator("stop")
     @classmethod
-    def _check_stop(cls, stop: str | list[str] | None) -> list[str]:
-        return check_stop([stop] if isinstance(stop, str) else list(stop or []))
+    def _check_stop(cls, stop: str | list[str] | None) -> list[str] | None:
+        """A list, or None when the request gave none (a chat reply then stops where its model's does)."""
+        return None if stop is None else check_stop([stop] if isinstance(stop, str) else list(stop))
 
     @field_validator("logit_bias")
     @classmethod
@@ -85,8 +92,7 @@ class CompletionRequest(StrictModel):
         return bias
 
     @model_validator(mode="after")
-    def _refuse_unsupported(self) -> CompletionRequest:
-        require_neutral({"suffix": self.suffix}, NEUTRAL)
+    def _one_grammar(self) -> SamplingRequest:
         plain_text = self.response_format is None or self.response_format.type == "text"
         forms = [name for name, value in (
             ("response_format", None if plain_text else self.response_format),
@@ -96,18 +102,23 @@ class CompletionRequest(StrictModel):
             raise ValueError(f"give one grammar, in one form: this request sets {' and '.join(forms)}")
         if self.guided_choice is not None:
             check_choices(self.guided_choice)
-        if self.stream and self.prompt_logprobs is not None:
-            raise ValueError("prompt_logprobs cannot be streamed: send stream false")
-        if self.best_of is not None and self.best_of < self.n:
-            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
-        if self.stream and self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of cannot be used with stream: candidates are compared when they are done")
         return self
 
+    def max_new_tokens(self, default: int) -> int:
+        """max_completion_tokens, else max_tokens, else `default`."""
+        for value in (self.max_completion_tokens, self.max_tokens):
+            if value is not None:
+                return value
+        return default
+
     @property
-    def candidates(self) -> int:
-        """Sequences per prompt: best_of, else n."""
-        return self.best_of or self.n
+    def tokens_param(self) -> str:
+        """The field that set the length, for messages."""
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
     def grammar_form(self) -> GrammarForm | None:
         """The grammar asked for, in whichever form (the validator allowed one at most)."""
@@ -132,6 +143,46 @@ class CompletionRequest(StrictModel):
             return GrammarForm("choice", self.guided_choice, "guided_choice")
         return None
 
+    def sampling(self) -> SamplingParams:
+        temperature = 1.0 if self.temperature is None else self.temperature
+        bias = tuple(sorted((int(key), value) for key, value in (self.logit_bias or {}).items()))
+        return SamplingParams(
+            temperature, self.top_k or 0, self.top_p or 1.0, self.seed, min_p=self.min_p or 0.0,
+            typical_p=self.typical_p or 1.0, repetition_penalty=self.repetition_penalty or 1.0,
+            frequency_penalty=self.frequency_penalty or 0.0, presence_penalty=self.presence_penalty or 0.0,
+            logit_bias=bias,
+        )
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        "", description="a prompt, a list of prompts, or prompts as character ids (one list, or a list of lists)")
+    max_tokens: int | None = Field(16, ge=0, description="characters to generate per choice")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="alternatives to report per step")
+    echo: bool = Field(False, description="prepend the prompt to each choice's text; with logprobs (and no "
+                       "stream), the prompt's characters come first in logprobs, the first one's null")
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, description="candidates per prompt (>= n); the n with the highest mean "
+                                "log-probability are answered; not for streams")
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_N, description="vLLM extension: each prompt "
+                                        "character's log-probability and rank, with this many alternatives")
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self) -> CompletionRequest:
+        require_neutral({"suffix": self.suffix}, NEUTRAL)
+        if self.stream and self.prompt_logprobs is not None:
+            raise ValueError("prompt_logprobs cannot be streamed: send stream false")
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+        if self.stream and self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of cannot be used with stream: candidates are compared when they are done")
+        return self
+
+    @property
+    def candidates(self) -> int:
+        """Sequences per prompt: best_of, else n."""
+        return self.best_of or self.n
+
     @property
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: texts, or character ids (which the route decodes with the model's vocabulary)."""
@@ -147,15 +198,6 @@ class CompletionRequest(StrictModel):
         asked = [n for n in (self.logprobs if self.echo and not self.stream else None, self.prompt_logprobs)
                  if n is not None]
         return max(asked) if asked else None
-
-    def sampling(self) -> SamplingParams:
-        temperature = 1.0 if self.temperature is None else self.temperature
-        bias = tuple(sorted((int(key), value) for key, value in (self.logit_bias or {}).items()))
-        return SamplingParams(
-            temperature, self.top_k or 0, self.top_p or 1.0, self.seed, min_p=self.min_p or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0, presence_penalty=self.presence_penalty or 0.0,
-            logit_bias=bias,
-        )
 
 
 class Logprobs(BaseModel):
