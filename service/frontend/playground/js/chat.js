@@ -95,7 +95,7 @@ export class Chat {
     } catch (exc) {
       if (signal.aborted) {
         panel.stopped();
-      } else if (panel.records.length === 0) {
+      } else if (panel.text() === "") {
         this.withdraw(said, panel, line, exc);
         return;
       } else {
@@ -105,7 +105,7 @@ export class Chat {
     }
     this.messages.push(line);
     const reply = panel.text();
-    if (reply) this.messages.push({ role: "assistant", name: speaker, content: reply });
+    if (reply) this.messages.push({ role: "assistant", name: speaker, content: reply });  // an empty one says nothing
   }
 
   async stream(panel, body, apiKey, signal) {
