@@ -93,8 +93,8 @@ export function openChat(bodyJson, apiKey, signal) {
 }
 
 /**
- * A chat stream's reply, character by character, as {text, logprob, top}, then {finish} with the
- * finish reason; an error chunk throws. With `logprobs` asked each character comes with its
+ * A chat stream's reply, character by character, as {text, logprob, top, at} (`at`: when its chunk
+ * came), then {finish} with the finish reason; an error chunk throws. With `logprobs` asked each character comes with its
  * log-probability and `top`, the most likely characters there as {text, logprob}, most likely
  * first; without, logprob is null and top empty.
  */
@@ -103,14 +103,15 @@ export async function* chatEvents(response) {
     if (data === "[DONE]") return;
     const chunk = JSON.parse(data);
     if (chunk.error !== undefined) throw new ApiError(500, chunk.error.message ?? String(chunk.error));
+    const at = performance.now();
     for (const choice of chunk.choices) {
       const scored = choice.logprobs?.content;
       for (const t of scored ?? []) {
         const top = t.top_logprobs.map((alt) => ({ text: alt.token, logprob: alt.logprob }));
-        yield { text: t.token, logprob: t.logprob, top: top.sort((a, b) => b.logprob - a.logprob) };
+        yield { text: t.token, logprob: t.logprob, top: top.sort((a, b) => b.logprob - a.logprob), at };
       }
       if (!scored) {
-        for (const char of choice.delta?.content ?? "") yield { text: char, logprob: null, top: [] };
+        for (const char of choice.delta?.content ?? "") yield { text: char, logprob: null, top: [], at };
       }
       if (choice.finish_reason) yield { finish: choice.finish_reason };
     }

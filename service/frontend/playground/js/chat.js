@@ -115,7 +115,7 @@ export class Chat {
         panel.finish({ finish_reason: event.finish }, body.seed);
         return;  // the last chunk: a Stop pressed from now on must not relabel a finished reply
       }
-      panel.add(event.text, event.logprob, event.top);
+      panel.add(event.text, event.logprob, event.top, false, event.at);
     }
     throw new ApiError(0, "the stream ended before its last chunk");
   }
