@@ -10,21 +10,15 @@ headless Chromium through Playwright, generates from "ROMEO:" with the shading o
 and saves the page as a PNG. Prints what the page showed each time (time to first character,
 characters per second) next to the same request streamed straight from the server, to see what
 the browser's share of the time is, and what the shading costs. Then says two lines as ROMEO in
-the Chat view, shakespeare-gpt answering as JULIET, and saves that page too. Where shakespeare-gpt
-has no chat template yet, the server runs on a copy of the bundled models in which it has the play
-template and a speech's end as its stop, as `charlm train --chat-template` would give it.
+the Chat view, shakespeare-gpt answering as JULIET in its play, and saves that page too.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -36,10 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tests.service.browser import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402 (the tests' browser settings)
 
 PROMPT = "ROMEO:"
-MODELS = ROOT / "models"
-CHAT_MODEL = "shakespeare-gpt"  # the server's default: the page picks it
 CHAT_LINES = ("Good morrow, gentle lady. What news from the court?", "Then tell me of the king, and of his son.")
-PLAY_STOP = '{"stop_strings": ["\\n\\n"]}\n'  # a speech ends at the blank line
 
 
 def poll(page: Page, expression: str, timeout: float = 300) -> None:
@@ -78,22 +69,6 @@ def generate(page: Page, chars: int, seed: int, shaded: bool) -> dict[str, str]:
     poll(page, "document.querySelector('.output')?.dataset.status === 'finished'")
     names = ("first", "rate", "count", "bpc", "ppl")
     return {name: page.text_content(f".output .stat-{name}") or "" for name in names}
-
-
-@contextlib.contextmanager
-def chat_ready_models() -> Iterator[Path]:
-    """The bundled models where CHAT_MODEL ships its chat template; else a copy of them in which it
-    has the play template and the play's stop."""
-    if (MODELS / CHAT_MODEL / "chat_template.jinja").exists():
-        yield MODELS
-        return
-    with tempfile.TemporaryDirectory() as temporary:
-        models = Path(temporary) / "models"
-        shutil.copytree(MODELS, models)
-        shutil.copy(ROOT / "charlm" / "chat_templates" / "play.jinja", models / CHAT_MODEL / "chat_template.jinja")
-        (models / CHAT_MODEL / "generation_config.json").write_text(PLAY_STOP, encoding="utf-8")
-        print(f"{CHAT_MODEL} has no chat template: serving a copy of the bundled models with the play's")
-        yield models
 
 
 def open_page(browser: Browser, url: str) -> Page:
@@ -137,7 +112,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=600)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    with chat_ready_models() as models, spawned_server("--models-dir", str(models)) as url:
+    with spawned_server() as url:
         stats = screenshot(url, args.out, args.chat_out, args.chars, args.seed)
         first_ms, rate = direct_stream(url, args.chars, args.seed)
     print(f"saved {args.out} and {args.chat_out}")
