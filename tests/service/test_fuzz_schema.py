@@ -35,7 +35,10 @@ EXAMPLES = int(os.environ.get("CHARLM_FUZZ_EXAMPLES", "25"))  # per route and mo
 # so "valid data is accepted" is not among the checks; every refusal must still be documented.
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection, unsupported_method]
-FUZZ_LIMITS = {"max_new_tokens": 24, "max_n": 3, "max_prompt_chars": 256, "request_timeout_s": 20.0}
+# A body limit above what the fuzzer sends: a request breaking a list's maxItems (1,025 chat messages)
+# may pass the default megabyte, and must meet the schema's refusal, not the size limit's 413.
+FUZZ_LIMITS = {"max_new_tokens": 24, "max_n": 3, "max_prompt_chars": 256, "request_timeout_s": 20.0,
+               "max_body_bytes": 16 * 1024 * 1024}
 
 
 # The document depends only on the settings, so it is built here, without loading any model.
