@@ -1,13 +1,16 @@
-"""Screenshot of the playground after a finished generation with the bundled default model, its
-characters shaded by how sure the model was and one character's alternatives open.
+"""Screenshots of the playground: after a finished generation with the bundled default model, its
+characters shaded by how sure the model was and one character's alternatives open; and the Chat
+view after two exchanges with it.
 
-    python bench/playground_screenshot.py [--out docs/playground.png] [--chars 600] [--seed 1]
+    python bench/playground_screenshot.py [--out docs/playground.png] [--chat-out docs/playground-chat.png]
+                                          [--chars 600] [--seed 1]
 
 Starts `charlm serve` on the bundled models (a free loopback port), opens the page in Debian's
 headless Chromium through Playwright, generates from "ROMEO:" with the shading off and then on,
 and saves the page as a PNG. Prints what the page showed each time (time to first character,
 characters per second) next to the same request streamed straight from the server, to see what
-the browser's share of the time is, and what the shading costs.
+the browser's share of the time is, and what the shading costs. Then says two lines as ROMEO in
+the Chat view, shakespeare-gpt answering as JULIET in its play, and saves that page too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 from spawned import spawned_server  # bench/, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tests.service.browser import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402 (the tests' browser settings)
 
 PROMPT = "ROMEO:"
+CHAT_LINES = ("Good morrow, gentle lady. What news from the court?", "Then tell me of the king, and of his son.")
 
 
 def poll(page: Page, expression: str, timeout: float = 300) -> None:
@@ -67,15 +71,36 @@ def generate(page: Page, chars: int, seed: int, shaded: bool) -> dict[str, str]:
     return {name: page.text_content(f".output .stat-{name}") or "" for name in names}
 
 
-def screenshot(url: str, out: Path, chars: int, seed: int) -> dict[bool, dict[str, str]]:
+def open_page(browser: Browser, url: str) -> Page:
+    page = browser.new_page(viewport={"width": 1280, "height": 820})
+    page.goto(url)
+    poll(page, "document.body.dataset.models === 'loaded'")
+    return page
+
+
+def chat(page: Page, seed: int) -> None:
+    """Say CHAT_LINES as ROMEO in the Chat view, each reply shaded, and open one character's alternatives."""
+    page.check("#view-chat")
+    page.check("#show-probs")
+    page.fill("#seed", str(seed))
+    for said, line in enumerate(CHAT_LINES, start=1):
+        page.fill("#chat-message", line)
+        page.click("#send")
+        poll(page, "[...document.querySelectorAll('#chat-turns .reply')]"
+                   f".filter(reply => reply.dataset.status === 'finished').length === {said}")
+    page.locator("#chat-turns .reply").last.locator(".generated > span").nth(12).hover()
+
+
+def screenshot(url: str, out: Path, chat_out: Path, chars: int, seed: int) -> dict[bool, dict[str, str]]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 820})
-        page.goto(url)
-        poll(page, "document.body.dataset.models === 'loaded'")
+        page = open_page(browser, url)
         stats = {shaded: generate(page, chars, seed, shaded) for shaded in (False, True)}
         page.locator(".output .generated > span").nth(min(40, chars - 1)).hover()  # its alternatives
         page.screenshot(path=str(out))
+        page = open_page(browser, url)
+        chat(page, seed)
+        page.screenshot(path=str(chat_out), full_page=True)  # the Chat view's form is taller than the window
         browser.close()
     return stats
 
@@ -83,13 +108,14 @@ def screenshot(url: str, out: Path, chars: int, seed: int) -> dict[bool, dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "playground.png")
+    parser.add_argument("--chat-out", type=Path, default=ROOT / "docs" / "playground-chat.png")
     parser.add_argument("--chars", type=int, default=600)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     with spawned_server() as url:
-        stats = screenshot(url, args.out, args.chars, args.seed)
+        stats = screenshot(url, args.out, args.chat_out, args.chars, args.seed)
         first_ms, rate = direct_stream(url, args.chars, args.seed)
-    print(f"saved {args.out}")
+    print(f"saved {args.out} and {args.chat_out}")
     for shaded, shown in stats.items():
         print(f"page, shading {'on ' if shaded else 'off'}: first character {shown['first']}, {shown['rate']} "
               f"characters/s, {shown['count']} characters, {shown['bpc']} bits/char, perplexity {shown['ppl']}")

@@ -91,6 +91,18 @@ def bundled_names() -> list[str]:
     return sorted(p.stem for p in BUNDLED_DIR.glob("*.jinja"))
 
 
+def template_files(name_or_path: str | Path) -> dict[str, str]:
+    """The files that give a model directory a chat template: chat_template.jinja, and for a bundled
+    template its generation_config.json (the reply's default stop); ChatTemplateError when the
+    template cannot be read or compiled."""
+    path = template_path(name_or_path)
+    files = {TEMPLATE_FILE: read_template(path).source}
+    config = path.with_suffix(".json")
+    if path.parent == BUNDLED_DIR and config.is_file():
+        files[GENERATION_CONFIG_FILE] = config.read_text(encoding="utf-8")
+    return files
+
+
 def default_stop(directory: Path) -> tuple[str, ...]:
     """generation_config.json's stop_strings (a string or a list), or none."""
     path = directory / GENERATION_CONFIG_FILE

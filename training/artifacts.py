@@ -31,9 +31,10 @@ CARD_FILE = "README.md"
 
 
 class RunDirectory:
-    def __init__(self, path: Path, replace_existing: bool = False):
+    def __init__(self, path: Path, replace_existing: bool = False, extra_files: dict[str, str] | None = None):
         self.path = path
         self.replace_existing = replace_existing
+        self.extra_files = extra_files or {}  # by name: text written beside the model (a chat template)
         self.published = (path / WEIGHTS_FILE).exists() and not replace_existing
 
     def write_checkpoint(
@@ -46,6 +47,8 @@ class RunDirectory:
             write_atomically(target / STATE_FILE, lambda tmp: torch.save(state, tmp))
             save_model(target, model, vocab, summary)
             write_atomically(target / CARD_FILE, lambda tmp: tmp.write_text(card, encoding="utf-8"))
+            for name, text in self.extra_files.items():
+                write_text(target / name, text)
             if not self.published:
                 self._publish(target)
         except BaseException:
@@ -84,6 +87,10 @@ class RunDirectory:
         shutil.rmtree(old, ignore_errors=True)
         self.published = True
         logger.info("model directory %s created", self.path)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def read_metrics(path: Path, up_to_iter: int) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from charlm.chat_template import bundled_names
 from charlm.checkpoint import WEIGHTS_FILE, ModelDirError, load_model
 from charlm.cli import CommandError, add_device_argument, resolve_device
 from charlm.models import ARCHITECTURES
@@ -41,6 +42,9 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace --out (at the first checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--chat-template", metavar="NAME_OR_FILE",
+                        help="give the model a chat template for /v1/chat/completions: a Jinja file, or a bundled "
+                        f"one by name ({', '.join(bundled_names())}, which also set the reply's default stop)")
     add_device_argument(parser)
     parser.set_defaults(run=run_train)
 
@@ -52,6 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
             data=args.data, out=args.out, architecture=args.arch, preset=args.preset, overrides=overrides,
             resume=args.resume, overwrite=args.overwrite, device=args.device,
             command=shlex.join(["charlm", *sys.argv[1:]]), progress=not args.no_progress,
+            chat_template=args.chat_template,
         )
         with logging_redirect_tqdm():
             summary = train(spec)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from charlm.chat_template import ChatTemplateError, bundled_names, template_files
 from charlm.checkpoint import ModelDirError, load_model
 from charlm.models import CharModel, build_model
 from charlm.vocab import UnknownCharactersError, Vocab
@@ -38,6 +39,7 @@ class RunSpec:
     device: str = "auto"
     command: str = ""
     progress: bool = True
+    chat_template: str | None = None  # a bundled template's name or a file, copied into the model directory
 
 
 @dataclasses.dataclass
@@ -63,7 +65,18 @@ STATE_KEYS = {"iter", "best_val", "elapsed_s", "train_config", "optimizer", "bat
 WINDOW_SEED_STRIDE = 1_000_003
 
 
+def model_files(spec: RunSpec) -> dict[str, str]:
+    """Files the model directory gets besides the model: its chat template, when one was asked for."""
+    if spec.chat_template is None:
+        return {}
+    try:
+        return template_files(spec.chat_template)
+    except ChatTemplateError as exc:
+        raise ConfigError(f"--chat-template: {exc} (bundled: {', '.join(bundled_names())})") from None
+
+
 def check_output(spec: RunSpec) -> None:
+    model_files(spec)  # a bad template fails now, not after training
     if spec.resume and spec.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
     if spec.resume and not (spec.out / STATE_FILE).is_file():

@@ -25,7 +25,7 @@ from training.artifacts import RunDirectory
 from training.evaluation import autocast_for, estimate_loss, loss_metrics
 from training.optim import learning_rate
 from training.progress import Progress
-from training.session import RunSpec, Session, prepare
+from training.session import RunSpec, Session, model_files, prepare
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY = 10  # iterations between progress updates (each costs a device sync)
@@ -92,7 +92,8 @@ class Trainer:
     def __init__(self, session: Session, run: distributed.Distributed):
         self.session = session
         self.run = run
-        self.directory = RunDirectory(session.spec.out, replace_existing=session.spec.overwrite)
+        self.directory = RunDirectory(session.spec.out, replace_existing=session.spec.overwrite,
+                                      extra_files=model_files(session.spec))
         self.started = time.perf_counter()
         self.summary = session.summary
         self.best_samples = model_card.samples(session.model, session.vocab) if session.summary else []

@@ -52,7 +52,7 @@ class ChatPrompt:
 
 
 def no_template(model: str) -> ServiceError:
-    return ServiceError(400, f"model {model} has no chat template, so it cannot answer a chat: add a "
+    return ServiceError(422, f"model {model} has no chat template, so it cannot answer a chat: add a "
                         f"{TEMPLATE_FILE} to its directory (charlm train --chat-template FILE writes one; "
                         "charlm serve --chat-template FILE serves one for every model without), or send the "
                         "text to continue to /v1/completions", param="model", code="no_chat_template")
@@ -90,13 +90,13 @@ class ChatTemplates:
                     raise no_template(view.name)
                 return model_template
             if not self.settings.trust_request_chat_template:
-                raise ServiceError(400, "this server does not take chat templates from requests (its operator "
+                raise ServiceError(422, "this server does not take chat templates from requests (its operator "
                                    "can allow them: CHARLM_TRUST_REQUEST_CHAT_TEMPLATE=true); leave chat_template "
                                    "out to use the model's own", param="chat_template")
             stop = model_template.stop if model_template is not None else default_stop(view.path)
             return compiled_request_template(body.chat_template, stop)
         except ChatTemplateError as exc:
-            raise ServiceError(400, str(exc), param="chat_template", code="chat_template_error") from None
+            raise ServiceError(422, str(exc), param="chat_template", code="chat_template_error") from None
 
     async def render(self, view: ModelView, messages: list[ChatMessage], body: ChatOptions) -> ChatPrompt:
         """The prompt for the conversation (400 with the template's message when rendering fails)."""
@@ -108,7 +108,7 @@ class ChatTemplates:
                                            body.chat_template_kwargs or {}, settings.chat_template_timeout_s,
                                            settings.max_prompt_chars)
         except ChatTemplateError as exc:
-            raise ServiceError(400, str(exc), param="messages", code="chat_template_error") from None
+            raise ServiceError(422, str(exc), param="messages", code="chat_template_error") from None
         if body.continue_final_message:
             text = open_final_message(text, messages[-1].text)
         return ChatPrompt(text, template.stop)
@@ -125,6 +125,6 @@ def open_final_message(prompt: str, final: str) -> str:
     text = final.strip()
     at = prompt.rfind(text) if text else -1
     if at < 0:
-        raise ServiceError(400, "continue_final_message: the chat template does not write the last message's text "
+        raise ServiceError(422, "continue_final_message: the chat template does not write the last message's text "
                            "as sent (it changes it), so the reply cannot continue it", param="messages")
     return prompt[: at + len(text)]

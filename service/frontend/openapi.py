@@ -29,9 +29,12 @@ def document_limits(components: dict[str, JSONSchema], settings: Settings) -> No
     limit(properties("Parameters")["max_new_tokens"], "integer", maximum=settings.max_new_tokens)
     for request in ("GenerateRequest", "CompatGenerateRequest"):
         limit(properties(request)["inputs"], "array", minItems=1, maxItems=settings.max_n)
+    for request in ("CompletionRequest", "ChatCompletionRequest"):
+        fields = properties(request)
+        for name in ("max_tokens", "max_completion_tokens"):
+            limit(fields[name], "integer", maximum=settings.max_new_tokens)
+        limit(fields["n"], "integer", maximum=settings.max_n)
     completion = properties("CompletionRequest")
-    limit(completion["max_tokens"], "integer", maximum=settings.max_new_tokens)
-    limit(completion["n"], "integer", maximum=settings.max_n)
     for branch in completion["prompt"]["anyOf"]:  # a text, texts, a text's character ids, texts' ids
         items = branch.get("items", {})
         if branch.get("type") == "string":

@@ -71,24 +71,28 @@ class OpenAIChunks:
     """The chunks of one OpenAI completion stream: several characters of a choice that are ready
     together travel in one chunk, their `logprobs` lists in step."""
 
-    def __init__(self, completion_id: str, created: int, model: str, logprobs: int | None):
+    def __init__(self, completion_id: str, created: int, model: str, logprobs: int | None, offsets: list[int]):
         header = json.dumps({"id": completion_id, "object": "text_completion", "created": created, "model": model},
                             ensure_ascii=False)
         self.prefix = header[:-1] + ', "choices": ['
         self.suffix = '], "usage": null, "system_fingerprint": null}'
         self.logprobs = logprobs
+        self.offsets = offsets  # per choice: the length of its echoed prompt, which text offsets count
 
-    def characters(self, index: int, tokens: list[GeneratedToken], offset: int) -> str:
-        """One chunk carrying `tokens` of choice `index`; `offset` counts an echoed prompt."""
+    def characters(self, index: int, tokens: list[GeneratedToken]) -> str:
+        """One chunk carrying `tokens` of choice `index`."""
         text = json.dumps("".join(t.text for t in tokens), ensure_ascii=False)
-        choice = f'{{"text": {text}, "index": {index}, "logprobs": {self._logprobs(tokens, offset)}, ' \
-                 f'"finish_reason": null}}'
-        return data_event(self.prefix + choice + self.suffix)
+        return self.choice(index, text, self._logprobs(tokens, self.offsets[index]))
 
-    def text_only(self, index: int, text: str) -> str:
+    def text(self, index: int, text: str) -> str:
         """One chunk of text without log-probabilities (the common case, without tokens)."""
-        choice = f'{{"text": {json.dumps(text, ensure_ascii=False)}, "index": {index}, "logprobs": null, ' \
-                 f'"finish_reason": null}}'
+        return self.choice(index, json.dumps(text, ensure_ascii=False), "null")
+
+    def end(self, index: int, finish_reason: str) -> str:
+        return self.choice(index, '""', "null", json.dumps(finish_reason))
+
+    def choice(self, index: int, text: str, logprobs: str, finish_reason: str = "null") -> str:
+        choice = f'{{"text": {text}, "index": {index}, "logprobs": {logprobs}, "finish_reason": {finish_reason}}}'
         return data_event(self.prefix + choice + self.suffix)
 
     def _logprobs(self, tokens: list[GeneratedToken], offset: int) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from charlm.chat_template import template_files
 from charlm.checkpoint import load_model
 from charlm.generation import generate
 from charlm.sampling import SamplingParams
@@ -97,3 +98,29 @@ def test_every_bundled_model_scores_near_its_validation_loss_on_held_out_text(na
     with torch.inference_mode():
         _, loss = loaded.model(inputs, targets)
     assert loss is not None and loss.item() < TABLE[name]["val_loss"] + 0.3, (loss, TABLE[name]["val_loss"])
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_every_bundled_model_ships_its_chat_template_as_charlm_bundles_it(name):
+    """Shakespeare's models speak in a play, Pushkin's in verse: the files are the bundled
+    templates' own (charlm train --chat-template writes the same)."""
+    expected = template_files("verse" if name.startswith("pushkin") else "play")
+    assert {file: (BUNDLED / name / file).read_text(encoding="utf-8") for file in expected} == expected
+
+
+@pytest.mark.anyio
+async def test_a_bundled_shakespeare_model_answers_a_chat_in_character():
+    """ROMEO speaks, JULIET answers in one speech: it ends at its blank line, never holds another
+    speaker's header, and is the completion of the rendered play."""
+    settings = settings_for(BUNDLED, default_model="shakespeare-gpt", max_batch_size=4)
+    messages = [{"role": "user", "content": "O Juliet, what light through yonder window breaks?"}]
+    async with running_app(settings) as (client, _):
+        body = {"messages": messages, "max_completion_tokens": 600, "seed": 7, "temperature": 0.8, "n": 4}
+        answer = (await client.post("/v1/chat/completions", json=body)).json()
+        prompt = (await client.post("/tokenize", json={"messages": messages})).json()["prompt"]
+    assert prompt == f"ROMEO:\n{messages[0]['content']}\n\nJULIET:\n"
+    for choice in answer["choices"]:
+        reply = choice["message"]["content"]
+        assert reply and "\n\n" not in reply, choice
+        assert choice["finish_reason"] == "stop" or len(reply) == 600, choice  # a long speech may run on
+        assert not re.search(r"^[A-Z][A-Z ]+:$", reply, re.MULTILINE), reply  # no other speaker's header

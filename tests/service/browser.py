@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -57,6 +58,11 @@ def open_page(
     finally:
         browser_context.close()
     assert not script_errors
+
+
+def bucket(logprob: float) -> int:
+    """The shade the page gives a character of this log-probability (probabilities.js's `bucket`)."""
+    return min(7, math.floor((1 - math.exp(logprob)) * 8))
 
 
 def wait_for_script(page: Any, expression: str, arg: Any = None, timeout: float = 60) -> None:

@@ -85,6 +85,12 @@ def engine_of(app: FastAPI, model: str) -> Any:
 LONG = 1_000_000  # characters: longer than any test waits
 
 
+def cancelled_count(base: str) -> float:
+    """`charlm_requests_cancelled_total` of the server at `base`, summed over the models."""
+    lines = httpx.get(f"{base}/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("charlm_requests_cancelled_total{"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.service.helpers import running_app, settings_for
+from tests.service.helpers import engine_of, running_app, settings_for
 
 pytestmark = pytest.mark.anyio
 LINE = "The king shall speak of love."
@@ -175,3 +175,23 @@ async def test_a_model_without_a_template_says_how_to_add_one(tiny_models):
     error = response.json()["error"]
     assert error["code"] == "no_chat_template" and "chat_template.jinja" in error["message"]
     assert "/v1/completions" in error["message"]
+
+
+async def test_an_error_mid_stream_is_sent_before_done(play_models, monkeypatch):
+    async with running_app(settings_for(play_models, default_model="tiny-play")) as (client, app):
+        engine = engine_of(app, "tiny-play")
+        step, calls = engine.model.step, {"n": 0}
+
+        def fail_mid_reply(tokens, state, filled=None):  # fault injection: the model itself is real
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise RuntimeError("device lost")
+            return step(tokens, state, filled)
+
+        monkeypatch.setattr(engine.model, "step", fail_mid_reply)
+        response = await client.post("/v1/chat/completions", json=chat(max_completion_tokens=30, stop=[],
+                                                                        stream=True))
+    chunks = events(response.text)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[1:-2])  # some of the reply came
+    assert chunks[-1] == "[DONE]" and "device lost" in chunks[-2]["error"]["message"]

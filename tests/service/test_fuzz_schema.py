@@ -25,6 +25,7 @@ from schemathesis.checks import (
     unsupported_method,
 )
 
+from charlm.chat_template import template_path
 from service.frontend.app import create_app
 from service.settings import Settings
 from tests.service.helpers import live_server
@@ -34,7 +35,10 @@ EXAMPLES = int(os.environ.get("CHARLM_FUZZ_EXAMPLES", "25"))  # per route and mo
 # so "valid data is accepted" is not among the checks; every refusal must still be documented.
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection, unsupported_method]
-FUZZ_LIMITS = {"max_new_tokens": 24, "max_n": 3, "max_prompt_chars": 256, "request_timeout_s": 20.0}
+# A body limit above what the fuzzer sends: a request breaking a list's maxItems (1,025 chat messages)
+# may pass the default megabyte, and must meet the schema's refusal, not the size limit's 413.
+FUZZ_LIMITS = {"max_new_tokens": 24, "max_n": 3, "max_prompt_chars": 256, "request_timeout_s": 20.0,
+               "max_body_bytes": 16 * 1024 * 1024}
 
 
 # The document depends only on the settings, so it is built here, without loading any model.
@@ -43,7 +47,11 @@ schema = schemathesis.openapi.from_dict(create_app(Settings(**FUZZ_LIMITS)).open
 
 @pytest.fixture(scope="module")
 def fuzzed_server(tiny_models: Path) -> Iterator[str]:
-    with live_server(tiny_models, **FUZZ_LIMITS) as (base_url, _):
+    """Chats reach generation (a template for every model) and templates sent with requests are
+    rendered (trusted), so the fuzzer's templates meet the sandbox and its limits."""
+    chat = {"chat_template": template_path("verse"), "trust_request_chat_template": True,
+            "chat_template_timeout_s": 0.5}
+    with live_server(tiny_models, **chat, **FUZZ_LIMITS) as (base_url, _):
         yield base_url
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.service.browser import LONG_STREAM_TIMEOUT_S, open_page, wait_for_outputs, wait_for_script
-from tests.service.helpers import LONG, engine_of, live_server, wait_until
+from tests.service.helpers import LONG, cancelled_count, engine_of, live_server, wait_until
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "models"
 KEY = "s3cret"
@@ -26,12 +26,6 @@ def guarded_server(tiny_models: Path) -> Iterator[tuple[str, Any]]:
     """An API key, and room for one sequence per model: a second one is refused (429)."""
     with live_server(tiny_models, api_key=KEY, max_batch_size=1, max_queued=0, max_new_tokens=LONG) as running:
         yield running
-
-
-def cancelled_count(base: str) -> float:
-    """`charlm_requests_cancelled_total`, summed over the models."""
-    lines = httpx.get(f"{base}/metrics").text.splitlines()
-    return sum(float(line.split()[-1]) for line in lines if line.startswith("charlm_requests_cancelled_total{"))
 
 
 def wait_for_characters(page: Any, count: int) -> None:

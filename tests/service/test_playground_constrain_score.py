@@ -9,13 +9,9 @@ from typing import Any
 
 import httpx
 
-from tests.service.browser import wait_for_outputs, wait_for_script
+from tests.service.browser import bucket, wait_for_outputs, wait_for_script
 
 REGEX = "(king|queen|lord)( of the (king|queen))?"
-
-
-def bucket(logprob: float) -> int:
-    return min(7, math.floor((1 - math.exp(logprob)) * 8))
 
 
 def constrain(page: Any, kind: str, value: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.browser import LONG_STREAM_TIMEOUT_S, wait_for_outputs
+from tests.service.browser import LONG_STREAM_TIMEOUT_S, bucket, wait_for_outputs
 
 SETTINGS = {"temperature": 0.8, "top_k": 0, "top_p": 1, "repetition_penalty": 1, "min_p": 0, "top_n_tokens": 5}
 
@@ -31,10 +31,6 @@ def api_tokens(base: str, chars: int, seed: int) -> list[dict[str, Any]]:
     body = {"inputs": "the king", "parameters": parameters}
     details = httpx.post(f"{base}/generate", json=body, timeout=60).json()["details"]
     return [{**t, "top": top} for t, top in zip(details["tokens"], details["top_tokens"], strict=True)]
-
-
-def bucket(logprob: float) -> int:
-    return min(7, math.floor((1 - math.exp(logprob)) * 8))
 
 
 def shown_percent(text: str) -> float:

@@ -124,6 +124,9 @@ async def test_tokenizer_errors(client):
     assert_tgi_error(await client.post("/tokenize", json={"prompt": "the ☃"}), 422, "'☃' (U+2603) at 4")
     assert_tgi_error(await client.post("/detokenize", json={"tokens": [1, 9999]}), 422, "[9999] outside the vocabulary")
     assert_tgi_error(await client.post("/tokenize", json={"prompt": "x", "model": "nope"}), 404, "nope")
-    assert_tgi_error(await client.post("/tokenize", json={"text": "x"}), 422, "prompt", "unknown field 'text'")
+    assert_tgi_error(await client.post("/tokenize", json={"text": "x"}), 422, "unknown field 'text'")
+    assert_tgi_error(await client.post("/tokenize", json={}), 422, "send a prompt or messages")
+    assert_tgi_error(await client.post("/tokenize", json={"prompt": "x", "messages": [{"role": "user"}]}), 422,
+                     "send a prompt or messages")
     response = await client.post("/v1/completions", json={"prompt": [1, 5000], "max_tokens": 1})
     assert_openai_error(response, 422, "character id(s) [5000] outside the vocabulary of model tiny-gpt")

@@ -16,6 +16,7 @@ import pytest
 import torch
 from pydantic import SecretStr
 
+from charlm.chat_template import template_path
 from service.cli import add_serve_command, settings_from
 from service.control.registry import cpu_threads
 from service.settings import Settings
@@ -31,7 +32,8 @@ FROM_ENVIRONMENT = {
     "request_timeout_s": "12.5", "api_key": "k1", "admin_key": "a1", "models_poll_s": "0.5",
     "cors_origins": '["https://a.example"]', "stream_interval": "4", "sse_keepalive_s": "3",
     "shutdown_grace_s": "9", "torch_threads": "2", "log_level": "debug", "workers": "3", "compile": "false",
-    "stream_writes_per_s": "2500",
+    "stream_writes_per_s": "2500", "chat_template": str(template_path("play")), "trust_request_chat_template": "true",
+    "chat_template_timeout_s": "2.5",
 }
 
 
@@ -75,7 +77,8 @@ FROM_FLAGS = {
     **dict.fromkeys(FROM_ENVIRONMENT, "5"), "cors_origins": "https://b.example", "device": "auto",
     "dtype": "float16", "log_level": "error", "cuda_graphs": "true", "engine_process": "true",
     "default_model": "theirs", "host": "127.0.0.2", "api_key": "k2", "admin_key": "a2", "models_dir": "/srv/other",
-    "max_body_bytes": "8192", "compile": "true",
+    "max_body_bytes": "8192", "compile": "true", "chat_template": str(template_path("verse")),
+    "trust_request_chat_template": "false",
 }
 
 

@@ -4,10 +4,12 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from charlm.chat_template import template_path
 from charlm.checkpoint import load_model
 from charlm.cli import main
 from tests import reference
@@ -208,3 +210,21 @@ def test_eval_scores_in_windows_of_the_seq_len_asked_for(capsys, trained_dir, co
     assert ("the whole text" if recurrent else "windows of 8 every") in out
     loss = float(out.split()[1])
     assert 0 < loss < math.log(len(load_model(trained_dir).vocab))
+
+
+def test_train_gives_the_model_a_bundled_chat_template_and_its_stop(capsys, train_args):
+    status, _, err = run_cli(capsys, *train_args, "--preset", "gpt-tiny", "--set", "max_iters=2",
+                             "--set", "eval_interval=1", "--set", "eval_iters=1", "--chat-template", "play")
+    assert status == 0, err
+    out = Path(train_args[4])
+    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == template_path("play").read_text("utf-8")
+    assert json.loads((out / "generation_config.json").read_text(encoding="utf-8")) == {"stop_strings": ["\n\n"]}
+
+
+def test_train_refuses_a_chat_template_it_cannot_use_before_training(capsys, train_args, tmp_path):
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}", encoding="utf-8")
+    for template, problem in ((str(broken), "not a valid Jinja template"), ("no-such-template", "cannot read")):
+        status, _, err = run_cli(capsys, *train_args, "--preset", "gpt-tiny", "--chat-template", template)
+        assert status == 2 and problem in err and "play, verse" in err, err
+        assert not Path(train_args[4]).exists()

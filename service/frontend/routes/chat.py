@@ -6,7 +6,6 @@ chat shapes: a message, or a stream of deltas."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,10 +17,11 @@ from fastapi.sse import ServerSentEvent
 from service.engine.sequences import Finished
 from service.engine.stopping import FinishReason
 from service.frontend.admission import Admitted, admit, log_completion, log_if_left
-from service.frontend.errors import ServiceError, error_body
+from service.frontend.choice_stream import choice_events, failed, finish_reason
+from service.frontend.errors import ServiceError
 from service.frontend.generation import ClientGone, GenerationSpec, SequenceResult, disconnect_of
 from service.frontend.grammar import compile_grammar
-from service.frontend.routes.openai import finish_reason, usage
+from service.frontend.routes.openai import usage
 from service.frontend.schemas.chat import (
     ChatChoice,
     ChatCompletion,
@@ -33,8 +33,7 @@ from service.frontend.schemas.chat import (
 from service.frontend.schemas.errors import OPENAI_GENERATION
 from service.frontend.sse import STREAM_RESPONSE, sse_response
 from service.frontend.state import ServiceState, ready_service
-from service.frontend.stream_text import KEEPALIVE, ChatChunks, data_event, token_logprobs
-from service.frontend.streams import chunk_ids
+from service.frontend.stream_text import ChatChunks, token_logprobs
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 DEFAULT_MAX_TOKENS = 1024  # a reply's length when the request sets none (a speech ends sooner, at its stop)
@@ -102,30 +101,10 @@ async def chat_events(admitted: Admitted, body: ChatCompletionRequest, completio
             opening += [chunks.text(index, body.echoed) for index in range(body.n)]
         yield "".join(opening).encode()
         ends: dict[int, Finished] = {}
-        queued, chars = admitted.queued, admitted.queued.chars
-        async for ready in queued.updates():
-            if ready is None:
-                yield KEEPALIVE
-                continue
-            parts: list[str] = []
-            for sequence in ready:
-                index, end = sequence.index, sequence.end
-                if not body.logprobs:
-                    text = "".join(chars[i] for i in chunk_ids(sequence.take()[0]).tolist())
-                    if text:
-                        parts.append(chunks.text(index, text))
-                elif tokens := queued.tokens(sequence):
-                    parts.append(chunks.characters(index, tokens))
-                if end is None:
-                    continue
-                ends[index] = end
-                if end.reason is FinishReason.ERROR:
-                    error = ServiceError(500, end.error or "generation failed", kind="generation")
-                    yield ("".join(parts) + data_event(json.dumps(error_body(error, openai=True)))
-                           + data_event("[DONE]")).encode()
-                    return
-                parts.append(chunks.end(index, finish_reason(end.reason)))
-            yield "".join(parts).encode()
+        async for event in choice_events(admitted.queued, chunks, bool(body.logprobs), ends):
+            yield event
+        if failed(ends):
+            return
         ordered = [ends[i] for i in sorted(ends)]
         log_completion(admitted, ROUTE, ordered)
         if body.include_usage:

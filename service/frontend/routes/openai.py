@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +15,8 @@ from fastapi.sse import ServerSentEvent
 from service.engine.sequences import Finished, GeneratedToken, PromptToken
 from service.engine.stopping import FinishReason
 from service.frontend.admission import Admitted, admit, log_completion, log_if_left
-from service.frontend.errors import ServiceError, error_body
+from service.frontend.choice_stream import choice_events, failed, finish_reason
+from service.frontend.errors import ServiceError
 from service.frontend.generation import (
     ClientGone,
     GenerationSpec,
@@ -41,19 +41,11 @@ from service.frontend.schemas.openai import (
 )
 from service.frontend.sse import STREAM_RESPONSE, sse_response
 from service.frontend.state import ServiceState, ready_service
-from service.frontend.stream_text import KEEPALIVE, OpenAIChunks, data_event
-from service.frontend.streams import chunk_ids
+from service.frontend.stream_text import OpenAIChunks
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 DEFAULT_MAX_TOKENS = 16
 CARD_FILE = "README.md"  # the model card charlm train writes (training imports nothing from here)
-
-
-OPENAI_FINISH = {FinishReason.END: "stop"}  # the grammar's text is complete: OpenAI's natural end
-
-
-def finish_reason(reason: FinishReason) -> str:
-    return OPENAI_FINISH.get(reason, reason.value)
 
 
 async def admit_completion(state: ServiceState, request: Request, body: CompletionRequest) -> Admitted:
@@ -195,33 +187,13 @@ async def completion_events(
         if body.echo:
             for index, prompt in enumerate(admitted.prompts):
                 yield chunk([Choice(text=prompt, index=index)])
-        chunks = OpenAIChunks(completion_id, created, name, body.logprobs)
+        offsets = [len(prompt) if body.echo else 0 for prompt in admitted.prompts]
+        chunks = OpenAIChunks(completion_id, created, name, body.logprobs, offsets)
         ends: dict[int, Finished] = {}
-        queued, chars = admitted.queued, admitted.queued.chars
-        async for ready in queued.updates():
-            if ready is None:
-                yield KEEPALIVE
-                continue
-            parts: list[str] = []
-            for sequence in ready:
-                index, end = sequence.index, sequence.end
-                if body.logprobs is None:
-                    text = "".join(chars[i] for i in chunk_ids(sequence.take()[0]).tolist())
-                    if text:
-                        parts.append(chunks.text_only(index, text))
-                elif tokens := queued.tokens(sequence):
-                    parts.append(chunks.characters(index, tokens, len(admitted.prompts[index]) if body.echo else 0))
-                if end is None:
-                    continue
-                ends[index] = end
-                if end.reason is FinishReason.ERROR:
-                    error = ServiceError(500, end.error or "generation failed", kind="generation")
-                    yield ("".join(parts) + data_event(json.dumps(error_body(error, openai=True)))).encode()
-                    return
-                choice_end = Completion(id=completion_id, created=created, model=name,
-                                        choices=[Choice(text="", index=index, finish_reason=finish_reason(end.reason))])
-                parts.append(data_event(choice_end.model_dump_json()))
-            yield "".join(parts).encode()
+        async for event in choice_events(admitted.queued, chunks, body.logprobs is not None, ends):
+            yield event
+        if failed(ends):
+            return
         ordered = [ends[i] for i in sorted(ends)]
         log_completion(admitted, "/v1/completions", ordered)
         if body.include_usage:

@@ -1,11 +1,14 @@
-// Talking to the charlm server: the model list, and a TGI stream read event by event.
+// Talking to the charlm server: the model list, a TGI stream read event by event, a chat stream
+// read chunk by chunk, and texts scored.
 import { sseData } from "./sse.js";
 
-/** A refusal or failure from the server: its HTTP status (0: no answer) and message. */
+/** A refusal or failure from the server: its HTTP status (0: no answer), message, and the field it
+names (OpenAI's `param`; null when it names none). */
 export class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, param = null) {
     super(message);
     this.status = status;
+    this.param = param;
   }
 }
 
@@ -18,14 +21,16 @@ function headers(apiKey, json) {
 /** The error message of a failed response, in either protocol's shape. */
 async function errorOf(response) {
   let message = `${response.status} ${response.statusText}`;
+  let param = null;
   try {
     const body = await response.json();
     const error = body.error;
     message = typeof error === "string" ? error : (error?.message ?? message);
+    param = error?.param ?? null;
   } catch {
     // not JSON: the status line says what there is to say
   }
-  return new ApiError(response.status, message);
+  return new ApiError(response.status, message, param);
 }
 
 async function send(path, init) {
@@ -79,6 +84,37 @@ export async function* streamEvents(response) {
       text: event.token.text, logprob: event.token.logprob, top, special: event.token.special,
       details: event.details, seed,
     };
+  }
+}
+
+/** Start a `/v1/chat/completions` stream; refusals (4xx) throw an ApiError before any chunk. */
+export function openChat(bodyJson, apiKey, signal) {
+  return send("/v1/chat/completions", { method: "POST", headers: headers(apiKey, true), body: bodyJson, signal });
+}
+
+/**
+ * A chat stream's reply, character by character, as {text, logprob, top, at} (`at`: when its chunk
+ * came), then {finish} with the finish reason; an error chunk throws. With `logprobs` asked each character comes with its
+ * log-probability and `top`, the most likely characters there as {text, logprob}, most likely
+ * first; without, logprob is null and top empty.
+ */
+export async function* chatEvents(response) {
+  for await (const data of sseData(response)) {
+    if (data === "[DONE]") return;
+    const chunk = JSON.parse(data);
+    if (chunk.error !== undefined) throw new ApiError(500, chunk.error.message ?? String(chunk.error));
+    const at = performance.now();
+    for (const choice of chunk.choices) {
+      const scored = choice.logprobs?.content;
+      for (const t of scored ?? []) {
+        const top = t.top_logprobs.map((alt) => ({ text: alt.token, logprob: alt.logprob }));
+        yield { text: t.token, logprob: t.logprob, top: top.sort((a, b) => b.logprob - a.logprob), at };
+      }
+      if (!scored) {
+        for (const char of choice.delta?.content ?? "") yield { text: char, logprob: null, top: [], at };
+      }
+      if (choice.finish_reason) yield { finish: choice.finish_reason };
+    }
   }
 }
 

@@ -1,4 +1,4 @@
-// The settings form: reading it into a TGI request, and errors shown next to the control they concern.
+// The settings form: reading it into a request, and errors shown next to the control they concern.
 
 const $ = (id) => document.getElementById(id);
 
@@ -26,7 +26,8 @@ const FIELD_CONTROLS = {
   model: "model",
 };
 
-function numberValue(id) {
+/** A number control's value; null when empty. */
+export function numberValue(id) {
   const input = $(id);
   if (input.validity.badInput) throw new FieldError(id, "enter a number");
   return input.value.trim() === "" ? null : Number(input.value);
@@ -73,28 +74,31 @@ export function readParameters() {
 /**
  * The request as JSON text, with a seed of digits written as a JSON integer: the server wants a
  * number, and JSON.stringify of a JavaScript number would round one past 2^53. Anything else
- * typed as a seed goes as text, for the server to refuse by name.
+ * typed as a seed goes as text, for the server to refuse by name. `seed`: the body's seed (TGI's
+ * is a parameter, OpenAI's a field of its own).
  */
-export function requestJson(body) {
+export function requestJson(body, seed = body.parameters.seed) {
   const text = JSON.stringify(body);
-  const seed = body.parameters.seed;
   if (seed === undefined || !/^\d+$/.test(seed)) return text;
   return text.replace(`"seed":${JSON.stringify(seed)}`, `"seed":${BigInt(seed)}`);  // BigInt: no leading zeros
 }
 
-/** Which control a server error concerns; null when it concerns the request as a whole. */
-export function controlFor(status, message, modelControl) {
+/**
+ * Which control a server error concerns; null when it concerns the request as a whole. `fields`:
+ * the request's fields, as the server names them, and their controls.
+ */
+export function controlFor(status, message, modelControl, fields = FIELD_CONTROLS) {
   if (status === 401) return "api-key";
   if (status === 404) return modelControl;
   if (status === 413) return "prompt";
   if (status !== 422 && status !== 400) return null;
   let best = null;
-  for (const field of Object.keys(FIELD_CONTROLS)) {
+  for (const field of Object.keys(fields)) {
     const named = message.startsWith(field) && /^[\s:.]/.test(message.slice(field.length));
     if (named && (best === null || field.length > best.length)) best = field;
   }
   if (best === "model") return modelControl;  // in compare mode, the picker of the failing request
-  return best === null ? null : FIELD_CONTROLS[best];
+  return best === null ? null : fields[best];
 }
 
 /** Show a message next to a control (or below the buttons when `controlId` is null). */
@@ -106,10 +110,10 @@ export function showError(controlId, message) {
 }
 
 /** Show each part of a server message ("a.b: ...; c: ...") next to the control it names. */
-export function showServerError(status, message, modelControl, prefix = "") {
+export function showServerError(status, message, modelControl, prefix = "", fields = FIELD_CONTROLS) {
   const parts = status === 422 || status === 400 ? message.split(/; (?=[\w.]+: |unknown field )/) : [message];
   for (const part of parts) {
-    showError(controlFor(status, part, modelControl), prefix + part);
+    showError(controlFor(status, part, modelControl, fields), prefix + part);
   }
 }
 

@@ -1,15 +1,19 @@
-// The playground page: wires the form to the server and the output panels.
-import { ApiError, loadCharacters, loadModelCard, loadModels, openStream, scoreTexts, streamEvents } from "./api.js";
+// The playground page: wires the form to the server, the output panels, the scoring and the chat.
+import { ApiError, loadModelCard, loadModels, openStream, streamEvents } from "./api.js";
+import { Chat } from "./chat.js";
 import { FieldError, clearErrors, readParameters, requestJson, showError, showServerError } from "./form.js";
 import { OutputPanel } from "./output.js";
+import { ALTERNATIVES } from "./probabilities.js";
+import { scoreInto } from "./score.js";
 
 const $ = (id) => document.getElementById(id);
 const MODEL_CONTROLS = ["model", "model-b"];
-const ALTERNATIVES = 5;  // the most likely characters asked for at each place
+const START_BUTTONS = ["generate", "score", "send", "clear"];  // disabled while something runs
 const FOLLOW_MODELS_MS = 5000;  // how often the model list is asked again: models come and go while serving
 let models = [];
 let limits = null;  // the server's, from /info
-let running = [];  // AbortControllers of the streams in flight
+let running = null;  // the AbortController of the work in flight (all of a comparison's streams)
+const chat = new Chat($("chat-turns"));
 
 function describe(model) {
   const context = model.context_length === null ? "unbounded context" : `context ${model.context_length}`;
@@ -98,12 +102,10 @@ function requests() {
   return names.map((model, index) => ({ model, control: MODEL_CONTROLS[index], body: { ...request, model } }));
 }
 
-async function runStream(panel, request, apiKey, compare) {
-  const controller = new AbortController();
-  running.push(controller);
+async function runStream(panel, request, apiKey, compare, signal) {
   panel.start(request.body.inputs);
   try {
-    const response = await openStream(requestJson(request.body), apiKey, controller.signal);
+    const response = await openStream(requestJson(request.body), apiKey, signal);
     let finished = false;
     for await (const event of streamEvents(response)) {
       if (!event.special) panel.add(event.text, event.logprob, event.top);
@@ -115,7 +117,7 @@ async function runStream(panel, request, apiKey, compare) {
     }
     if (!finished) throw new ApiError(0, "the stream ended before its last event");
   } catch (exc) {
-    if (controller.signal.aborted) {
+    if (signal.aborted) {
       panel.stopped();
       return;
     }
@@ -125,10 +127,31 @@ async function runStream(panel, request, apiKey, compare) {
   }
 }
 
-async function generate(event) {
+/** Run `work(signal)` alone: the buttons show it running, and Stop (`signal`) aborts it. */
+async function exclusively(work) {
+  running = new AbortController();
+  setRunning(true);
+  try {
+    await work(running.signal);
+  } finally {
+    running = null;
+    setRunning(false);
+  }
+}
+
+/** The form's submission: a generation, or in the Chat view the line typed. */
+function submit(event) {
   event.preventDefault();
-  if (running.length) return;
+  if (running) return;
   clearErrors();
+  if (document.body.dataset.view === "chat") {
+    exclusively((signal) => chat.send($("model").value, $("api-key").value.trim(), signal));
+  } else {
+    generate();
+  }
+}
+
+function generate() {
   let list;
   try {
     list = requests();
@@ -141,44 +164,26 @@ async function generate(event) {
   outputs.replaceChildren();
   const apiKey = $("api-key").value.trim();
   const compare = list.length > 1;
-  setRunning(true);
-  try {
+  exclusively((signal) => {
     const panels = list.map((request) => new OutputPanel(outputs, request.model, branch));
-    await Promise.all(list.map((request, index) => runStream(panels[index], request, apiKey, compare)));
-  } finally {
-    running = [];
-    setRunning(false);
-  }
+    return Promise.all(list.map((request, index) => runStream(panels[index], request, apiKey, compare, signal)));
+  });
 }
 
 function setRunning(isRunning) {
-  const [from, to] = isRunning ? [$("generate"), $("stop-button")] : [$("stop-button"), $("generate")];
-  to.disabled = false;
-  if (document.activeElement === from || document.activeElement === $("score")) to.focus();  // keyboard users
-  from.disabled = true;
-  $("score").disabled = isRunning;
+  const starts = START_BUTTONS.map($);
+  const chatting = document.body.dataset.view === "chat";
+  const focused = document.activeElement;
+  const moveFocus = isRunning ? starts.includes(focused) : focused === $("stop-button");
+  for (const button of starts) button.disabled = isRunning;
+  $("stop-button").disabled = !isRunning;
+  if (moveFocus) $(isRunning ? "stop-button" : (chatting ? "send" : "generate")).focus();  // keyboard users
   document.body.dataset.running = String(isRunning);
 }
 
-/** The text in runs of characters the model has ({text, known}): a character it lacks breaks the text. */
-function runsOf(text, known) {
-  const runs = [];
-  for (const char of text) {  // by code point, as the server counts characters
-    const isKnown = known.has(char);
-    const last = runs[runs.length - 1];
-    if (last && last.known === isKnown) last.text += char;
-    else runs.push({ text: char, known: isKnown });
-  }
-  return runs;
-}
-
-/**
- * Score the prompt box's text with the first model: each character shaded by the probability the
- * model gave it after the characters before it. Characters the model does not have are shown and
- * counted apart; the text after one is scored afresh (its first character has no context).
- */
-async function scoreText() {
-  if (running.length) return;
+/** Score the prompt box's text with the first model (score.js), turning the shading on. */
+function scoreText() {
+  if (running) return;
   clearErrors();
   const text = $("prompt").value;
   if (!text) {
@@ -193,56 +198,48 @@ async function scoreText() {
   panel.startScoring();
   $("show-probs").checked = true;
   showProbabilities();
-  const controller = new AbortController();
-  running.push(controller);
-  setRunning(true);
-  try {
-    const runs = runsOf(text, new Set(await loadCharacters(model, apiKey)));
-    const known = runs.filter((run) => run.known).map((run) => run.text);
-    const scored = await scoreTexts(model, known, limits?.max_n ?? 1, apiKey, controller.signal);
-    for (const run of runs) {
-      if (run.known) {
-        for (const t of scored.shift()) panel.add(t.text, t.logprob, t.top);
-      } else {
-        for (const char of run.text) panel.add(char, null, [], true);
-      }
-    }
-    panel.finishScoring();
-  } catch (exc) {
-    if (controller.signal.aborted) {
-      panel.stopped();
-    } else {
-      const status = exc instanceof ApiError ? exc.status : 0;
-      panel.fail(exc.message);
-      showServerError(status, exc.message, "model");
-    }
-  } finally {
-    running = [];
-    setRunning(false);
-  }
+  exclusively((signal) => scoreInto(panel, text, model, limits?.max_n ?? 1, apiKey, signal));
 }
 
 function stop() {
-  for (const controller of running) controller.abort();
+  running?.abort();
 }
 
 /** Branch from a character: a new generation whose prompt ends with the alternative chosen there. */
 function branch(prompt) {
-  if (running.length) return;
+  if (running) return;
   $("prompt").value = prompt;
   $("controls").requestSubmit();
 }
 
 function showProbabilities() {
   const on = $("show-probs").checked;
-  $("outputs").classList.toggle("shaded", on);
+  for (const id of ["outputs", "chat-turns"]) $(id).classList.toggle("shaded", on);
   $("probs-legend").hidden = !on;
 }
 
+/** Show the Text view (generate, score) or the Chat view: the controls of the other are hidden. */
+function showView() {
+  document.body.dataset.view = $("view-chat").checked ? "chat" : "text";
+}
+
+/** Ctrl+Enter in a text box submits the form. */
+function submitOnCtrlEnter(event) {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    event.preventDefault();
+    $("controls").requestSubmit();
+  }
+}
+
 function start() {
-  $("controls").addEventListener("submit", generate);
+  $("controls").addEventListener("submit", submit);
   $("stop-button").addEventListener("click", stop);
   $("score").addEventListener("click", scoreText);
+  $("clear").addEventListener("click", () => {
+    clearErrors();
+    chat.clear();
+  });
+  for (const id of ["view-text", "view-chat"]) $(id).addEventListener("change", showView);
   $("constrain-kind").addEventListener("change", () => {
     $("constrain").disabled = !$("constrain-kind").value;
   });
@@ -250,15 +247,12 @@ function start() {
   for (const controlId of MODEL_CONTROLS) $(controlId).addEventListener("change", () => showModelInfo(controlId));
   $("api-key").addEventListener("change", refreshModels);
   $("show-probs").addEventListener("change", showProbabilities);
-  $("prompt").addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
-      event.preventDefault();
-      $("controls").requestSubmit();
-    }
-  });
+  $("prompt").addEventListener("keydown", submitOnCtrlEnter);
+  $("chat-message").addEventListener("keydown", submitOnCtrlEnter);
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && running.length) stop();
+    if (event.key === "Escape" && running) stop();
   });
+  showView();
   setRunning(false);
   showProbabilities();
   refreshModels();

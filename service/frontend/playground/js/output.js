@@ -4,22 +4,25 @@ import { Alternatives, bucket, summary } from "./probabilities.js";
 
 let panels = 0;  // for ids unique in the page
 
-/** Characters per second over the time between the first and the last character seen. */
-function rate(count, firstAt, lastAt) {
+/** Characters per second: those that came after the first arrival, over the time since it. */
+function rate(later, firstAt, lastAt) {
   const seconds = (lastAt - firstAt) / 1000;
-  return count > 1 && seconds > 0 ? (count - 1) / seconds : null;
+  return later > 0 && seconds > 0 ? later / seconds : null;
 }
 
 export class OutputPanel {
-  /** `onBranch(prompt)`: start a generation from `prompt` (a text up to an alternative). */
-  constructor(container, modelName, onBranch) {
+  /**
+   * `onBranch(prompt)`: start a generation from `prompt` (a text up to an alternative); null: the
+   * alternatives are shown without branching. `heading`: the panel's title, the model's name unless given.
+   */
+  constructor(container, modelName, onBranch, heading = modelName) {
     const template = document.getElementById("output-template");
     this.element = template.content.firstElementChild.cloneNode(true);
     this.element.dataset.model = modelName;
     this.element.setAttribute("aria-label", `Output of ${modelName}`);
     this.id = `panel${(panels += 1)}`;
     const part = (name) => this.element.querySelector(`.${name}`);
-    part("output-model").textContent = modelName;
+    part("output-model").textContent = heading;
     this.textBox = part("output-text");
     this.generated = part("generated");
     this.echo = part("echo");
@@ -33,11 +36,14 @@ export class OutputPanel {
     this.records = [];  // per character: {char, logprob, top, unknown}; logprob null when not scored
     this.logprobSum = 0;
     this.scored = 0;  // records with a log-probability
+    this.firstCount = 0;  // records that came with the first arrival
     this.unknown = 0;  // characters outside the model's vocabulary (scoring)
     this.shown = 0;  // records on the page
     this.current = -1;  // the character the keyboard is on
     this.framePending = false;
-    this.alternatives = new Alternatives(this.element, (index, text) => onBranch(this.branchPrompt(index, text)));
+    this.alternatives = new Alternatives(
+      this.element, onBranch && ((index, text) => onBranch(this.branchPrompt(index, text))),
+    );
     this.listen();
     container.appendChild(this.element);
   }
@@ -58,15 +64,16 @@ export class OutputPanel {
    * Take a streamed character with its log-probability (null: not scored) and alternatives;
    * characters reach the page once per frame, with the statistics. Touching the page per character
    * would lay out the whole text each time, slower as it grows. `unknown`: a character the model
-   * does not have (scoring), counted apart.
+   * does not have (scoring), counted apart. `at`: when it arrived; the characters of one chunk
+   * share it, and those of the first are left out of the rate (they took no time to come).
    */
-  add(char, logprob, top, unknown = false) {
-    const now = performance.now();
+  add(char, logprob, top, unknown = false, at = performance.now()) {
     if (this.records.length === 0) {
-      this.firstAt = now;
+      this.firstAt = at;
       this.setStatus("streaming");
     }
-    this.lastAt = now;
+    if (at === this.firstAt) this.firstCount += 1;
+    this.lastAt = at;
     this.records.push({ char, logprob, top, unknown });
     if (logprob !== null) {
       this.logprobSum += logprob;
@@ -103,7 +110,7 @@ export class OutputPanel {
     if (following) box.scrollTop = box.scrollHeight;
     if (!this.scoring) {
       this.stats.first.textContent = `${Math.round(this.firstAt - this.sentAt)} ms`;
-      const perSecond = rate(count, this.firstAt, this.lastAt);
+      const perSecond = rate(count - this.firstCount, this.firstAt, this.lastAt);
       this.stats.rate.textContent = perSecond === null ? "" : perSecond.toFixed(0);
     }
     this.stats.count.textContent = this.scoring ? `${this.scored} scored of ${count}` : String(count);
@@ -116,7 +123,12 @@ export class OutputPanel {
 
   /** The prompt of a branch: this panel's prompt, its text before character `index`, then `text`. */
   branchPrompt(index, text) {
-    return this.prompt + this.records.slice(0, index).map((r) => r.char).join("") + text;
+    return this.prompt + this.text(index) + text;
+  }
+
+  /** The text received, or its first `end` characters. */
+  text(end = this.records.length) {
+    return this.records.slice(0, end).map((r) => r.char).join("");
   }
 
   /** Hover and click show a character's alternatives; the arrow keys walk the characters. */

@@ -1,6 +1,7 @@
 // How sure the model was: a character's shade, its alternatives, and the text's summary numbers.
 
 export const BUCKETS = 8;  // shades, from likely (0, no shade) to surprising (7)
+export const ALTERNATIVES = 5;  // the most likely characters asked for at each place
 const VISIBLE = { " ": "␣", "\n": "⏎", "\t": "⇥" };
 
 /** The shade of a character the model gave log-probability `logprob`: less likely, stronger. */
@@ -28,7 +29,8 @@ export function summary(logprobSum, count) {
 
 /**
  * The alternatives of one character: a small dialog listing the model's five most likely
- * characters at that place with their probabilities, each a button that branches from there.
+ * characters at that place with their probabilities, each a button that branches from there
+ * (plain entries where there is no branching: `onBranch` null).
  * Every text in it is set as text: nothing from the server is parsed as markup.
  */
 export class Alternatives {
@@ -64,20 +66,22 @@ export class Alternatives {
 
   choice(alt, chosen) {
     const item = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = chosen ? "alternative chosen" : "alternative";
-    button.dataset.text = alt.text;
+    const entry = document.createElement(this.onBranch ? "button" : "span");
+    entry.className = chosen ? "alternative chosen" : "alternative";
+    entry.dataset.text = alt.text;
     const char = document.createElement("span");
     char.className = "alternative-char";
     char.textContent = visible(alt.text);
     const p = document.createElement("span");
     p.className = "alternative-p";
     p.textContent = percent(alt.logprob);
-    button.append(char, p);
-    button.setAttribute("aria-label", `branch with ${JSON.stringify(alt.text)}, ${percent(alt.logprob)}`);
-    button.addEventListener("click", () => this.onBranch(this.index, alt.text));
-    item.append(button);
+    entry.append(char, p);
+    if (this.onBranch) {
+      entry.type = "button";
+      entry.setAttribute("aria-label", `branch with ${JSON.stringify(alt.text)}, ${percent(alt.logprob)}`);
+      entry.addEventListener("click", () => this.onBranch(this.index, alt.text));
+    }
+    item.append(entry);
     return item;
   }
 
