@@ -93,8 +93,9 @@ def summary(levels: list[Level]) -> list[str]:
     grouped = runs(levels)
     apis = list(dict.fromkeys(level.api for level in levels))
     lines = ["| streams | API | characters / s, median (range) | first char p50 (ms) | first char p95 (ms) "
-             f"| share of {apis[0]}'s characters / s, per round | first char p50 less {apis[0]}'s (ms), per round "
-             "| each round: share; p50 difference |", "|---:|---|---:|---:|---:|---:|---:|---|"]
+             f"| against {apis[0]}: characters / s share, per round | against {apis[0]}: first char p50 "
+             "difference (ms), per round | each round: share; p50 difference |",
+             "|---:|---|---:|---:|---:|---:|---:|---|"]
     for (concurrency, api), measured in grouped.items():
         compared = ["—"] * 3 if api == apis[0] else against(measured, grouped[concurrency, apis[0]])
         p50, p95 = ([lv.percentile(lv.first, q) for lv in measured] for q in (50, 95))
