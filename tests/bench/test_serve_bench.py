@@ -33,8 +33,8 @@ def test_tgi_events_count_one_character_each_and_not_the_special_ones():
     assert count(b'data: {"error": "boom", "error_type": "generation"}') == ERROR
 
 
-def test_the_completions_prompt_is_the_chat_message_as_the_play_template_renders_it():
-    template = (ROOT / "charlm" / "chat_templates" / "play.jinja").read_text(encoding="utf-8")
+def test_the_completions_prompt_is_the_chat_message_as_the_bundled_model_renders_it():
+    template = (ROOT / "models" / "shakespeare-gpt" / "chat_template.jinja").read_text(encoding="utf-8")
     chat, completions = APIS["chat"].body("m", 300, 1), APIS["completions"].body("m", 300, 1)
     rendered = ImmutableSandboxedEnvironment().from_string(template).render(
         messages=chat["messages"], add_generation_prompt=True)
