@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from jinja2 import Template, TemplateError, TemplateSyntaxError
 
-from charlm.template_limits import LIMITED, TemplateLimitError, within_limits
+from charlm.template_limits import LIMITED, TemplateLimitError, TemplateTimeout, within_limits
 
 TEMPLATE_FILE = "chat_template.jinja"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -28,6 +28,10 @@ BUNDLED_DIR = Path(__file__).parent / "chat_templates"  # templates by name: pla
 
 class ChatTemplateError(Exception):
     """A template cannot be read, compiled or rendered; the message says which and why."""
+
+
+class ChatTemplateTimeout(ChatTemplateError):
+    """Rendering passed its deadline (a caller may try again with a longer one, elsewhere)."""
 
 
 class RaisedByTemplate(Exception):
@@ -63,6 +67,8 @@ class ChatTemplate:
             return within_limits(self.template, context, timeout_s, max_chars)
         except RaisedByTemplate as exc:
             raise ChatTemplateError(f"{self.origin} refused the conversation: {exc}") from None
+        except TemplateTimeout as exc:
+            raise ChatTemplateTimeout(f"{self.origin}: {exc}") from None
         except TemplateLimitError as exc:
             raise ChatTemplateError(f"{self.origin}: {exc}") from None
         except RecursionError:

@@ -35,6 +35,10 @@ class TemplateLimitError(Exception):
     """Rendering passed a limit; the message names it."""
 
 
+class TemplateTimeout(TemplateLimitError):
+    """Rendering passed its deadline."""
+
+
 def check_size(value: Any) -> Any:
     if isinstance(value, (str, list, tuple)) and len(value) > MAX_SIZE:
         raise TemplateLimitError(f"the template built a value of {len(value):,} items; at most {MAX_SIZE:,}")
@@ -126,7 +130,7 @@ def within_limits(template: Template, context: dict[str, Any], timeout_s: float,
             return None  # jinja's own functions end; a template's loops are in its code
         events += 1
         if events % CHECK_EVERY == 0 and time.monotonic() > deadline:
-            raise TemplateLimitError(f"rendering took longer than {timeout_s:g} s")
+            raise TemplateTimeout(f"rendering took longer than {timeout_s:g} s")
         return trace
 
     previous = sys.gettrace()
