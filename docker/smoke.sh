@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds charlm's image with podman, runs it, waits for its HEALTHCHECK to pass, streams one
-# generation from it and stops it with SIGTERM, expecting a clean exit:
+# generation from it, asks it one chat and stops it with SIGTERM, expecting a clean exit:
 #
 #   docker/smoke.sh [cpu]   the CPU image (TORCH_FLAVOUR=cpu; torch from a local CPU wheel if any)
 #   docker/smoke.sh cuda    the default image, PyPI's torch with its CUDA 13.0 libraries, on a
@@ -191,6 +191,17 @@ stream_one_generation() {
     log "streamed 40 events; generated text: $(tail -n 2 <<<"$output" | sed -n 's/.*"generated_text":\("[^"]*"\).*/\1/p')"
 }
 
+answer_one_chat() {
+    # The bundled models ship their chat template: the image answers a chat in character.
+    local body='{"messages": [{"role": "user", "content": "Good morrow."}], "max_completion_tokens": 200, "seed": 1}'
+    local output
+    output=$(curl -sS --max-time 120 -H 'content-type: application/json' -d "$body" \
+                  "http://127.0.0.1:$PORT/v1/chat/completions")
+    python3 -c 'import json, sys; c = json.load(sys.stdin)["choices"][0]; assert c["message"]["content"], c' \
+        <<<"$output" || { echo "$output" >&2; fail "no reply to a chat"; }
+    log "answered a chat: $(python3 -c 'import json, sys; print(repr(json.load(sys.stdin)["choices"][0]["message"]["content"][:60]))' <<<"$output")"
+}
+
 check_probes() {
     # The orchestrators' probes (deploy/kubernetes): alive and ready once the models serve.
     local probe
@@ -259,8 +270,9 @@ main() {
         expect_cpu_fallback_reported
     fi
     stream_one_generation
+    answer_one_chat
     stop_cleanly
-    log "OK: built, healthy (read-only root, non-root, no capabilities), streamed, stopped cleanly"
+    log "OK: built, healthy (read-only root, non-root, no capabilities), streamed, chatted, stopped cleanly"
 }
 
 main "$@"

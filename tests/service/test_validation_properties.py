@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from service.frontend.schemas.chat import ChatCompletionRequest
 from service.frontend.schemas.openai import CompletionRequest
 from service.frontend.schemas.tgi import GenerateRequest, Parameters
 
@@ -59,7 +60,30 @@ def test_any_completion_field_value_is_refused_or_usable(field, value):
         assert all(texts_or_ids) and request.n >= 1
 
 
+@pytest.mark.parametrize("field", fields_of(ChatCompletionRequest))
+@given(value=json_values)
+@settings(max_examples=40)  # per field; many fields
+def test_any_chat_field_value_is_refused_or_usable(field, value):
+    body = {"messages": [{"role": "user", "content": "the"}], field: value}
+    request = validate(ChatCompletionRequest, body, {field})
+    if isinstance(request, ChatCompletionRequest):
+        request.sampling()
+        request.grammar_form()
+        assert request.top_n >= 0 and request.n >= 1 and isinstance(request.echoed, str)
+        assert all(isinstance(m.for_template()["content"], str) for m in request.messages)
+
+
+@given(message=st.dictionaries(st.sampled_from(["role", "content", "name", "tool_calls", "tool_call_id", "x"]),
+                               json_values, max_size=4))
+def test_any_message_is_refused_or_text_a_template_can_read(message):
+    request = validate(ChatCompletionRequest, {"messages": [message]}, {"messages"})
+    if isinstance(request, ChatCompletionRequest):
+        (read,) = [m.for_template() for m in request.messages]
+        assert isinstance(read["content"], str) and read["role"] in ("system", "developer", "user", "assistant",
+                                                                       "tool")
+
+
 @given(st.dictionaries(st.text(max_size=12), json_values, max_size=6))
 def test_any_json_object_is_refused_or_a_request(body):
-    for model in (GenerateRequest, CompletionRequest):
-        validate(model, body, set(body) | {"inputs", "prompt"})  # the required fields
+    for model in (GenerateRequest, CompletionRequest, ChatCompletionRequest):
+        validate(model, body, set(body) | {"inputs", "prompt", "messages"})  # the required fields

@@ -79,6 +79,11 @@ class SamplingRequest(StrictModel):
         """A list, or None when the request gave none (a chat reply then stops where its model's does)."""
         return None if stop is None else check_stop([stop] if isinstance(stop, str) else list(stop))
 
+    @field_validator("guided_choice")
+    @classmethod
+    def _check_choices(cls, choices: list[str] | None) -> list[str] | None:
+        return None if choices is None else check_choices(choices)
+
     @field_validator("logit_bias")
     @classmethod
     def _check_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
@@ -100,8 +105,6 @@ class SamplingRequest(StrictModel):
             ("guided_json", self.guided_json), ("guided_choice", self.guided_choice)) if value is not None]
         if len(forms) > 1:
             raise ValueError(f"give one grammar, in one form: this request sets {' and '.join(forms)}")
-        if self.guided_choice is not None:
-            check_choices(self.guided_choice)
         return self
 
     def max_new_tokens(self, default: int) -> int:
