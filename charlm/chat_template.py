@@ -56,6 +56,8 @@ class ChatTemplate:
         except TemplateError as exc:
             line = f" (line {exc.lineno})" if isinstance(exc, TemplateSyntaxError) else ""
             raise ChatTemplateError(f"{origin} is not a valid Jinja template{line}: {exc.message}") from None
+        except (RecursionError, SyntaxError, MemoryError) as exc:  # nested past what Python compiles
+            raise ChatTemplateError(f"{origin} cannot be compiled: {type(exc).__name__}: {exc}") from None
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool, variables: dict[str, Any],
                timeout_s: float, max_chars: int) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ class ChatOptions(Protocol):
 FileStamp = tuple[int, int] | None  # (size, mtime) of a file, None when absent
 REQUEST_TEMPLATES_KEPT = 64
 INLINE_S = 0.005  # how long a template may render on the event loop before it moves to a thread
+INLINE_CHARS = 4096  # a longer conversation renders in a thread from the start
 
 
 def stamp(path: Path) -> FileStamp:
@@ -86,17 +88,16 @@ class ChatTemplates:
     def for_request(self, view: ModelView, body: ChatOptions) -> ChatTemplate:
         """The template this request is rendered with (400 when there is none, or it cannot be used)."""
         try:
-            model_template = self.of_model(view.path)
             if body.chat_template is None:
-                if model_template is None:
+                template = self.of_model(view.path)
+                if template is None:
                     raise no_template(view.name)
-                return model_template
+                return template
             if not self.settings.trust_request_chat_template:
                 raise ServiceError(422, "this server does not take chat templates from requests (its operator "
                                    "can allow them: CHARLM_TRUST_REQUEST_CHAT_TEMPLATE=true); leave chat_template "
                                    "out to use the model's own", param="chat_template")
-            stop = model_template.stop if model_template is not None else default_stop(view.path)
-            return compiled_request_template(body.chat_template, stop)
+            return compiled_request_template(body.chat_template, default_stop(view.path))
         except ChatTemplateError as exc:
             raise ServiceError(422, str(exc), param="chat_template", code="chat_template_error") from None
 
@@ -106,18 +107,21 @@ class ChatTemplates:
         A template renders first on the event loop, for at most INLINE_S: nearly all finish in a
         fraction of a millisecond, and a thread's round trip would cost more than that (several
         milliseconds before the request reaches its engine, at 32 streams). One that is not done
-        by then renders again in a thread, with the whole of its time limit, so the event loop
-        serves on meanwhile."""
-        template = self.for_request(view, body)
+        by then, or a conversation over INLINE_CHARS, renders in a thread, with the whole of its
+        time limit, so the event loop serves on meanwhile."""
         settings = self.settings
+        size = checked_size(messages, body, settings.max_prompt_chars)
+        template = self.for_request(view, body)
         arguments = ([m.for_template() for m in messages], body.add_generation_prompt,
                      body.chat_template_kwargs or {})
         limit = settings.chat_template_timeout_s
         try:
             try:
+                if size > INLINE_CHARS:  # its filters alone may take longer than the slice
+                    raise ChatTemplateTimeout("long conversation")
                 text = template.render(*arguments, min(INLINE_S, limit), settings.max_prompt_chars)
             except ChatTemplateTimeout:
-                if limit <= INLINE_S:
+                if limit <= INLINE_S and size <= INLINE_CHARS:
                     raise
                 text = await asyncio.to_thread(template.render, *arguments, limit, settings.max_prompt_chars)
         except ChatTemplateError as exc:
@@ -125,6 +129,18 @@ class ChatTemplates:
         if body.continue_final_message:
             text = open_final_message(text, messages[-1].text)
         return ChatPrompt(text, template.stop)
+
+
+def checked_size(messages: list[ChatMessage], body: ChatOptions, limit: int) -> int:
+    """The characters of a conversation (messages, names and chat_template_kwargs); one over the
+    prompt limit is refused before any template reads it: a template's filters loop over it in code
+    the render's deadline cannot stop."""
+    size = sum(len(m.text) + len(m.name or "") for m in messages)
+    size += len(json.dumps(body.chat_template_kwargs, ensure_ascii=False)) if body.chat_template_kwargs else 0
+    if size > limit:
+        raise ServiceError(422, f"the conversation holds {size:,} characters (messages, names and "
+                           f"chat_template_kwargs); the prompt limit is {limit:,}", param="messages")
+    return size
 
 
 @functools.lru_cache(maxsize=REQUEST_TEMPLATES_KEPT)

@@ -116,6 +116,13 @@ async def test_a_request_stop_replaces_the_speech_end(play):
     assert len(text) == 80  # nothing stops it: the play's blank line is not a stop any more
 
 
+async def test_a_grammar_is_not_cut_by_the_speech_end(play):
+    """The model's default stop ends a reply, not a grammar's text: a choice may hold a blank line."""
+    answer = (await play.post("/v1/chat/completions", json=chat(guided_choice=["Love.\n\nWar."]))).json()
+    (choice,) = answer["choices"]
+    assert choice["message"]["content"] == "Love.\n\nWar." and choice["finish_reason"] == "stop"
+
+
 async def test_max_completion_tokens_wins_over_max_tokens(play):
     body = chat(max_tokens=50, max_completion_tokens=3, stop=[])
     answer = (await play.post("/v1/chat/completions", json=body)).json()
@@ -147,7 +154,9 @@ async def test_neutral_fields_are_accepted_and_tools_ignored(play):
     (chat(audio={"voice": "x"}), 400, ["audio"]),
     (chat(n=0), 400, ["n"]),
     (chat(top_logprobs=3), 400, ["top_logprobs needs logprobs"]),
-    (chat(top_logprobs=21, logprobs=True), 400, ["top_logprobs"]),
+    (chat(top_logprobs=11, logprobs=True), 400, ["top_logprobs"]),
+    (chat("a\n" * 9000), 400, ["18,000 characters", "prompt limit is 16,384"]),
+    (chat(chat_template_kwargs={"user_name": "x" * 20000}), 400, ["prompt limit"]),
     (chat(bogus=1), 400, ["unknown field 'bogus'"]),
     (chat(add_generation_prompt=True, continue_final_message=True), 400, ["continue_final_message"]),
     (chat(add_generation_prompt=False, continue_final_message=True), 400, ["the last message is the user's"]),
@@ -195,3 +204,11 @@ async def test_an_error_mid_stream_is_sent_before_done(play_models, monkeypatch)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[1:-2])  # some of the reply came
     assert chunks[-1] == "[DONE]" and "device lost" in chunks[-2]["error"]["message"]
+
+
+async def test_a_long_conversation_renders_off_the_event_loop_to_the_same_prompt(play):
+    lines = "\n".join(["The king shall speak."] * 300)  # 6,599 characters: rendered in a thread
+    prompt = await rendered(play, {"messages": [{"role": "user", "content": lines}]})
+    assert prompt == f"ROMEO:\n{lines}\n\nJULIET:\n"
+    reply = await play.post("/v1/chat/completions", json=chat(lines, max_completion_tokens=5))
+    assert reply.status_code == 200 and reply.json()["usage"]["prompt_tokens"] == len(prompt)

@@ -47,6 +47,8 @@ def test_openai_chat_answers_and_streams_the_same_reply(client):
     assert len({c.id for c in chunks}) == 1 and chunks[-1].usage == answer.usage
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == choice.message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
+    follow_up = [*messages, choice.message, {"role": "user", "content": "My lord!"}]  # the reply as the SDK sends it
+    assert client.chat.completions.create(model="tiny-play", messages=follow_up, max_completion_tokens=20).choices
 
 
 def test_openai_chat_gives_n_choices_with_logprobs(client):

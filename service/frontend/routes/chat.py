@@ -50,7 +50,8 @@ async def admit_chat(state: ServiceState, request: Request, body: ChatCompletion
     max_tokens = body.max_new_tokens(min(DEFAULT_MAX_TOKENS, state.settings.max_new_tokens))
     form = body.grammar_form()
     grammar = await compile_grammar(form, view.info.vocab, max_tokens, body.tokens_param) if form else None
-    stop = prompt.stop if body.stop is None else tuple(body.stop)
+    # The model's default stop ends a reply, not a grammar's text (a choice may hold a blank line).
+    stop = tuple(body.stop) if body.stop is not None else () if grammar is not None else prompt.stop
     interval = state.settings.stream_interval if body.stream else 0
     spec = GenerationSpec(max_tokens, body.sampling(), stop, body.top_n, interval, grammar=grammar)
     return await admit(state, request, view.name, [prompt.text] * body.n, spec, "messages", body.tokens_param,

@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from service.frontend.schemas.common import StrictModel, require_neutral
+from service.frontend.schemas.common import MAX_TOP_N, StrictModel, require_neutral
 from service.frontend.schemas.openai import SamplingRequest, Usage
 
-MAX_TOP_LOGPROBS = 20  # as OpenAI allows
+MAX_TOP_LOGPROBS = MAX_TOP_N  # OpenAI allows 20; the engine reports at most 10 alternatives
+MAX_TEMPLATE_CHARS = 65_536  # a request's own chat template (compiling a long one takes seconds)
 MAX_MESSAGES = 1024
 MAX_NAME_CHARS = 64
 TEXT_PARTS = {"text": "text", "refusal": "refusal"}  # a part's type -> the key holding its text
@@ -41,6 +42,8 @@ class ChatMessage(StrictModel):
     tool_calls: list[dict[str, Any]] | None = Field(None, description="accepted empty: no model here calls tools")
     tool_call_id: str | None = None
     refusal: str | None = None
+    annotations: list[dict[str, Any]] | None = Field(None, description="accepted and ignored: an assistant "
+                                                     "message as the openai client sends it back")
     audio: None = None
     function_call: None = None
 
@@ -124,8 +127,8 @@ class ChatCompletionRequest(SamplingRequest):
     continue_final_message: bool = Field(False, description="vLLM's: leave the last message open, so the reply "
                                          "continues it (needs add_generation_prompt false)")
     add_special_tokens: bool = Field(False, description="accepted for compatibility: a character model has none")
-    chat_template: str | None = Field(None, description="a Jinja template for this request (refused unless the "
-                                      "server trusts request templates)")
+    chat_template: str | None = Field(None, max_length=MAX_TEMPLATE_CHARS, description="a Jinja template for this "
+                                      "request (refused unless the server trusts request templates)")
     chat_template_kwargs: dict[str, Any] | None = Field(None, description="extra variables for the template, such as "
                                                         "the play's user_name and assistant_name")
 

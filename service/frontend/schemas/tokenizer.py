@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from service.frontend.schemas.chat import MAX_MESSAGES, ChatMessage, check_continuation
+from service.frontend.schemas.chat import MAX_MESSAGES, MAX_TEMPLATE_CHARS, ChatMessage, check_continuation
 from service.frontend.schemas.common import StrictModel
 
 
@@ -19,7 +19,8 @@ class TokenizeRequest(StrictModel):
                                                description="a conversation, as /v1/chat/completions takes it")
     add_generation_prompt: bool = Field(True, description="with messages: as /v1/chat/completions")
     continue_final_message: bool = Field(False, description="with messages: as /v1/chat/completions")
-    chat_template: str | None = Field(None, description="with messages: as /v1/chat/completions")
+    chat_template: str | None = Field(None, max_length=MAX_TEMPLATE_CHARS,
+                                      description="with messages: as /v1/chat/completions")
     chat_template_kwargs: dict[str, Any] | None = Field(None, description="with messages: as /v1/chat/completions")
     add_special_tokens: bool = Field(True, description="accepted for compatibility: a character model has none")
     return_token_strs: bool = False
