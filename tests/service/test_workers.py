@@ -46,6 +46,10 @@ def server(two_models: Path) -> Iterator[ServerProcess]:
     with serve_process("--models-dir", str(two_models), "--default-model", "tiny-gpt", "--workers", "2",
                        "--max-batch-size", "4", "--admin-key", ADMIN, "--models-poll-s", "0") as running:
         running.wait_healthy()
+        # /health answers once one front end does; the other may still be starting (a loaded
+        # machine showed it: 24 connections all went to front end 1), so wait for both.
+        assert wait_until(lambda: set(front_ends_seen(running.url, tries=8)) == {0, 1}, timeout=WAIT_S), \
+            running.output()
         yield running
 
 
