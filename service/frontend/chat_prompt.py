@@ -114,15 +114,15 @@ class ChatTemplates:
         template = self.for_request(view, body)
         arguments = ([m.for_template() for m in messages], body.add_generation_prompt,
                      body.chat_template_kwargs or {})
-        limit = settings.chat_template_timeout_s
+        limit, text = settings.chat_template_timeout_s, None
         try:
-            try:
-                if size > INLINE_CHARS:  # its filters alone may take longer than the slice
-                    raise ChatTemplateTimeout("long conversation")
-                text = template.render(*arguments, min(INLINE_S, limit), settings.max_prompt_chars)
-            except ChatTemplateTimeout:
-                if limit <= INLINE_S and size <= INLINE_CHARS:
-                    raise
+            if size <= INLINE_CHARS:  # a longer one's filters alone may take longer than the slice
+                try:
+                    text = template.render(*arguments, min(INLINE_S, limit), settings.max_prompt_chars)
+                except ChatTemplateTimeout:
+                    if limit <= INLINE_S:
+                        raise
+            if text is None:
                 text = await asyncio.to_thread(template.render, *arguments, limit, settings.max_prompt_chars)
         except ChatTemplateError as exc:
             raise ServiceError(422, str(exc), param="messages", code="chat_template_error") from None

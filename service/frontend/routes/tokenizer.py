@@ -13,6 +13,7 @@ from charlm.vocab import UnknownCharactersError
 from service.engine.specs import ModelInfo
 from service.frontend.errors import ServiceError
 from service.frontend.generation import text_of_ids
+from service.frontend.models import ModelView
 from service.frontend.schemas.errors import TGI_GENERATION
 from service.frontend.schemas.tokenizer import (
     DetokenizeRequest,
@@ -26,20 +27,18 @@ from service.frontend.state import ServiceState, ready_service
 router = APIRouter(tags=["tokenizer"])
 
 
-def described(state: ServiceState, name: str | None) -> tuple[str, ModelInfo]:
-    """The ready model's name and what the front end knows of it (404 naming the ones that exist)."""
+def described(state: ServiceState, name: str | None) -> tuple[ModelView, ModelInfo]:
+    """The ready model and what the front end knows of it (404 naming the ones that exist)."""
     view, _ = state.model(name)
     assert view.info is not None
-    return view.name, view.info
+    return view, view.info
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=TGI_GENERATION)
 async def tokenize(body: TokenizeRequest, state: Annotated[ServiceState, Depends(ready_service)]) -> TokenizeResponse:
     """The prompt's character ids (422 naming the characters outside the model's vocabulary); for
     messages, those of the prompt the model's chat template renders, which is returned too."""
-    view, _ = state.model(body.model)
-    info = view.info
-    assert info is not None
+    view, info = described(state, body.model)
     rendered = await state.chat_templates.render(view, body.messages, body) if body.messages else None
     prompt = rendered.text if rendered is not None else body.prompt or ""
     try:
@@ -56,17 +55,15 @@ async def tokenize(body: TokenizeRequest, state: Annotated[ServiceState, Depends
 async def detokenize(body: DetokenizeRequest,
                      state: Annotated[ServiceState, Depends(ready_service)]) -> DetokenizeResponse:
     """The text of character ids (422 naming ids outside the vocabulary)."""
-    name, info = described(state, body.model)
-    return DetokenizeResponse(prompt=text_of_ids(body.tokens, info.chars, name, "tokens", "tokens: id(s)"))
+    view, info = described(state, body.model)
+    return DetokenizeResponse(prompt=text_of_ids(body.tokens, info.chars, view.name, "tokens", "tokens: id(s)"))
 
 
 @router.get("/tokenizer_info", response_model=TokenizerInfo, responses=TGI_GENERATION)
 async def tokenizer_info(state: Annotated[ServiceState, Depends(ready_service)],
                          model: str | None = None) -> TokenizerInfo:
     """A model's vocabulary (default model unless `?model=` names one); it has no special tokens."""
-    view, _ = state.model(model)
-    info = view.info
-    assert info is not None
+    view, info = described(state, model)
     try:
         template = state.chat_templates.of_model(view.path)
     except ChatTemplateError:
