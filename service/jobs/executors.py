@@ -1,0 +1,116 @@
+"""Where a job's `charlm train` runs: a child process here (`local`), or a Ray cluster (`ray`).
+
+The scheduler knows only this interface. A run is found again after a restart by its `ref` (a pid,
+a Ray submission id), stored with the job, so that a run the previous server left behind is stopped
+before the job resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+NICENESS = 10  # training yields the CPU to serving, which answers people waiting
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCommand:
+    """One `charlm train` run of a job."""
+
+    job_id: str
+    args: list[str]  # after `charlm`: ["train", "--data", ..., "--out", ...]
+    env: dict[str, str]  # set for the run, besides the server's own environment
+    log_path: Path  # the run's stdout and stderr
+
+
+class Run(Protocol):
+    ref: str  # how to find the run again after a restart
+
+    def poll(self) -> int | None:
+        """The exit status once the run ended, else None (130: it stopped when asked to)."""
+
+    def interrupt(self) -> None:
+        """Ask the run to checkpoint and stop (the trainer takes SIGINT and SIGTERM so)."""
+
+    def kill(self) -> None:
+        """Stop the run at once."""
+
+
+class Executor(Protocol):
+    name: str
+
+    def start(self, command: TrainCommand) -> Run: ...
+
+    def abandon(self, ref: str, job_id: str) -> None:
+        """Stop a run an earlier server started for this job, if it still runs."""
+
+
+class LocalRun:
+    def __init__(self, process: subprocess.Popen[bytes]):
+        self.process = process
+        self.ref = str(process.pid)
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        self.process.wait()
+
+
+class LocalExecutor:
+    """`python -m charlm train …` in a child process, niced, that dies with the server (Linux)."""
+
+    name = "local"
+
+    def start(self, command: TrainCommand) -> LocalRun:
+        command.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(command.log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "charlm", *command.args], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, env={**os.environ, **command.env}, preexec_fn=_as_child,
+            )
+        return LocalRun(process)
+
+    def abandon(self, ref: str, job_id: str) -> None:
+        try:
+            pid = int(ref)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (ValueError, OSError):
+            return  # gone (or never a pid)
+        if job_id.encode() in cmdline:  # the pid may have been reused by another process since
+            logger.warning("stopping run %s of job %s, left by an earlier server", pid, job_id)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _as_child() -> None:
+    """In the child before exec: nice, and killed when the server dies (even by kill -9), so that no
+    orphaned run writes into a job that the next server resumes."""
+    os.nice(NICENESS)
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def make_executor(name: str) -> Executor:
+    if name == "ray":
+        from service.jobs.ray_executor import RayExecutor  # Ray is an extra
+
+        return RayExecutor.from_environment()
+    return LocalExecutor()
