@@ -35,6 +35,8 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", required=True, type=Path, help="UTF-8 text file")
     parser.add_argument("--out", required=True, type=Path, help="model directory to write, e.g. models/NAME")
+    parser.add_argument("--valid-data", type=Path, metavar="FILE",
+                        help="UTF-8 text to validate on (default: the last val_fraction of --data)")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture")
     parser.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
@@ -62,6 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
             resume=args.resume, overwrite=args.overwrite, device=args.device,
             command=shlex.join(["charlm", *sys.argv[1:]]), progress=not args.no_progress,
             chat_template=args.chat_template, events=args.events, init_from=args.init_from,
+            valid_data=args.valid_data,
         )
         with logging_redirect_tqdm():
             summary = train(spec)

@@ -40,6 +40,7 @@ class RunSpec:
     command: str = ""
     progress: bool = True
     chat_template: str | None = None  # a bundled template's name or a file, copied into the model directory
+    valid_data: Path | None = None  # a validation text; None: the last val_fraction of data
     events: Path | None = None  # where the run's events go as JSON lines (training.events)
     init_from: Path | None = None  # a model directory whose weights and vocabulary a new run starts from
 
@@ -109,7 +110,7 @@ def prepare(spec: RunSpec, run: Distributed) -> Session:
         return _resume(spec, run, text, corpus)
     if spec.init_from is not None:
         return _start_from(spec, run, text, corpus, spec.init_from)
-    vocab = Vocab.from_text(text)
+    vocab = Vocab.from_text(text + (read_corpus(spec.valid_data) if spec.valid_data else ""))
     architecture, model_config, config = resolve(spec.architecture, spec.preset, spec.overrides, len(vocab))
     torch.manual_seed(config.seed)
     model = build_model(architecture, dataclasses.asdict(model_config))
@@ -159,15 +160,21 @@ def _start_from(spec: RunSpec, run: Distributed, text: str, corpus: dict[str, An
         loaded = load_model(base)
     except ModelDirError as exc:
         raise ConfigError(f"--init-from: {exc}") from None
-    model_keys = sorted(set(spec.overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
-    if model_keys:
-        raise ConfigError(f"cannot change model settings {model_keys} of the model --init-from starts from")
-    trained = (loaded.info.get("training") or {}).get("train_config") or {}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    preset = dataclasses.replace(_as_preset(loaded.model), train={k: v for k, v in trained.items() if k in known})
-    _, config = apply_overrides(preset, spec.overrides, len(loaded.vocab))
+    config = continued_config(loaded.model, loaded.info, spec.overrides)
     torch.manual_seed(config.seed)
     return _session(spec, run, text, corpus, loaded.vocab, loaded.model.train(), config)
+
+
+def continued_config(model: CharModel, info: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """The training settings of a run that starts from a trained model: those it was trained with,
+    overridden; its model settings cannot change."""
+    model_keys = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if model_keys:
+        raise ConfigError(f"cannot change model settings {model_keys} of the model a run starts from")
+    trained = (info.get("training") or {}).get("train_config") or {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    preset = dataclasses.replace(_as_preset(model), train={k: v for k, v in trained.items() if k in known})
+    return apply_overrides(preset, overrides, model.config.vocab_size)[1]
 
 
 def _read_resume_state(out: Path) -> dict[str, Any] | None:
@@ -213,11 +220,11 @@ def _session(
     spec: RunSpec, run: Distributed, text: str, corpus: dict[str, Any], vocab: Vocab, model: CharModel,
     config: TrainConfig, start_iter: int = 0,
 ) -> Session:
-    try:
-        ids = torch.from_numpy(vocab.encode(text))
-    except UnknownCharactersError as exc:
-        raise DataError(f"the data has characters the model's vocabulary lacks: {exc}") from None
-    train_data, val_data = split(ids, config.val_fraction)
+    if spec.valid_data is None:
+        train_data, val_data = split(_encode(vocab, text, "data"), config.val_fraction)
+    else:  # a text of its own: all of --data trains
+        train_data = _encode(vocab, text, "data")
+        val_data = _encode(vocab, read_corpus(spec.valid_data), "validation data")
     seq_len = sequence_length(model, config)
     check_long_enough("training", train_data, seq_len)
     check_long_enough("validation", val_data, seq_len)
@@ -238,6 +245,13 @@ def _session(
     return Session(
         spec, config, model, vocab, train_data, val_data, seq_len, optimizer, batches, corpus, start_iter
     )
+
+
+def _encode(vocab: Vocab, text: str, what: str) -> torch.Tensor:
+    try:
+        return torch.from_numpy(vocab.encode(text))
+    except UnknownCharactersError as exc:
+        raise DataError(f"the {what} has characters the model's vocabulary lacks: {exc}") from None
 
 
 def sequence_length(model: CharModel, config: TrainConfig) -> int:

@@ -102,13 +102,14 @@ class Trainer:
             if self.run.is_main:
                 self.finish()
             raise
+        stopped = self.end_reason == "stopped"  # by a signal, before the run's end
         if self.run.is_main:
-            if self.stop.is_set():
+            if stopped:
                 self.keep_resume_state(self.iteration)
             else:
                 self.directory.clear_resume_state()
             self.finish()
-        if self.stop.is_set():
+        if stopped:
             raise KeyboardInterrupt
         return self.summary
 
@@ -119,8 +120,6 @@ class Trainer:
         progress = Progress(iters, PROGRESS_EVERY, enabled=session.spec.progress and self.run.is_main)
         window_start, window_iters = time.perf_counter(), 0
         for self.iteration in progress:
-            if self.stop.is_set():
-                break
             iteration = self.iteration  # the steps done so far
             out_of_time = config.max_minutes > 0 and self.elapsed() >= config.max_minutes * 60
             due = iteration % config.eval_interval == 0 or iteration == config.max_iters or out_of_time
@@ -132,6 +131,8 @@ class Trainer:
                 window_start, window_iters = time.perf_counter(), 0  # the speed is of training alone
             if iteration == config.max_iters or out_of_time:
                 self.end_reason = "finished" if iteration == config.max_iters else "time_limit"
+                break
+            if self.stop.is_set():  # after the checks above: a run stopped at its end is finished
                 break
             loss, state = self.train_step(iteration, state)
             window_iters += 1
