@@ -6,8 +6,8 @@ Each line is one object with `type` and `time` (Unix seconds):
   `chars_per_step`, `parameters`, `train_chars`, `valid_chars`, `device`;
 - `progress`, every few steps: `step`, `train_loss` (of the last batch), `lr`, `chars_per_s`;
 - `eval`: `step`, `train_loss`, `valid_loss`, `valid_bpc`, `lr`, `best` (a new best), `sample`;
-- `checkpoint`: `step`, `kind` (`best`: the model directory now holds this step's weights;
-  `resume`: the latest state, kept to continue from);
+- `checkpoint`: `step`, `kind` (`best`: the model directory now holds this step's weights, with
+  its `train_loss` and `valid_loss`; `resume`: the latest state, kept to continue from);
 - `end`: `step`, `reason` (`finished`, `early_stop`, `time_limit` or `stopped`).
 Lines are appended and flushed one by one, so a reader never sees half of one unless the writer
 died while writing it (the reader waits for its newline).

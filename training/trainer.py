@@ -217,7 +217,8 @@ class Trainer:
         card = model_card.render(session.spec.out.name, session.model, summary, samples)
         self.directory.write_checkpoint(session.model, session.vocab, summary, self.training_state(iteration), card)
         self.summary, self.best_samples = summary, samples  # only once on disk
-        self.events.emit("checkpoint", step=iteration, kind="best", valid_loss=round(entry["val_loss"], 5))
+        self.events.emit("checkpoint", step=iteration, kind="best", train_loss=round(entry["train_loss"], 5),
+                         valid_loss=round(entry["val_loss"], 5))
 
     def keep_resume_state(self, iteration: int) -> None:
         """The latest weights and state beside the best checkpoint: `--resume` continues from them."""

@@ -47,7 +47,6 @@ class Reading:
         self.events: list[tuple[str, str, str, Any]] = []
         self.checkpoints: list[tuple[int, dict[str, Any]]] = []
         self.progress: dict[str, Any] = {}
-        self.last_eval: dict[str, Any] = {}
 
     def take(self, event: dict[str, Any]) -> None:
         getattr(self, f"_{event['type']}", self._unknown)(event)
@@ -68,7 +67,6 @@ class Reading:
     def _eval(self, event: dict[str, Any]) -> None:
         data = {k: event[k] for k in ("step", "train_loss", "valid_loss", "lr")}
         data.update(total_steps=self.plan["total_steps"], valid_bpc=event["valid_bpc"])
-        self.last_eval = data
         self.events.append(("info", "metrics", f"Step {event['step']}: training loss {event['train_loss']:.4f}, "
                             f"validation loss {event['valid_loss']:.4f}", data))
         if event["sample"]:
@@ -80,7 +78,7 @@ class Reading:
     def _checkpoint(self, event: dict[str, Any]) -> None:
         step = event["step"]
         if event["kind"] == "best":
-            metrics = {**self.last_eval, "step": step} if self.last_eval.get("step") == step else {"step": step}
+            metrics = {"step": step, "train_loss": event["train_loss"], "valid_loss": event["valid_loss"]}
             self.checkpoints.append((step, metrics))
             self.events.append(("info", "message", f"New best checkpoint at step {step}", {"step": step}))
         else:

@@ -3,9 +3,10 @@ any `charlm train --set` setting (checked by training's own code when the job is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from service.frontend.schemas.common import StrictModel
 
@@ -14,14 +15,31 @@ MAX_METADATA = 16
 Scalar = bool | int | float | str
 
 
+def auto_or(kind: type, low: float, high: float) -> Callable[[Any], Any]:
+    """"auto", or a number (an int for `int`) above `low` (at least it, for an int) and at most `high`;
+    one message for both, naming the field alone (a union's would name its branches)."""
+
+    def check(value: Any) -> Any:
+        if value == "auto":
+            return value
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        if not number or (kind is int and not isinstance(value, int)):
+            raise ValueError(f'must be "auto" or {"an integer" if kind is int else "a number"}')
+        if not (value >= low if kind is int else value > low) or value > high:
+            raise ValueError(f"must be {'at least' if kind is int else 'above'} {low:g} and at most {high:g}")
+        return kind(value)
+
+    return check
+
+
 class Hyperparameters(StrictModel):
     """OpenAI's, each a value or "auto" (the preset's), and charlm train's settings by name."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    n_epochs: Literal["auto"] | Annotated[float, Field(gt=0, le=10_000)] = "auto"
-    batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=65_536)] = "auto"
-    learning_rate_multiplier: Literal["auto"] | Annotated[float, Field(gt=0, le=1_000)] = "auto"
+    n_epochs: Annotated[Any, BeforeValidator(auto_or(float, 0, 10_000))] = "auto"
+    batch_size: Annotated[Any, BeforeValidator(auto_or(int, 1, 65_536))] = "auto"
+    learning_rate_multiplier: Annotated[Any, BeforeValidator(auto_or(float, 0, 1_000))] = "auto"
 
     @model_validator(mode="after")
     def scalar_settings(self) -> Hyperparameters:
