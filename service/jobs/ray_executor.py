@@ -107,7 +107,8 @@ class RayRun:
             return None
         if info.status == JobStatus.FAILED and info.driver_exit_code:
             status = info.driver_exit_code  # charlm's own status (2: bad arguments, say), when Ray has it
-        return self.ended(status, f"Ray job {self.ref} {info.status.value}: {info.message}")
+        message = (info.message or "").partition("\n")[0]  # a failure's message repeats the log's tail
+        return self.ended(status, f"Ray job {self.ref} {info.status.value}: {message}")
 
     def interrupt(self) -> None:
         stop(self.client, self.address, self.ref)

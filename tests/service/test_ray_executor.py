@@ -1,6 +1,7 @@
 """service/jobs/ray_executor.py against a real Ray: a local head (`ray start --head --block`, two CPUs,
 the dashboard on a free loopback port) runs real `charlm train` submissions, one to the end, one
-interrupted midway, one left running for abandon() to stop as a restarted server would.
+interrupted midway, one left running for abandon() to stop as a restarted server would, one that
+charlm refuses.
 
 Needs the `ray` extra (`pip install -e '.[ray]'`); skipped without it, except under CI=true. About
 half a minute on a 2-core machine.
@@ -136,6 +137,14 @@ def test_a_run_trains_a_loadable_model_and_its_log_is_copied(executor, tmp_path)
     log = command.log_path.read_text()
     assert str(tmp_path / "jobs" / "ftjob-done" / "model") in log  # the trainer's output, copied from Ray
     assert log.endswith(f"Ray job {run.ref} SUCCEEDED: Job finished successfully.\n")
+
+
+def test_a_run_charlm_refuses_ends_with_charlms_own_status(executor, tmp_path):
+    command = train_command(tmp_path, "ftjob-bad")
+    command.args[command.args.index("--data") + 1] = str(tmp_path / "files" / "missing")
+    run = executor.start(command)
+    assert ended(run) == 2, command.log_path.read_text()
+    assert "FAILED" in command.log_path.read_text().splitlines()[-1]
 
 
 def test_an_interrupted_run_checkpoints_and_ends_with_130(executor, tmp_path):
