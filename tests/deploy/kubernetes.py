@@ -27,6 +27,8 @@ from tests.deploy.helpers import REPO
 from tests.deploy.keda import SCALED_OBJECT_SCHEMA
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
+TOOLS = sorted((KUBERNETES / "tools").glob("*.yaml"))  # applied by hand, outside the overlays
+TRAIN_JOB = KUBERNETES / "tools" / "train-job.yaml"
 OVERLAYS = sorted(path for path in (KUBERNETES / "overlays").iterdir() if path.is_dir())
 ADAPTER_VALUES = KUBERNETES / "components" / "hpa" / "prometheus-adapter-values.yaml"
 SCHEMA_VERSIONS = ("1.30.0", "1.37.0")  # the oldest Kubernetes these manifests claim, and the newest
@@ -72,9 +74,11 @@ def of_kind(objects: list[Object], kind: str) -> list[Object]:
     return [obj for obj in objects if obj["kind"] == kind]
 
 
-def containers(objects: list[Object], init: bool = False) -> Iterator[tuple[Object, Object]]:
-    """(deployment, container) for every container of every Deployment, init containers too with `init`."""
-    for deployment in of_kind(objects, "Deployment"):
+def containers(objects: list[Object], init: bool = False, kinds: tuple[str, ...] = ("Deployment",)
+               ) -> Iterator[tuple[Object, Object]]:
+    """(deployment, container) for every container of every Deployment (or of every object of `kinds`
+    with a pod template), init containers too with `init`."""
+    for deployment in (obj for obj in objects if obj["kind"] in kinds):
         spec = deployment["spec"]["template"]["spec"]
         for container in spec["containers"] + (spec.get("initContainers", []) if init else []):
             yield deployment, container
@@ -175,10 +179,10 @@ def port_problems(objects: list[Object]) -> list[str]:
 
 def security_problems(objects: list[Object]) -> list[str]:
     """No root, no privilege escalation, no capabilities, read-only root filesystem; CPU and memory
-    requests and a memory limit on every container; torch's threads set within the CPU request
-    (Python sees the node's cores, not the container's share)."""
+    requests and a memory limit on every container (a training Job's too); the servers' torch threads
+    set within the CPU request (Python sees the node's cores, not the container's share)."""
     problems = []
-    for deployment, container in containers(objects, init=True):
+    for deployment, container in containers(objects, init=True, kinds=("Deployment", "Job")):
         name, pod = container["name"], deployment["spec"]["template"]["spec"]
         context = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
         if context.get("runAsNonRoot") is not True or context.get("runAsUser", 0) == 0:
@@ -197,6 +201,42 @@ def security_problems(objects: list[Object]) -> list[str]:
         cores = float(cpu[:-1]) / 1000 if str(cpu).endswith("m") else float(cpu)
         if threads is None or not 1 <= int(threads) < max(cores, 2):
             problems.append(f"{container['name']}: CHARLM_TORCH_THREADS {threads} does not fit a CPU request of {cpu}")
+    return problems
+
+
+def served_claims(objects: list[Object]) -> set[str]:
+    """The claims of the volumes the servers read their models from (mounted at CHARLM_MODELS_DIR)."""
+    claims = set()
+    for deployment, container in containers(objects):
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"].get("volumes", [])}
+        for mount in container.get("volumeMounts", []):
+            if mount["mountPath"] == env(container).get("CHARLM_MODELS_DIR"):
+                claims.add(volumes[mount["name"]].get("persistentVolumeClaim", {}).get("claimName"))
+    return claims - {None}
+
+
+def train_job_problems(job: Object, objects: list[Object]) -> list[str]:
+    """A training Job writes its model where the servers read theirs: its MODELS_DIR is a writable
+    mount of the claim the Deployment serves from; its DATA_DIR is a mount; a finished Job goes away."""
+    pod = job["spec"]["template"]["spec"]
+    volumes = {v["name"]: v.get("persistentVolumeClaim", {}) for v in pod.get("volumes", [])}
+    problems = [] if "ttlSecondsAfterFinished" in job["spec"] else ["finished Jobs are never deleted"]
+    served = served_claims(objects)
+    for container in pod["containers"]:
+        name, variables = container["name"], env(container)
+        mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+        models = mounts.get(variables.get("MODELS_DIR", ""))
+        if models is None:
+            problems.append(f"{name}: MODELS_DIR {variables.get('MODELS_DIR')} is not a mount")
+            continue
+        claim = volumes.get(models["name"], {})
+        if claim.get("claimName") not in served:
+            problems.append(f"{name}: writes to claim {claim.get('claimName')}, not {sorted(served)}, which the "
+                            "servers read")
+        if models.get("readOnly") or claim.get("readOnly"):
+            problems.append(f"{name}: mounts the models volume read-only")
+        if variables.get("DATA_DIR") not in mounts:
+            problems.append(f"{name}: DATA_DIR {variables.get('DATA_DIR')} is not a mount")
     return problems
 
 

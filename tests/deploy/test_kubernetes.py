@@ -60,9 +60,10 @@ def test_every_object_validates_against_the_schemas(rendered, version):
     assert k8s.schema_problems(rendered, version) == []
 
 
-def test_the_uploader_pod_validates_against_the_schemas():
-    uploader = yaml.safe_load((k8s.KUBERNETES / "tools" / "models-uploader.yaml").read_text())
-    assert k8s.schema_problems([uploader], k8s.SCHEMA_VERSIONS[-1]) == []
+@pytest.mark.parametrize("version", k8s.SCHEMA_VERSIONS)
+@pytest.mark.parametrize("tool", k8s.TOOLS, ids=[path.name for path in k8s.TOOLS])
+def test_every_tool_validates_against_the_schemas(tool, version):
+    assert k8s.schema_problems([yaml.safe_load(tool.read_text())], version) == []
 
 
 def test_probes_ask_the_apps_own_routes(rendered, routes):

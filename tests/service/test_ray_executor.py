@@ -1,0 +1,196 @@
+"""service/jobs/ray_executor.py against a real Ray: a local head (`ray start --head --block`, two CPUs,
+the dashboard on a free loopback port) runs real `charlm train` submissions, one to the end, one
+interrupted midway, one left running for abandon() to stop as a restarted server would, one that
+charlm refuses.
+
+Needs the `ray` extra (`pip install -e '.[ray]'`); skipped without it, except under CI=true. About
+half a minute on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from charlm.checkpoint import load_model
+from service.jobs.executors import TrainCommand, make_executor
+from tests.deploy.helpers import REPO
+from tests.helpers import make_corpus, missing_tool, wait_until
+from tests.service.helpers import free_port
+
+pytestmark = pytest.mark.ray
+TINY = {"max_iters": 30, "eval_interval": 10, "eval_iters": 2, "batch_size": 4, "n_layer": 1, "n_head": 2,
+        "n_embd": 32, "block_size": 16, "sample_chars": 20}
+RUN_S = 180  # a bound for a hang, not a measure: a run takes seconds
+
+
+def ray_binary() -> Path:
+    """Ray's `ray` command beside this Python (the `ray` extra), failing under CI=true without it."""
+    beside = Path(sys.executable).parent / "ray"
+    if not beside.is_file():
+        missing_tool("Ray is not installed (the `ray` extra: pip install -e '.[ray]')")
+    return beside
+
+
+def head_command(directory: str) -> list[str]:
+    ports = {"--port": free_port(), "--dashboard-port": free_port(), "--ray-client-server-port": free_port(),
+             "--dashboard-agent-listen-port": free_port()}  # Ray's fixed defaults would collide with any other Ray
+    return [str(ray_binary()), "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
+            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--disable-usage-stats",
+            "--object-store-memory", str(200 * 2**20), "--temp-dir", directory,
+            *(str(item) for pair in ports.items() for item in pair)]
+
+
+def head_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        # The submissions' `charlm` is this Python's, running this checkout's code.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO),
+        # A token in ~/.ray left by any earlier local Ray turns token authentication on; this
+        # throwaway head on the loopback needs none.
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def dashboard_answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/api/version", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A local Ray head's dashboard address. `ray start --block` stops every process it started on
+    SIGTERM (where `ray stop` would stop every Ray on the machine); its process group is killed if not."""
+    directory = tempfile.mkdtemp(prefix="charlm-ray-")  # short: Ray's socket paths must fit 107 bytes
+    command = head_command(directory)
+    url = f"http://127.0.0.1:{command[command.index('--dashboard-port') + 1]}"
+    log = Path(directory) / "head.log"
+    with log.open("w") as out:
+        head = subprocess.Popen(command, env=head_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert wait_until(lambda: dashboard_answers(url) or head.poll() is not None, timeout=120)
+        assert head.poll() is None, log.read_text()[-3000:]
+        yield url
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(30)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture()
+def executor(ray_address: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("CHARLM_RAY_ADDRESS", ray_address)
+    monkeypatch.setenv("CHARLM_TRAIN_CPUS", "1")
+    return make_executor("ray")
+
+
+def train_command(data_dir: Path, job_id: str, **settings: object) -> TrainCommand:
+    """What the scheduler would start: every path absolute, under the data dir."""
+    text = data_dir / "files" / "file-abc"
+    if not text.exists():
+        text.parent.mkdir(parents=True)
+        text.write_text(make_corpus(), encoding="utf-8")
+    job = data_dir / "jobs" / job_id
+    sets = [item for key, value in {**TINY, **settings}.items() for item in ("--set", f"{key}={value}")]
+    args = ["train", "--data", str(text), "--out", str(job / "model"), "--preset", "gpt-tiny", *sets,
+            "--no-progress", "--device", "cpu"]
+    return TrainCommand(job_id, args, {"CHARLM_JOB_ID": job_id}, job / "train.log")
+
+
+def ended(run: Any) -> int | None:
+    assert wait_until(lambda: run.poll() is not None, timeout=RUN_S, interval=0.5)
+    return run.poll()
+
+
+def started_training(run: Any, model: Path) -> None:
+    """Once the run's first checkpoint is written: the trainer has set its SIGINT handler."""
+    assert wait_until(lambda: (model / "model.safetensors").exists() or run.poll() is not None, timeout=RUN_S)
+    assert run.poll() is None
+
+
+def test_a_run_trains_a_loadable_model_and_its_log_is_copied(executor, tmp_path):
+    command = train_command(tmp_path, "ftjob-done")
+    run = executor.start(command)
+    assert run.ref.startswith("ftjob-done-")
+    assert ended(run) == 0, command.log_path.read_text()
+    loaded = load_model(tmp_path / "jobs" / "ftjob-done" / "model")
+    assert loaded.model.architecture == "gpt" and len(loaded.vocab) > 0
+    log = command.log_path.read_text()
+    assert str(tmp_path / "jobs" / "ftjob-done" / "model") in log  # the trainer's output, copied from Ray
+    assert log.endswith(f"Ray job {run.ref} SUCCEEDED: Job finished successfully.\n")
+
+
+def test_a_run_charlm_refuses_ends_with_charlms_own_status(executor, tmp_path):
+    command = train_command(tmp_path, "ftjob-bad")
+    command.args[command.args.index("--data") + 1] = str(tmp_path / "files" / "missing")
+    run = executor.start(command)
+    assert ended(run) == 2, command.log_path.read_text()
+    assert "FAILED" in command.log_path.read_text().splitlines()[-1]
+
+
+def test_an_interrupted_run_checkpoints_and_ends_with_130(executor, tmp_path):
+    command = train_command(tmp_path, "ftjob-stop", max_iters=100_000)
+    model = tmp_path / "jobs" / "ftjob-stop" / "model"
+    run = executor.start(command)
+    started_training(run, model)
+    run.interrupt()
+    assert ended(run) == 130, command.log_path.read_text()
+    assert "STOPPED" in command.log_path.read_text().splitlines()[-1]
+    assert (model / "training_state.pt").exists()  # resumable: it stopped on SIGINT, not SIGKILL
+    run.interrupt()  # a run that ended: nothing to stop, no error
+
+
+def test_abandon_stops_a_run_an_earlier_server_left_and_ignores_others(executor, ray_address, tmp_path):
+    command = train_command(tmp_path, "ftjob-left", max_iters=100_000)
+    run = executor.start(command)
+    started_training(run, tmp_path / "jobs" / "ftjob-left" / "model")
+    restarted = make_executor("ray")  # a new server's executor, knowing only the stored ref
+    restarted.abandon("ftjob-left-00000000", "ftjob-left")  # unknown to Ray
+    restarted.abandon("4242", "ftjob-left")  # the local executor's ref
+    restarted.abandon(run.ref, "ftjob-other")  # another job's: left alone
+    assert run.poll() is None
+    restarted.abandon(run.ref, "ftjob-left")  # returns once the submission has ended
+    assert run.poll() == 130
+
+
+def test_an_unreachable_ray_is_a_clear_error(tmp_path, monkeypatch):
+    ray_binary()
+    address = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("CHARLM_RAY_ADDRESS", address)
+    executor = make_executor("ray")  # reaches Ray only when a run starts: the server starts without it
+    with pytest.raises(RuntimeError, match=f"Ray at {address} cannot be reached"):
+        executor.start(train_command(tmp_path, "ftjob-nowhere"))
+    with pytest.raises(RuntimeError, match=f"Ray at {address} cannot be reached"):
+        executor.abandon("ftjob-nowhere-00000000", "ftjob-nowhere")
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    ray_binary()
+    monkeypatch.setenv("CHARLM_RAY_ADDRESS", "http://ray-head:8265")
+    monkeypatch.setenv("CHARLM_TRAIN_GPUS", "1")
+    monkeypatch.setenv("CHARLM_TRAIN_CPUS", "4")
+    executor = make_executor("ray")
+    assert (executor.address, executor.settings.train_gpus, executor.settings.train_cpus) == \
+        ("http://ray-head:8265", 1, 4)
+    monkeypatch.setenv("CHARLM_TRAIN_CPUS", "0")
+    with pytest.raises(ValueError, match="train_cpus"):
+        make_executor("ray")
