@@ -2,7 +2,7 @@
 outside: the training service turns them into a job's events, metrics and checkpoints.
 
 Each line is one object with `type` and `time` (Unix seconds):
-- `start`: `step` (where the run begins: 0, or the checkpoint it resumes), `total_steps`,
+- `start`: `step` (where the run begins: 0, or the checkpoint it resumes), `resumed`, `total_steps`,
   `chars_per_step`, `parameters`, `train_chars`, `valid_chars`, `device`;
 - `progress`, every few steps: `step`, `train_loss` (of the last batch), `lr`, `chars_per_s`;
 - `eval`: `step`, `train_loss`, `valid_loss`, `valid_bpc`, `lr`, `best` (a new best), `sample`;

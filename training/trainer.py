@@ -91,7 +91,8 @@ class Trainer:
             session.model.architecture, f"{session.model.num_parameters():,}", self.run.device,
             len(session.train_data), len(session.val_data), self.chars_per_iter,
         )
-        self.events.emit("start", step=session.start_iter, total_steps=session.config.max_iters,
+        self.events.emit("start", step=session.start_iter, resumed=session.spec.resume,
+                         total_steps=session.config.max_iters,
                          chars_per_step=self.chars_per_iter, parameters=session.model.num_parameters(),
                          train_chars=len(session.train_data), valid_chars=len(session.val_data),
                          device=str(self.run.device))

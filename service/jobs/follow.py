@@ -53,8 +53,8 @@ class Reading:
 
     def _start(self, event: dict[str, Any]) -> None:
         step = event["step"]
-        said = f"Training started: {event['parameters']:,} parameters on {event['device']}, " \
-               f"{event['total_steps']:,} steps" if step == 0 else f"Training resumed at step {step:,}"
+        said = f"Training resumed at step {step:,}" if event.get("resumed") else \
+            f"Training started: {event['parameters']:,} parameters on {event['device']}, {event['total_steps']:,} steps"
         self.events.append(("info", "message", said, {"step": step, "total_steps": event["total_steps"]}))
 
     def _progress(self, event: dict[str, Any]) -> None:
