@@ -33,7 +33,9 @@ FROM_ENVIRONMENT = {
     "cors_origins": '["https://a.example"]', "stream_interval": "4", "sse_keepalive_s": "3",
     "shutdown_grace_s": "9", "torch_threads": "2", "log_level": "debug", "workers": "3", "compile": "false",
     "stream_writes_per_s": "2500", "chat_template": str(template_path("play")), "trust_request_chat_template": "true",
-    "chat_template_timeout_s": "2.5",
+    "chat_template_timeout_s": "2.5", "training": "true", "data_dir": "/srv/data", "train_concurrency": "2",
+    "max_queued_jobs": "3", "max_upload_bytes": "1000", "data_quota_bytes": "123456", "train_executor": "ray",
+    "train_device": "cpu", "train_threads": "3", "cancel_timeout_s": "4.5",
 }
 
 
@@ -78,7 +80,8 @@ FROM_FLAGS = {
     "dtype": "float16", "log_level": "error", "cuda_graphs": "true", "engine_process": "true",
     "default_model": "theirs", "host": "127.0.0.2", "api_key": "k2", "admin_key": "a2", "models_dir": "/srv/other",
     "max_body_bytes": "8192", "compile": "true", "chat_template": str(template_path("verse")),
-    "trust_request_chat_template": "false",
+    "trust_request_chat_template": "false", "training": "false", "data_dir": "/srv/other-data",
+    "train_executor": "local", "train_device": "cuda",
 }
 
 

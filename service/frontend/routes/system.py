@@ -118,7 +118,9 @@ async def info(request: Request, state: Annotated[ServiceState, Depends(service_
             "max_n": settings.max_n,
             "max_body_bytes": settings.max_body_bytes,
             "request_timeout_s": settings.request_timeout_s,
+            "max_upload_bytes": settings.max_upload_bytes,
         },
+        "training": settings.training,
         "models": model_statuses(state, memory=True),
         "front_end": {"index": state.front_end, "workers": state.workers, "pid": os.getpid()},
     }

@@ -63,6 +63,7 @@ class Info(BaseModel):
     dtype: str | None
     default_model: str | None
     limits: dict[str, int | float]
+    training: bool = Field(False, description="whether /v1/files and /v1/fine_tuning/jobs are on (CHARLM_TRAINING)")
     models: dict[str, ModelInfo]
     front_end: FrontEnd
 
