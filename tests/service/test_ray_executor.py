@@ -27,6 +27,7 @@ from service.jobs.executors import TrainCommand, make_executor
 from tests.deploy.helpers import REPO
 from tests.helpers import make_corpus, missing_tool, wait_until
 from tests.service.helpers import free_port
+from tests.service.training import API_KEY, ENDED, TINY_JOB, create_job, events, training_server, upload, wait_for
 
 pytestmark = pytest.mark.ray
 TINY = {"max_iters": 30, "eval_interval": 10, "eval_iters": 2, "batch_size": 4, "n_layer": 1, "n_head": 2,
@@ -194,3 +195,20 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CHARLM_TRAIN_CPUS", "0")
     with pytest.raises(ValueError, match="train_cpus"):
         make_executor("ray")
+
+
+def test_a_job_runs_on_ray_from_upload_to_served_model(ray_address, tiny_models, tmp_path, monkeypatch):
+    """The whole service with CHARLM_TRAIN_EXECUTOR=ray: the run's events come back through the shared
+    data directory, and its model is published and served as a local run's is."""
+    monkeypatch.setenv("CHARLM_RAY_ADDRESS", ray_address)
+    with training_server(tiny_models, tmp_path, train_executor="ray") as (base, _, _):
+        text = upload(base, make_corpus()).json()["id"]
+        job_id = create_job(base, text, hyperparameters={**TINY_JOB, "max_iters": 40}).json()["id"]
+        done = wait_for(base, job_id, ENDED, timeout=RUN_S)
+        assert done["status"] == "succeeded", done
+        said = [e["message"] for e in events(base, job_id)]
+        assert "Run started (ray)" in said and any(m.startswith("Training started") for m in said)
+        assert any(m.startswith("Sample at step 40") for m in said)
+        answer = httpx.post(f"{base}/v1/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                            json={"model": done["fine_tuned_model"], "prompt": "the ", "max_tokens": 8})
+        assert answer.status_code == 200 and len(answer.json()["choices"][0]["text"]) == 8
