@@ -106,8 +106,8 @@ export class LossChart {
       axes: [{ label: "step" }, { label: this.log ? "loss (log scale)" : "loss" }],
       series: [
         { label: "step" },
-        { label: "training, each batch", stroke: COLORS.raw, width: 1, spanGaps: true, value: loss },
-        { label: "training", stroke: COLORS.train, width: 2, spanGaps: true, value: loss },
+        { label: "training, each batch", stroke: COLORS.raw, width: 1, spanGaps: true, value: loss, points: { show: false } },
+        { label: "training", stroke: COLORS.train, width: 2, spanGaps: true, value: loss, points: { show: false } },
         {
           label: "validation", stroke: COLORS.valid, width: 2, spanGaps: true, value: loss,
           points: { show: true, size: 6, fill: COLORS.valid },

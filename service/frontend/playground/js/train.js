@@ -135,6 +135,7 @@ export class Training {
   reset() {
     this.job = null;
     this.lastId = null;
+    delete $("training").dataset.job;
     this.chart.clear();
     $("train-samples").replaceChildren();
     $("train-try").hidden = true;
@@ -193,6 +194,7 @@ export class Training {
 
   showJob(job) {
     this.job = job;
+    $("training").dataset.job = job.id;
     this.setStatus(job.status, STATUS_TEXT[job.status]?.(job) ?? job.status);
     $("train-job").textContent = `${job.id} (${job.model})`;
     $("train-cancel").disabled = TERMINAL.includes(job.status);

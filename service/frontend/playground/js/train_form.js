@@ -36,8 +36,10 @@ export function chosenFile(maxBytes) {
   if (!file) throw new FieldError("train-file", "choose a text file to train on, or drop one here");
   if (file.size === 0) throw new FieldError("train-file", `${file.name} is empty`);
   if (file.size > maxBytes) {
-    throw new FieldError("train-file", `${file.name} is ${formatBytes(file.size)}, over the server's limit `
-      + `of ${formatBytes(maxBytes)} for an upload: train on a part of it`);
+    let [size, limit] = [formatBytes(file.size), formatBytes(maxBytes)];
+    if (size === limit) [size, limit] = [file.size, maxBytes].map((b) => `${b.toLocaleString("en")} bytes`);
+    throw new FieldError("train-file", `${file.name} is ${size}, over the server's limit of ${limit} for an `
+      + "upload: train on a part of it");
   }
   return file;
 }
