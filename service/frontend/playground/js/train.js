@@ -1,11 +1,11 @@
 // The Train view: a text file uploaded, a fine-tuning job started on it, and the job followed to its
-// end through its event stream: the status, the progress, the time left, the loss chart and the
-// samples as they come. Cancel asks the server to stop the job; once it succeeded, Try it opens the
-// new model in the Text view. A stream that breaks off, or ends because the job paused (a server
-// restarting), is opened again after the last event seen, so no point is drawn twice.
+// end through its event stream, each event drawn by the panel (train_panel.js). Cancel asks the
+// server to stop the job; once it succeeded, Try it opens the new model in the Text view. A stream
+// that breaks off, or ends because the job paused (a server restarting), is opened again after the
+// last event seen, so no point is drawn twice.
 import { ApiError } from "./api.js";
 import { FieldError, clearErrors, showError } from "./form.js";
-import { LossChart } from "./loss_chart.js";
+import { TrainPanel } from "./train_panel.js";
 import { TERMINAL, cancelJob, createJob, jobEvents, loadJob, uploadFile } from "./train_api.js";
 import { DEFAULT_MAX_UPLOAD_BYTES, chosenFile, formatBytes, readJob, wireDropZone } from "./train_form.js";
 
@@ -38,22 +38,6 @@ function report(controlId, message) {
   $("train-error").hidden = false;
 }
 
-/** "1 min 05 s" for a duration in milliseconds. */
-function formatDuration(ms) {
-  const seconds = Math.max(0, Math.round(ms / 1000));
-  const minutes = Math.floor(seconds / 60);
-  return minutes > 0 ? `${minutes} min ${String(seconds % 60).padStart(2, "0")} s` : `${seconds} s`;
-}
-
-const STATUS_TEXT = {
-  queued: () => "queued: waiting for the trainer",
-  running: (job) => `training ${job.model}`,
-  paused: () => "paused: the job goes on from its last checkpoint when the server takes it up again",
-  succeeded: (job) => `succeeded: ${job.fine_tuned_model} is served`,
-  failed: (job) => `failed: ${job.error?.message ?? "no reason given"}`,
-  cancelled: () => "cancelled",
-};
-
 export class Training {
   /**
    * `limits()`: the server's limits from /info (null when unknown); `tryModel(name)`: show the Text
@@ -62,7 +46,7 @@ export class Training {
   constructor({ limits, tryModel }) {
     this.limits = limits;
     this.tryModel = tryModel;
-    this.chart = new LossChart($("loss-chart"));
+    this.panel = new TrainPanel();
     this.job = null;
     this.adminKey = "";
     this.lastId = null;  // the last event shown: a stream opened again starts after it
@@ -71,7 +55,7 @@ export class Training {
     $("train-cancel").addEventListener("click", () => this.cancel());
     $("train-try").addEventListener("click", () => this.tryIt());
     $("train-smoothing").addEventListener("input", () => this.smoothingChanged());
-    $("train-log").addEventListener("change", () => this.chart.setLog($("train-log").checked));
+    $("train-log").addEventListener("change", () => this.panel.chart.setLog($("train-log").checked));
     this.smoothingChanged();
   }
 
@@ -96,7 +80,7 @@ export class Training {
   smoothingChanged() {
     const weight = Number($("train-smoothing").value);
     $("train-smoothing-value").textContent = weight.toFixed(2);
-    this.chart.setSmoothing(weight);
+    this.panel.chart.setSmoothing(weight);
   }
 
   /** Start: check the form, upload the file, create the job, and follow it to its end. */
@@ -115,12 +99,14 @@ export class Training {
       showError(exc.controlId, exc.message);
       return;
     }
-    this.reset();
+    this.job = null;
+    this.lastId = null;
+    this.panel.reset();
     $("train-start").disabled = true;
     try {
-      this.setStatus("uploading", `uploading ${file.name} (${formatBytes(file.size)})`);
+      this.panel.setStatus("uploading", `uploading ${file.name} (${formatBytes(file.size)})`);
       const uploaded = await uploadFile(file, adminKey);
-      this.setStatus("creating", `${file.name} uploaded (${uploaded.id}): creating the job`);
+      this.panel.setStatus("creating", `${file.name} uploaded (${uploaded.id}): creating the job`);
       this.adminKey = adminKey;
       this.showJob(await createJob({ ...body, training_file: uploaded.id }, adminKey));
       await this.follow();
@@ -130,19 +116,6 @@ export class Training {
       $("train-start").disabled = false;
       $("train-cancel").disabled = true;
     }
-  }
-
-  reset() {
-    this.job = null;
-    this.lastId = null;
-    delete $("training").dataset.job;
-    this.chart.clear();
-    $("train-samples").replaceChildren();
-    $("train-try").hidden = true;
-    for (const id of ["train-job", "train-step", "train-rate", "train-eta", "train-eval", "train-message"]) {
-      $(id).textContent = "";
-    }
-    $("train-progress").value = 0;
   }
 
   /** Read the job's events until it ends: a stream cut short, or ended by a pause, is opened again. */
@@ -174,14 +147,14 @@ export class Training {
         if (this.lastId !== null && Number(item.id) <= Number(this.lastId)) continue;  // seen before a reconnect
         this.lastId = item.id;
       }
-      this.showEvent(item.event);
+      this.panel.showEvent(item.event);
     }
     return false;
   }
 
   /** Each second, the time left; every few, the job read again (status, estimated finish). */
   async tick() {
-    this.showTimeLeft();
+    this.panel.showTimeLeft();
     this.ticks += 1;
     if (this.ticks % JOB_EVERY_TICKS !== 0 || this.job === null) return;
     try {
@@ -194,66 +167,7 @@ export class Training {
 
   showJob(job) {
     this.job = job;
-    $("training").dataset.job = job.id;
-    this.setStatus(job.status, STATUS_TEXT[job.status]?.(job) ?? job.status);
-    $("train-job").textContent = `${job.id} (${job.model})`;
-    $("train-cancel").disabled = TERMINAL.includes(job.status);
-    $("train-try").hidden = !(job.status === "succeeded" && job.fine_tuned_model);
-    this.showTimeLeft();
-  }
-
-  setStatus(status, text) {
-    $("training").dataset.status = status;
-    $("train-status").textContent = text;
-  }
-
-  showTimeLeft() {
-    const finish = this.job?.estimated_finish;
-    const active = this.job !== null && !TERMINAL.includes(this.job.status);
-    $("train-eta").textContent = active && finish ? formatDuration(finish * 1000 - Date.now()) : "";
-  }
-
-  /** One event: metrics (progress or an evaluation) feed the chart, a sample joins the list. */
-  showEvent(event) {
-    const data = event.data ?? {};
-    if (event.type === "metrics") {
-      if (this.job.status === "queued") this.setStatus("running", STATUS_TEXT.running(this.job));
-      const evaluation = data.valid_loss !== undefined && data.valid_loss !== null;
-      this.chart.add(data.step, evaluation ? { valid: data.valid_loss } : { train: data.train_loss });
-      if (evaluation) {
-        $("train-eval").textContent = `step ${data.step}: training ${data.train_loss.toFixed(4)}, `
-          + `validation ${data.valid_loss.toFixed(4)}`;
-      }
-      this.showProgress(data);
-    } else if (typeof data.sample === "string") {
-      this.addSample(data.step, data.sample);
-    } else {
-      $("train-message").textContent = event.message;
-    }
-  }
-
-  showProgress({ step, total_steps: total, chars_per_s: rate }) {
-    const progress = $("train-progress");
-    if (total) {
-      progress.max = total;
-      progress.value = step;
-    } else {
-      progress.removeAttribute("value");  // indeterminate: a budget in minutes may not know its steps
-    }
-    $("train-step").textContent = total ? `${step} of ${total}` : String(step);
-    if (rate !== undefined && rate !== null) $("train-rate").textContent = Math.round(rate).toLocaleString("en");
-  }
-
-  addSample(step, text) {
-    const item = document.createElement("li");
-    const heading = document.createElement("p");
-    heading.className = "sample-step";
-    heading.textContent = step === undefined ? "sample" : `step ${step}`;
-    const body = document.createElement("pre");
-    body.className = "sample-text";
-    body.textContent = text;
-    item.append(heading, body);
-    $("train-samples").append(item);
+    this.panel.showJob(job);
   }
 
   async cancel() {
@@ -275,7 +189,7 @@ export class Training {
     try {
       for (let tries = 0; tries < TRY_TRIES; tries += 1) {
         if (await this.tryModel(name)) return;
-        $("train-message").textContent = `waiting for the server to serve ${name}`;
+        this.panel.setMessage(`waiting for the server to serve ${name}`);
         await sleep(1000);
       }
       report(null, `the server does not serve ${name} yet: try again in a moment`);
@@ -287,6 +201,6 @@ export class Training {
   fail(exc) {
     if (!(exc instanceof ApiError)) throw exc;
     report(controlFor(exc), exc.message);
-    if (this.job === null) this.setStatus("refused", `not started: ${exc.message}`);
+    if (this.job === null) this.panel.setStatus("refused", `not started: ${exc.message}`);
   }
 }
