@@ -57,6 +57,7 @@ function fillPickers(info) {
     if (chosen) select.value = chosen;
     showModelInfo(controlId);
   }
+  training.showServedModels(models);
   if (info?.limits) $("max-new-tokens").max = info.limits.max_new_tokens;
   limits = info?.limits ?? null;
 }

@@ -59,6 +59,14 @@ export class Training {
     this.smoothingChanged();
   }
 
+  /** The served models, to train further, in the picker after the presets (the choice is kept while served). */
+  showServedModels(models) {
+    const picker = $("train-preset");
+    const chosen = picker.value;
+    $("train-served").replaceChildren(...models.map((model) => new Option(model.id, model.id)));
+    picker.value = [...picker.options].some((option) => option.value === chosen) ? chosen : "gpt-tiny";
+  }
+
   maxUploadBytes() {
     return this.limits()?.max_upload_bytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   }
