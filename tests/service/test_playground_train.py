@@ -103,6 +103,41 @@ def test_a_text_trains_a_model_the_page_charts_and_then_generates_from(train_pag
     assert len(panel.locator(".generated").text_content()) == 20
 
 
+def test_cancel_stops_a_running_job(train_page):
+    page = train_page
+    choose_text(page, make_corpus(n_lines=120).encode())
+    page.fill("#train-budget", "1000000")  # steps: it runs until cancelled
+    page.select_option("#train-budget-unit", "max_iters")
+    page.click("#train-advanced summary")
+    page.fill("#train-settings", "\n".join(f"{key}={value}" for key, value in SETTINGS.items()))
+    page.click("#train-start")
+    wait_for_script(page, "() => Number(document.getElementById('loss-chart').dataset.trainPoints) > 0",
+                    timeout=JOB_TIMEOUT_S)
+    assert page.get_attribute("#training", "data-status") == "running" and page.is_enabled("#train-cancel")
+    wait_for_script(page, "() => document.getElementById('train-eta').textContent !== ''")  # its estimated finish
+    page.click("#train-cancel")
+    wait_for_script(page, "() => document.getElementById('training').dataset.status === 'cancelled'",
+                    timeout=JOB_TIMEOUT_S)
+    assert page.text_content("#train-status") == "cancelled" and page.text_content("#train-eta") == ""
+    assert page.is_hidden("#train-try") and page.is_disabled("#train-cancel") and page.is_enabled("#train-start")
+
+
+def test_a_wrong_key_and_a_refused_setting_are_told_next_to_their_controls(train_page):
+    page = train_page
+    choose_text(page, make_corpus(n_lines=120).encode())
+    page.fill("#admin-key", "not-the-key")
+    page.click("#train-start")
+    wait_for_script(page, "() => !document.getElementById('admin-key-error').hidden")
+    assert page.get_attribute("#training", "data-status") == "refused"
+    page.fill("#admin-key", ADMIN_KEY)
+    page.click("#train-advanced summary")
+    page.fill("#train-settings", "n_layer=0")
+    page.click("#train-start")
+    wait_for_script(page, "() => !document.getElementById('train-settings-error').hidden")
+    assert "n_layer" in page.text_content("#train-settings-error")
+    assert page.is_hidden("#admin-key-error") and page.get_attribute("#training", "data-status") == "refused"
+
+
 def test_a_file_over_the_upload_limit_is_refused_in_the_page_before_any_request(train_page, train_server):
     page = train_page
     sent: list[str] = []

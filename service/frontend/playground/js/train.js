@@ -51,6 +51,7 @@ export class Training {
     this.adminKey = "";
     this.lastId = null;  // the last event shown: a stream opened again starts after it
     this.ticks = 0;
+    this.refreshing = false;  // a read of the job in flight
     wireDropZone($("train-drop"), $("train-file"), () => this.fileChosen());
     $("train-cancel").addEventListener("click", () => this.cancel());
     $("train-try").addEventListener("click", () => this.tryIt());
@@ -156,20 +157,28 @@ export class Training {
         this.lastId = item.id;
       }
       this.panel.showEvent(item.event);
+      if (item.event.type === "metrics" && this.job.status === "queued") this.refreshJob();  // running: its finish
     }
     return false;
   }
 
   /** Each second, the time left; every few, the job read again (status, estimated finish). */
-  async tick() {
+  tick() {
     this.panel.showTimeLeft();
     this.ticks += 1;
-    if (this.ticks % JOB_EVERY_TICKS !== 0 || this.job === null) return;
+    if (this.ticks % JOB_EVERY_TICKS === 0) this.refreshJob();
+  }
+
+  async refreshJob() {
+    if (this.job === null || this.refreshing) return;
+    this.refreshing = true;
     try {
       const job = await loadJob(this.job.id, this.adminKey);
       if (!TERMINAL.includes(this.job.status)) this.showJob(job);  // the stream's end has the last word
     } catch {
       // the stream tells the status too: the time left waits for the next read
+    } finally {
+      this.refreshing = false;
     }
   }
 

@@ -14,10 +14,11 @@ const STATUS_TEXT = {
   cancelled: () => "cancelled",
 };
 
-/** "1 min 05 s" for a duration in milliseconds. */
+/** "42 s", "1 min 05 s" or "3 h 20 min" for a duration in milliseconds. */
 function formatDuration(ms) {
   const seconds = Math.max(0, Math.round(ms / 1000));
-  const minutes = Math.floor(seconds / 60);
+  const [minutes, hours] = [Math.floor(seconds / 60), Math.floor(seconds / 3600)];
+  if (hours > 0) return `${hours} h ${String(minutes % 60).padStart(2, "0")} min`;
   return minutes > 0 ? `${minutes} min ${String(seconds % 60).padStart(2, "0")} s` : `${seconds} s`;
 }
 
