@@ -73,6 +73,22 @@ class Settings(BaseSettings):
     chat_template_timeout_s: float = Field(
         1.0, gt=0, le=60, description="longest a chat template may take to render one request (400 past it)"
     )
+    training: bool = Field(False, description="serve the training API (/v1/files, /v1/fine_tuning/jobs): needs the "
+                           "admin key")
+    data_dir: Path = Field(Path("data"), description="where uploaded files, jobs and their checkpoints are kept "
+                           "(SQLite and files); one server schedules the jobs of a data directory")
+    train_concurrency: int = Field(1, ge=1, le=64, description="training jobs that run at once")
+    max_queued_jobs: int = Field(16, ge=1, description="jobs that may wait to run before creating one answers 409")
+    max_upload_bytes: int = Field(50_000_000, ge=1, description="largest file upload (413 above, before it is read)")
+    data_quota_bytes: int = Field(10_000_000_000, ge=1, description="disk space files, jobs and checkpoints may "
+                                  "take together (507 above)")
+    train_executor: Literal["local", "ray"] = Field("local", description="where jobs run: local child processes, "
+                                                    "or Ray Jobs (CHARLM_RAY_ADDRESS)")
+    train_device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="training jobs' device; unset: "
+                                                                "the serving device")
+    train_threads: int = Field(0, ge=0, description="CPU threads of a training job; 0: (cores - 1) / 2, at least 1")
+    cancel_timeout_s: float = Field(30.0, gt=0, description="how long a cancelled or paused run may take to "
+                                    "checkpoint before it is killed")
     torch_threads: int = Field(0, ge=0, description="intra-op CPU threads; 0: (cores - 1) / models, at least 1")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -30,6 +30,7 @@ from service.control.registry import Registry
 from service.control.server import ControlServer
 from service.frontend.metrics import MULTIPROCESS_DIR
 from service.frontend.server import CANCEL_WAIT_S, run_front_end
+from service.jobs.service import start_scheduler
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self._on_signal, stop)
         poll_s = self.settings.models_poll_s
         polling = asyncio.create_task(watcher.poll(poll_s)) if poll_s else None
+        scheduler = start_scheduler(self.settings, loop, lambda: watcher.reload(explicit=False))
         statuses = {name: e.status for name, e in registry.entries.items()}
         while not stop.is_set() and self.failed is None:
             with contextlib.suppress(TimeoutError):
@@ -109,6 +111,8 @@ class Supervisor:
             if now != statuses:  # an engine process died: every front end hears of it
                 statuses = now
                 await control.changed()
+        if scheduler is not None:  # its runs checkpoint and stop; their jobs resume at the next start
+            await asyncio.to_thread(scheduler.stop)
         if polling is not None:
             polling.cancel()
         await self._drain(control)

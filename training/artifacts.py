@@ -25,6 +25,7 @@ from charlm.vocab import Vocab
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
+RESUME_FILE = "resume_state.pt"  # the latest weights and state, when newer than the best checkpoint's
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 CARD_FILE = "README.md"
@@ -51,6 +52,7 @@ class RunDirectory:
                 write_text(target / name, text)
             if not self.published:
                 self._publish(target)
+            self.clear_resume_state()  # older than this checkpoint now
         except BaseException:
             if target != self.path:
                 shutil.rmtree(target, ignore_errors=True)
@@ -64,6 +66,18 @@ class RunDirectory:
         write_atomically(self.path / METRICS_FILE, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
         if plotting_available():
             write_atomically(self.path / PLOT_FILE, lambda tmp: plot_losses(metrics, tmp))
+
+    def write_resume_state(self, state: dict[str, Any]) -> bool:
+        """The latest state, weights included, to resume from; only once the directory exists."""
+        if not self.published:
+            return False
+        write_atomically(self.path / RESUME_FILE, lambda tmp: torch.save(state, tmp))
+        return True
+
+    def clear_resume_state(self) -> None:
+        """A finished run resumes, if ever, from its best checkpoint."""
+        if self.published:
+            (self.path / RESUME_FILE).unlink(missing_ok=True)
 
     def write_summary(self, summary: dict[str, Any], card: str) -> None:
         """Replace the training summary in config.json and the model card."""

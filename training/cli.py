@@ -35,13 +35,20 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", required=True, type=Path, help="UTF-8 text file")
     parser.add_argument("--out", required=True, type=Path, help="model directory to write, e.g. models/NAME")
+    parser.add_argument("--valid-data", type=Path, metavar="FILE",
+                        help="UTF-8 text to validate on (default: the last val_fraction of --data)")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture")
     parser.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model or training setting (repeatable), e.g. --set max_iters=500")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace --out (at the first checkpoint)")
+    parser.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
+                        help="start from a trained model's weights and vocabulary (fine-tuning): a new run "
+                        "with the model's architecture and training settings, overridden by --set")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--events", type=Path, metavar="FILE",
+                        help="append the run's progress, evaluations, checkpoints and end to FILE as JSON lines")
     parser.add_argument("--chat-template", metavar="NAME_OR_FILE",
                         help="give the model a chat template for /v1/chat/completions: a Jinja file, or a bundled "
                         f"one by name ({', '.join(bundled_names())}, which also set the reply's default stop)")
@@ -56,7 +63,8 @@ def run_train(args: argparse.Namespace) -> int:
             data=args.data, out=args.out, architecture=args.arch, preset=args.preset, overrides=overrides,
             resume=args.resume, overwrite=args.overwrite, device=args.device,
             command=shlex.join(["charlm", *sys.argv[1:]]), progress=not args.no_progress,
-            chat_template=args.chat_template,
+            chat_template=args.chat_template, events=args.events, init_from=args.init_from,
+            valid_data=args.valid_data,
         )
         with logging_redirect_tqdm():
             summary = train(spec)

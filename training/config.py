@@ -24,6 +24,7 @@ class TrainConfig:
     # state carries over, detached, from one batch to the next (char-rnn).
     batching: str = "windows"
     max_iters: int = 2000
+    max_minutes: float = 0.0  # a time budget: evaluate and stop once this much training time has passed; 0: none
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 100
@@ -45,6 +46,7 @@ class TrainConfig:
             require(getattr(self, name) >= 1, f"{name} must be at least 1")
         for name in ("seq_len", "warmup_iters", "lr_decay_iters", "patience", "sample_chars"):
             require(getattr(self, name) >= 0, f"{name} must be >= 0")
+        require(0 <= self.max_minutes < 10**7, "max_minutes must be >= 0 (0: no time limit)")
         require(self.lr > 0 and 0 <= self.min_lr <= self.lr, "need lr > 0 and 0 <= min_lr <= lr")
         require(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")

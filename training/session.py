@@ -18,7 +18,7 @@ from charlm.chat_template import ChatTemplateError, bundled_names, template_file
 from charlm.checkpoint import ModelDirError, load_model
 from charlm.models import CharModel, build_model
 from charlm.vocab import UnknownCharactersError, Vocab
-from training.artifacts import STATE_FILE, read_metrics
+from training.artifacts import RESUME_FILE, STATE_FILE, read_metrics
 from training.config import ConfigError, Preset, TrainConfig, apply_overrides, resolve
 from training.data import DataError, StreamBatches, WindowBatches, check_long_enough, read_corpus, split
 from training.distributed import Distributed
@@ -40,6 +40,9 @@ class RunSpec:
     command: str = ""
     progress: bool = True
     chat_template: str | None = None  # a bundled template's name or a file, copied into the model directory
+    valid_data: Path | None = None  # a validation text; None: the last val_fraction of data
+    events: Path | None = None  # where the run's events go as JSON lines (training.events)
+    init_from: Path | None = None  # a model directory whose weights and vocabulary a new run starts from
 
 
 @dataclasses.dataclass
@@ -79,6 +82,9 @@ def check_output(spec: RunSpec) -> None:
     model_files(spec)  # a bad template fails now, not after training
     if spec.resume and spec.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
+    if spec.init_from is not None and (spec.resume or spec.architecture or spec.preset):
+        raise ConfigError("--init-from takes the model's own architecture and settings: not with --resume, "
+                          "--arch or --preset")
     if spec.resume and not (spec.out / STATE_FILE).is_file():
         raise ConfigError(f"cannot resume: {spec.out / STATE_FILE} does not exist")
     if not spec.resume and not spec.overwrite and spec.out.exists():
@@ -102,7 +108,9 @@ def prepare(spec: RunSpec, run: Distributed) -> Session:
     }
     if spec.resume:
         return _resume(spec, run, text, corpus)
-    vocab = Vocab.from_text(text)
+    if spec.init_from is not None:
+        return _start_from(spec, run, text, corpus, spec.init_from)
+    vocab = Vocab.from_text(text + (read_corpus(spec.valid_data) if spec.valid_data else ""))
     architecture, model_config, config = resolve(spec.architecture, spec.preset, spec.overrides, len(vocab))
     torch.manual_seed(config.seed)
     model = build_model(architecture, dataclasses.asdict(model_config))
@@ -116,6 +124,10 @@ def _resume(spec: RunSpec, run: Distributed, text: str, corpus: dict[str, Any]) 
         raise ConfigError(f"cannot resume: {exc}") from None
     summary = loaded.info.get("training") or {}
     state = _read_training_state(spec.out, summary.get("iterations"))
+    latest = _read_resume_state(spec.out)
+    if latest is not None and latest["iter"] > state["iter"]:  # stopped, or evaluated, after the best
+        loaded.model.load_state_dict(latest.pop("model"))
+        state = latest
     model_keys = sorted(set(spec.overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
     if model_keys:
         raise ConfigError(f"cannot change model settings {model_keys} when resuming")
@@ -139,6 +151,46 @@ def _resume(spec: RunSpec, run: Distributed, text: str, corpus: dict[str, Any]) 
     session.elapsed_before = state["elapsed_s"]
     session.summary = summary
     return session
+
+
+def _start_from(spec: RunSpec, run: Distributed, text: str, corpus: dict[str, Any], base: Path) -> Session:
+    """A new run (iteration 0, a new optimizer) from a trained model's weights and vocabulary: the
+    text must be written in that vocabulary."""
+    try:
+        loaded = load_model(base)
+    except ModelDirError as exc:
+        raise ConfigError(f"--init-from: {exc}") from None
+    config = continued_config(loaded.model, loaded.info, spec.overrides)
+    torch.manual_seed(config.seed)
+    return _session(spec, run, text, corpus, loaded.vocab, loaded.model.train(), config)
+
+
+def continued_config(model: CharModel, info: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """The training settings of a run that starts from a trained model: those it was trained with,
+    overridden; its model settings cannot change."""
+    model_keys = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if model_keys:
+        raise ConfigError(f"cannot change model settings {model_keys} of the model a run starts from")
+    trained = (info.get("training") or {}).get("train_config") or {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    preset = dataclasses.replace(_as_preset(model), train={k: v for k, v in trained.items() if k in known})
+    return apply_overrides(preset, overrides, model.config.vocab_size)[1]
+
+
+def _read_resume_state(out: Path) -> dict[str, Any] | None:
+    """resume_state.pt, the latest state kept after the best checkpoint; None without one."""
+    path = out / RESUME_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise ConfigError(f"cannot resume: {path} is unreadable ({exc}); delete it to resume from the best "
+                          "checkpoint") from None
+    missing = sorted((STATE_KEYS | {"model"}) - set(state)) if isinstance(state, dict) else ["model"]
+    if missing:
+        raise ConfigError(f"cannot resume: {path} lacks {missing}")
+    return state
 
 
 def _read_training_state(out: Path, checkpoint_iter: object) -> dict[str, Any]:
@@ -168,11 +220,11 @@ def _session(
     spec: RunSpec, run: Distributed, text: str, corpus: dict[str, Any], vocab: Vocab, model: CharModel,
     config: TrainConfig, start_iter: int = 0,
 ) -> Session:
-    try:
-        ids = torch.from_numpy(vocab.encode(text))
-    except UnknownCharactersError as exc:
-        raise DataError(f"the data has characters the model's vocabulary lacks: {exc}") from None
-    train_data, val_data = split(ids, config.val_fraction)
+    if spec.valid_data is None:
+        train_data, val_data = split(_encode(vocab, text, "data"), config.val_fraction)
+    else:  # a text of its own: all of --data trains
+        train_data = _encode(vocab, text, "data")
+        val_data = _encode(vocab, read_corpus(spec.valid_data), "validation data")
     seq_len = sequence_length(model, config)
     check_long_enough("training", train_data, seq_len)
     check_long_enough("validation", val_data, seq_len)
@@ -193,6 +245,13 @@ def _session(
     return Session(
         spec, config, model, vocab, train_data, val_data, seq_len, optimizer, batches, corpus, start_iter
     )
+
+
+def _encode(vocab: Vocab, text: str, what: str) -> torch.Tensor:
+    try:
+        return torch.from_numpy(vocab.encode(text))
+    except UnknownCharactersError as exc:
+        raise DataError(f"the {what} has characters the model's vocabulary lacks: {exc}") from None
 
 
 def sequence_length(model: CharModel, config: TrainConfig) -> int:

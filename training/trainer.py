@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
-import platform
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from types import FrameType
 from typing import Any
 
 import torch
@@ -23,35 +17,15 @@ from charlm.models import CharModel, DecodeState
 from training import distributed, model_card
 from training.artifacts import RunDirectory
 from training.evaluation import autocast_for, estimate_loss, loss_metrics
+from training.events import EventLog
+from training.hardware import describe_hardware
+from training.interrupts import stop_on_interrupt
 from training.optim import learning_rate
 from training.progress import Progress
 from training.session import RunSpec, Session, model_files, prepare
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY = 10  # iterations between progress updates (each costs a device sync)
-
-
-@contextlib.contextmanager
-def stop_on_interrupt(stop: threading.Event, enabled: bool = True) -> Iterator[None]:
-    """Ctrl-C sets `stop`, which the loop reads between iterations, rather than raising wherever the
-    process happens to be (inside a lock, half through a checkpoint); a second Ctrl-C raises at
-    once. Not under torchrun (`enabled` False), where every rank must stop at the same iteration,
-    nor outside the main thread, where no signal handler can be set."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_interrupt(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        logger.warning("interrupted: stopping after this iteration (Ctrl-C again to stop at once)")
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class TrainStep(nn.Module):
@@ -99,7 +73,9 @@ class Trainer:
         self.best_samples = model_card.samples(session.model, session.vocab) if session.summary else []
         self.evals_since_best = 0
         self.iteration = session.start_iter
-        self.stop = threading.Event()  # set by Ctrl-C: the loop ends after its current iteration
+        self.stop = threading.Event()  # set by Ctrl-C or SIGTERM: the loop ends after its current iteration
+        self.end_reason = "stopped"
+        self.events = EventLog(session.spec.events if run.is_main else None)
         self.chars_per_iter = session.config.batch_size * session.seq_len * run.world_size
         step: nn.Module = TrainStep(session.model, session.config.batching == "streams")
         if run.enabled:
@@ -107,24 +83,33 @@ class Trainer:
         self.step = torch.compile(step) if session.config.compile else step
 
     def fit(self) -> dict[str, Any] | None:
-        """Train to max_iters (or early stop); on Ctrl-C, record how far it got and raise
-        KeyboardInterrupt."""
+        """Train to max_iters (or early stop, or the time limit); when stopped by a signal, keep the
+        latest state to resume from, record how far it got and raise KeyboardInterrupt."""
         session = self.session
         logger.info(
             "training %s (%s parameters) on %s: %d train / %d val characters, %d per iteration",
             session.model.architecture, f"{session.model.num_parameters():,}", self.run.device,
             len(session.train_data), len(session.val_data), self.chars_per_iter,
         )
+        self.events.emit("start", step=session.start_iter, total_steps=session.config.max_iters,
+                         chars_per_step=self.chars_per_iter, parameters=session.model.num_parameters(),
+                         train_chars=len(session.train_data), valid_chars=len(session.val_data),
+                         device=str(self.run.device))
         try:
             with stop_on_interrupt(self.stop, enabled=not self.run.enabled):
                 self.loop()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second signal: the state may be half through a step, so none is kept
             if self.run.is_main:
                 self.finish()
             raise
+        stopped = self.end_reason == "stopped"  # by a signal, before the run's end
         if self.run.is_main:
+            if stopped:
+                self.keep_resume_state(self.iteration)
+            else:
+                self.directory.clear_resume_state()
             self.finish()
-        if self.stop.is_set():
+        if stopped:
             raise KeyboardInterrupt
         return self.summary
 
@@ -135,18 +120,27 @@ class Trainer:
         progress = Progress(iters, PROGRESS_EVERY, enabled=session.spec.progress and self.run.is_main)
         window_start, window_iters = time.perf_counter(), 0
         for self.iteration in progress:
-            if self.stop.is_set():
-                break
-            iteration = self.iteration
-            due = iteration % config.eval_interval == 0 or iteration == config.max_iters
+            iteration = self.iteration  # the steps done so far
+            out_of_time = config.max_minutes > 0 and self.elapsed() >= config.max_minutes * 60
+            due = iteration % config.eval_interval == 0 or iteration == config.max_iters or out_of_time
             resumed_here = session.spec.resume and iteration == session.start_iter  # already evaluated
-            if due and not resumed_here and (self.evaluate(iteration) or iteration == config.max_iters):
+            if due and not resumed_here:
+                if self.evaluate(iteration):
+                    self.end_reason = "early_stop"
+                    break
+                window_start, window_iters = time.perf_counter(), 0  # the speed is of training alone
+            if iteration == config.max_iters or out_of_time:
+                self.end_reason = "finished" if iteration == config.max_iters else "time_limit"
+                break
+            if self.stop.is_set():  # after the checks above: a run stopped at its end is finished
                 break
             loss, state = self.train_step(iteration, state)
             window_iters += 1
             if window_iters == PROGRESS_EVERY:
                 rate = self.chars_per_iter * window_iters / (time.perf_counter() - window_start)
                 progress.update(iteration, loss.item(), rate)
+                self.events.emit("progress", step=iteration + 1, train_loss=round(loss.item(), 5),
+                                 lr=learning_rate(iteration, config), chars_per_s=round(rate, 1))
                 window_start, window_iters = time.perf_counter(), 0
         progress.close()
 
@@ -208,14 +202,34 @@ class Trainer:
             iteration, train["loss"], val["loss"], val["perplexity"], val["bpc"],
             " *best*" if improved else "", sample[:120],
         )
+        self.events.emit("eval", step=iteration, train_loss=round(train["loss"], 5), valid_loss=round(val["loss"], 5),
+                         valid_bpc=round(val["bpc"], 5), lr=entry["lr"], best=improved, sample=sample)
         if improved:
             self.checkpoint(iteration, entry)
+        elif iteration > session.start_iter:  # a crash from here on loses no more than the steps since
+            self.keep_resume_state(iteration)
         self.directory.write_metrics(session.metrics)
 
     def checkpoint(self, iteration: int, entry: dict[str, Any]) -> None:
         session = self.session
         summary = self.make_summary(iteration, entry)
-        training_state = {
+        samples = model_card.samples(session.model, session.vocab)
+        card = model_card.render(session.spec.out.name, session.model, summary, samples)
+        self.directory.write_checkpoint(session.model, session.vocab, summary, self.training_state(iteration), card)
+        self.summary, self.best_samples = summary, samples  # only once on disk
+        self.events.emit("checkpoint", step=iteration, kind="best", valid_loss=round(entry["val_loss"], 5))
+
+    def keep_resume_state(self, iteration: int) -> None:
+        """The latest weights and state beside the best checkpoint: `--resume` continues from them."""
+        if self.summary is None or iteration <= self.summary["iterations"]:
+            return  # nothing newer than the best checkpoint, which resumes as well
+        state = {**self.training_state(iteration), "model": self.session.model.state_dict()}
+        if self.directory.write_resume_state(state):
+            self.events.emit("checkpoint", step=iteration, kind="resume")
+
+    def training_state(self, iteration: int) -> dict[str, Any]:
+        session = self.session
+        return {
             "iter": iteration,
             "best_val": session.best_val,
             "elapsed_s": self.elapsed(),
@@ -224,13 +238,11 @@ class Trainer:
             "batches": session.batches.state_dict(),
             "torch_rng": torch.get_rng_state(),  # dropout continues where it was
         }
-        samples = model_card.samples(session.model, session.vocab)
-        card = model_card.render(session.spec.out.name, session.model, summary, samples)
-        self.directory.write_checkpoint(session.model, session.vocab, summary, training_state, card)
-        self.summary, self.best_samples = summary, samples  # only once on disk
 
     def finish(self) -> None:
         """Record in config.json and the model card how far the run went in the end."""
+        self.events.emit("end", step=self.iteration, reason=self.end_reason)
+        self.events.close()
         if self.summary is None:
             return
         self.summary.update(iterations_run=self.iteration, total_wall_time_s=round(self.elapsed(), 1))
@@ -265,22 +277,3 @@ class Trainer:
 
     def elapsed(self) -> float:
         return self.session.elapsed_before + time.perf_counter() - self.started
-
-
-def describe_hardware(device: torch.device, world_size: int) -> str:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-    return f"{world_size} x {name}" if world_size > 1 else name
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

@@ -25,12 +25,14 @@ from service.frontend.middleware import MODEL_HEADER, REQUEST_ID_HEADER, VERSION
 from service.frontend.models import FrontModels, LocalModels
 from service.frontend.openapi import openapi_with_limits
 from service.frontend.remote import RemoteModels
-from service.frontend.routes import admin, chat, openai, playground, system, tgi, tokenizer
+from service.frontend.routes import admin, chat, files, fine_tuning, openai, playground, system, tgi, tokenizer
 from service.frontend.state import ServiceState
 from service.frontend.streams import Pacer
+from service.jobs.service import start_scheduler
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+MULTIPART_FRAMING_BYTES = 64 * 1024  # an upload's body: the file, its form's headers and boundaries
 
 
 def create_app(settings: Settings | None = None, control_address: str | None = None) -> FastAPI:
@@ -53,9 +55,12 @@ def create_app(settings: Settings | None = None, control_address: str | None = N
     app.include_router(chat.router)
     app.include_router(tokenizer.router)  # issue 22
     app.include_router(admin.router)
+    app.include_router(files.router)
+    app.include_router(fine_tuning.router)
     playground.install(app)
     app.add_middleware(
-        RequestContextMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
+        RequestContextMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes,
+        upload_limits={"/v1/files": settings.max_upload_bytes + MULTIPART_FRAMING_BYTES},
     )
     if settings.cors_origins:  # outermost, so that refusals (413, 401) carry CORS headers too
         app.add_middleware(
@@ -80,15 +85,20 @@ async def lifespan(state: ServiceState, control_address: str | None, app: FastAP
         raise
     metrics.count_control_plane(lambda: (models.reloads, models.load_failures))
     state.models, state.loop = models, asyncio.get_running_loop()
-    polling = None
-    if isinstance(models, LocalModels) and settings.models_poll_s:
-        polling = asyncio.create_task(models.watcher.poll(settings.models_poll_s))
+    polling, scheduler = None, None
+    if isinstance(models, LocalModels):  # this front end is the control plane: it runs the jobs too
+        if settings.models_poll_s:
+            polling = asyncio.create_task(models.watcher.poll(settings.models_poll_s))
+        local = models
+        scheduler = start_scheduler(settings, asyncio.get_running_loop(), lambda: local.reload(explicit=False))
     collector.settle()  # what the front end made so far lives as long as it: out of the collector's way
     logger.info("serving %s (default %s)", ", ".join(v.name for v in models.ready), models.default_model)
     try:
         yield
     finally:
         state.draining = True
+        if scheduler is not None:  # its runs checkpoint and stop; their jobs resume at the next start
+            await asyncio.to_thread(scheduler.stop)
         if polling is not None:
             polling.cancel()
         await models.stop()

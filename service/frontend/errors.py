@@ -26,9 +26,11 @@ OPENAI_TYPES = {
     "overloaded": "rate_limit_error",
     "unavailable": "server_error",
     "generation": "server_error",
+    "storage": "insufficient_storage",
 }
 KIND_BY_STATUS = {
     401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large", 429: "overloaded", 503: "unavailable",
+    507: "storage",
 }
 RETRY_AFTER_S = 1
 

@@ -31,10 +31,12 @@ class BodyTooLarge(Exception):
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int,
+                 upload_limits: dict[str, int] | None = None):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.upload_limits = upload_limits or {}  # POST paths that take files: their own body limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,12 +58,15 @@ class RequestContextMiddleware:
                     response_headers[MODEL_HEADER], response_headers[VERSION_HEADER] = answered
             await send(message)
 
+        limit = self.max_body_bytes
+        if scope["method"] == "POST":
+            limit = self.upload_limits.get(scope["path"], limit)
         try:
-            if declared_length(headers) > self.max_body_bytes:
+            if declared_length(headers) > limit:
                 raise BodyTooLarge()
-            await self.app(scope, self._limited(receive), send_with_id)
+            await self.app(scope, self._limited(receive, limit), send_with_id)
         except BodyTooLarge:
-            await self._too_large(scope, send_with_id)
+            await self._too_large(scope, send_with_id, limit)
         finally:
             route = getattr(scope.get("route"), "path", "other")
             self.metrics.requests.labels(route, str(status["code"])).inc()
@@ -69,7 +74,7 @@ class RequestContextMiddleware:
                 logger.info("request %s %s %s -> %s in %.1f ms", request_id, scope["method"], scope["path"],
                             status["code"], (time.perf_counter() - started_at) * 1000)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, limit: int) -> Receive:
         """Count the body as it arrives, for bodies sent without a Content-Length.
 
         Raises HTTPException(413), which FastAPI's body reading lets through to the error handlers.
@@ -81,14 +86,14 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise HTTPException(413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
+                if received > limit:
+                    raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
             return message
 
         return limited
 
-    async def _too_large(self, scope: Scope, send: Send) -> None:
-        error = ServiceError(413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
+    async def _too_large(self, scope: Scope, send: Send, limit: int) -> None:
+        error = ServiceError(413, f"request body exceeds the limit of {limit} bytes")
         body: Any = error_body(error, openai=str(scope.get("path", "")).startswith("/v1/"))
         payload = json.dumps(body).encode()
         await send({"type": "http.response.start", "status": 413,

@@ -17,6 +17,7 @@ from service.frontend.errors import ServiceError
 from service.frontend.metrics import ServiceMetrics
 from service.frontend.models import FrontModels, ModelView
 from service.frontend.streams import Pacer
+from service.jobs.store import Store
 from service.settings import Settings
 
 
@@ -34,9 +35,11 @@ class ServiceState:
     startup_error: str | None = None
     started_at: float = dataclasses.field(default_factory=time.time)
     chat_templates: ChatTemplates = dataclasses.field(init=False)
+    jobs: Store | None = dataclasses.field(init=False)  # files and training jobs, when training is on
 
     def __post_init__(self) -> None:
         self.chat_templates = ChatTemplates(self.settings)
+        self.jobs = Store(self.settings.data_dir) if self.settings.training else None
 
     @property
     def ready(self) -> bool:
@@ -94,6 +97,21 @@ async def admin_service(request: Request) -> ServiceState:
     if state.draining:
         raise ServiceError(503, "the service is shutting down")
     return state
+
+
+async def training_service(request: Request) -> Store:
+    """Dependency of the file and fine-tuning routes: 403 unless training is on (CHARLM_TRAINING) and an
+    admin key is configured, 401 without the admin key (the API key does not open them)."""
+    state: ServiceState = request.app.state.service
+    if state.jobs is None:
+        raise ServiceError(403, "training is off: start the server with CHARLM_TRAINING=1 (and CHARLM_ADMIN_KEY)",
+                           kind="forbidden", code="training_disabled")
+    if state.settings.admin_key is None:
+        raise ServiceError(403, "training needs an admin key: set CHARLM_ADMIN_KEY", kind="forbidden")
+    if not bearer_matches(request, state.settings.admin_key):
+        raise ServiceError(401, "missing or invalid admin key: send 'Authorization: Bearer <CHARLM_ADMIN_KEY>' "
+                           "(training and files need the admin key, not the API key)", code="invalid_admin_key")
+    return state.jobs
 
 
 def bearer_matches(request: Request, key: SecretStr) -> bool:

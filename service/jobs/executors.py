@@ -21,6 +21,7 @@ from typing import Protocol
 logger = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 NICENESS = 10  # training yields the CPU to serving, which answers people waiting
+SECRET_VARIABLES = ("CHARLM_API_KEY", "CHARLM_ADMIN_KEY")  # never handed to a run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,8 @@ class LocalExecutor:
         with open(command.log_path, "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "charlm", *command.args], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env={**os.environ, **command.env}, preexec_fn=_as_child,
+                stderr=subprocess.STDOUT, env=run_environment(command.env), preexec_fn=_as_child,
+                start_new_session=True,  # a Ctrl-C at the server's terminal is the server's to handle
             )
         return LocalRun(process)
 
@@ -106,6 +108,11 @@ def _as_child() -> None:
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def run_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The server's environment without its keys, and the run's own settings."""
+    return {**{k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}, **extra}
 
 
 def make_executor(name: str) -> Executor:
