@@ -139,6 +139,8 @@ def test_a_wrong_key_and_a_refused_setting_are_told_next_to_their_controls(train
 
 
 def test_a_file_over_the_upload_limit_is_refused_in_the_page_before_any_request(train_page, train_server):
+    limits = httpx.get(f"{train_server[0]}/info", timeout=30).json()["limits"]
+    assert limits.get("max_upload_bytes") == UPLOAD_LIMIT, "GET /info must report the limit the page checks against"
     page = train_page
     sent: list[str] = []
     page.on("request", lambda request: sent.append(request.url) if request.method == "POST" else None)
