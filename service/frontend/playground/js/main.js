@@ -146,11 +146,11 @@ async function exclusively(work) {
 /** The form's submission: a generation, or in the Chat view the line typed. */
 function submit(event) {
   event.preventDefault();
-  if (running) return;
   if (document.body.dataset.view === "train") {
-    training.start();
+    training.start();  // a job runs on the server, beside any generation here
     return;
   }
+  if (running) return;
   clearErrors();
   if (document.body.dataset.view === "chat") {
     exclusively((signal) => chat.send($("model").value, $("api-key").value.trim(), signal));
