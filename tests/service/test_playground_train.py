@@ -1,7 +1,8 @@
 """The playground's Train view, in headless Chromium against the real server with training on: a
 text chosen in the page is uploaded, a tiny real job trains on it, the page draws its losses and
 shows its samples as they come, and Try it opens the new model in the Text view, which generates
-from it. A file over the server's upload limit is refused in the page, before any request."""
+from it. Cancel stops a running job; a wrong key and a refused setting are told next to their
+controls; a file over the server's upload limit is refused in the page, before any request."""
 
 from __future__ import annotations
 
