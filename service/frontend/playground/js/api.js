@@ -12,7 +12,8 @@ export class ApiError extends Error {
   }
 }
 
-function headers(apiKey, json) {
+/** The request headers: JSON's content type when `json`, and the key as a Bearer token when given. */
+export function headers(apiKey, json) {
   const result = json ? { "Content-Type": "application/json" } : {};
   if (apiKey) result.Authorization = `Bearer ${apiKey}`;
   return result;
@@ -33,7 +34,8 @@ async function errorOf(response) {
   return new ApiError(response.status, message, param);
 }
 
-async function send(path, init) {
+/** `fetch`, with a refusal or an unreachable server thrown as an ApiError (an abort as itself). */
+export async function send(path, init) {
   let response;
   try {
     response = await fetch(path, init);

@@ -1,10 +1,12 @@
-// The playground page: wires the form to the server, the output panels, the scoring and the chat.
+// The playground page: wires the form to the server, the output panels, the scoring, the chat and
+// the training.
 import { ApiError, loadModelCard, loadModels, openStream, streamEvents } from "./api.js";
 import { Chat } from "./chat.js";
 import { FieldError, clearErrors, readParameters, requestJson, showError, showServerError } from "./form.js";
 import { OutputPanel } from "./output.js";
 import { ALTERNATIVES } from "./probabilities.js";
 import { scoreInto } from "./score.js";
+import { Training } from "./train.js";
 
 const $ = (id) => document.getElementById(id);
 const MODEL_CONTROLS = ["model", "model-b"];
@@ -14,6 +16,7 @@ let models = [];
 let limits = null;  // the server's, from /info
 let running = null;  // the AbortController of the work in flight (all of a comparison's streams)
 const chat = new Chat($("chat-turns"));
+const training = new Training({ limits: () => limits, tryModel });
 
 function describe(model) {
   const context = model.context_length === null ? "unbounded context" : `context ${model.context_length}`;
@@ -54,6 +57,7 @@ function fillPickers(info) {
     if (chosen) select.value = chosen;
     showModelInfo(controlId);
   }
+  training.showServedModels(models);
   if (info?.limits) $("max-new-tokens").max = info.limits.max_new_tokens;
   limits = info?.limits ?? null;
 }
@@ -142,6 +146,10 @@ async function exclusively(work) {
 /** The form's submission: a generation, or in the Chat view the line typed. */
 function submit(event) {
   event.preventDefault();
+  if (document.body.dataset.view === "train") {
+    training.start();  // a job runs on the server, beside any generation here
+    return;
+  }
   if (running) return;
   clearErrors();
   if (document.body.dataset.view === "chat") {
@@ -218,9 +226,22 @@ function showProbabilities() {
   $("probs-legend").hidden = !on;
 }
 
-/** Show the Text view (generate, score) or the Chat view: the controls of the other are hidden. */
+/** Show the Text view (generate, score), the Chat view or the Train view: the others' controls are hidden. */
 function showView() {
-  document.body.dataset.view = $("view-chat").checked ? "chat" : "text";
+  document.body.dataset.view = document.querySelector('input[name="view"]:checked').value;
+}
+
+/** The Text view with `name` picked, after asking for the model list again (a model just trained);
+false, and nothing changed, while the server does not serve it yet. */
+async function tryModel(name) {
+  await refreshModels();
+  if (!models.some((model) => model.id === name)) return false;
+  $("view-text").checked = true;
+  showView();
+  $("model").value = name;
+  showModelInfo("model");
+  $("prompt").focus();
+  return true;
 }
 
 /** Ctrl+Enter in a text box submits the form. */
@@ -239,7 +260,7 @@ function start() {
     clearErrors();
     chat.clear();
   });
-  for (const id of ["view-text", "view-chat"]) $(id).addEventListener("change", showView);
+  for (const id of ["view-text", "view-chat", "view-train"]) $(id).addEventListener("change", showView);
   $("constrain-kind").addEventListener("change", () => {
     $("constrain").disabled = !$("constrain-kind").value;
   });
