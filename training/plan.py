@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from charlm.checkpoint import ModelDirError, load_model
 from charlm.models import build_model
 from training.config import PRESETS, ConfigError, TrainConfig, resolve
@@ -48,7 +50,8 @@ def plan_run(overrides: dict[str, Any], vocab_size: int, preset: str | None = No
         architecture = model.architecture
     else:
         architecture, model_config, config = resolve(None, preset, overrides, vocab_size)
-        model, vocab = build_model(architecture, dataclasses.asdict(model_config)), None
+        with torch.device("meta"):  # counted, not allocated: a request may ask for a huge model
+            model, vocab = build_model(architecture, dataclasses.asdict(model_config)), None
     return RunPlan(architecture, dataclasses.asdict(model.config), dataclasses.asdict(config),
                    sequence_length(model, config), model.num_parameters(), vocab)
 
