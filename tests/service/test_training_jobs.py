@@ -160,14 +160,19 @@ def test_the_event_stream_replays_from_last_event_id_and_ends_with_the_job(serve
     assert replayed == [i for i in ids if i > middle]
 
 
-def test_the_queue_is_bounded(tiny_models, tmp_path):
-    with training_server(tiny_models, tmp_path, max_queued_jobs=1) as (base, _, _):
+def test_the_queue_is_bounded_and_a_waiting_job_streams_heartbeats(tiny_models, tmp_path):
+    with training_server(tiny_models, tmp_path, max_queued_jobs=1, sse_keepalive_s=0.2) as (base, _, _):
         text = upload(base, make_corpus()).json()["id"]
         running = create_job(base, text, hyperparameters=ENDLESS).json()["id"]
         wait_for(base, running, ("running",))
-        assert create_job(base, text, hyperparameters=ENDLESS).status_code == 200
+        waiting = create_job(base, text, hyperparameters=ENDLESS).json()["id"]
         full = create_job(base, text, hyperparameters=ENDLESS)
         assert full.status_code == 409 and "CHARLM_MAX_QUEUED_JOBS" in full.json()["error"]["message"]
+        url = f"{base}/v1/fine_tuning/jobs/{waiting}/events"
+        with httpx.stream("GET", url, params={"stream": "true"}, headers=ADMIN, timeout=30) as stream:
+            lines = stream.iter_lines()
+            seen = [next(lines) for _ in range(8)]  # its one event so far, then nothing but heartbeats
+        assert seen.count(": keepalive") >= 2 and any(line.startswith("id: ") for line in seen)
         listed = httpx.get(f"{base}/v1/fine_tuning/jobs", params={"limit": 1}, headers=ADMIN).json()
         assert listed["has_more"] and len(listed["data"]) == 1
         older = httpx.get(f"{base}/v1/fine_tuning/jobs", params={"after": listed["data"][0]["id"]},
