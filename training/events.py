@@ -25,7 +25,11 @@ class EventLog:
     """Appends events to a file; does nothing without one."""
 
     def __init__(self, path: Path | None):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.file: IO[str] | None = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
+        if path is not None and _ends_mid_line(path):
+            self.emit_raw("\n")  # a run killed while writing left half a line: this run's start on a line of its own
 
     def emit(self, event_type: str, **fields: Any) -> None:
         if self.file is None:
@@ -34,7 +38,20 @@ class EventLog:
         self.file.write(json.dumps(event, ensure_ascii=False) + "\n")
         self.file.flush()
 
+    def emit_raw(self, text: str) -> None:
+        if self.file is not None:
+            self.file.write(text)
+            self.file.flush()
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            return False
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"

@@ -50,8 +50,11 @@ def plan_run(overrides: dict[str, Any], vocab_size: int, preset: str | None = No
         architecture = model.architecture
     else:
         architecture, model_config, config = resolve(None, preset, overrides, vocab_size)
-        with torch.device("meta"):  # counted, not allocated: a request may ask for a huge model
-            model, vocab = build_model(architecture, dataclasses.asdict(model_config)), None
+        try:
+            with torch.device("meta"):  # counted, not allocated: a request may ask for a huge model
+                model, vocab = build_model(architecture, dataclasses.asdict(model_config)), None
+        except (RuntimeError, OverflowError, MemoryError) as exc:  # sizes torch cannot even describe
+            raise ConfigError(f"the model cannot be built: {exc}") from None
     return RunPlan(architecture, dataclasses.asdict(model.config), dataclasses.asdict(config),
                    sequence_length(model, config), model.num_parameters(), vocab)
 

@@ -21,6 +21,11 @@ OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 SUFFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 CHECKPOINT_BYTES_PER_PARAMETER = 32  # float32 weights, Adam's two moments, and a resume copy of each
 MAX_SHOWN = 20  # missing characters named in an error
+# What one job may ask for, beyond the checks of charlm train: a request must not make the server
+# build a model it cannot hold even to count it, nor a run that no estimate can describe.
+SETTING_LIMITS = {"n_layer": 256, "n_head": 1024, "n_embd": 65_536, "hidden_size": 65_536, "block_size": 1 << 20,
+                  "seq_len": 1 << 20, "batch_size": 1 << 16, "eval_iters": 100_000, "sample_chars": 10_000}
+MAX_STEPS = 10**9
 
 
 def new_job_id() -> str:
@@ -64,9 +69,13 @@ def create_job(store: Store, settings: Any, request: dict[str, Any], base_path: 
             "training_chars": training["characters"],
         },
     }
-    if not store.add_job(job, settings.max_queued_jobs):
+    refused = store.add_job(job, settings.max_queued_jobs)
+    if refused == "full":
         raise JobError(409, f"{settings.max_queued_jobs} jobs are queued already (CHARLM_MAX_QUEUED_JOBS); "
                        "try again when one has started", code="queue_full")
+    if refused == "gone":
+        raise JobError(400, "a file of this job was deleted while it was being created", param="training_file",
+                       code="file_not_found")
     row = store.job(job_id)
     assert row is not None
     return row
@@ -96,6 +105,7 @@ def _plan(request: dict[str, Any], training: dict[str, Any], validation: dict[st
         settings.setdefault("seed", request["seed"])
     if "n_epochs" in chosen and "max_iters" in settings:
         raise JobError(400, "give n_epochs or max_iters, not both", param="hyperparameters.n_epochs")
+    _check_limits(settings)
     plan = _checked_plan(request["model"], settings, vocab_size, base_path)
     if "learning_rate_multiplier" in chosen:
         factor = chosen["learning_rate_multiplier"]
@@ -105,12 +115,24 @@ def _plan(request: dict[str, Any], training: dict[str, Any], validation: dict[st
         settings["max_iters"] = steps_for_epochs(chosen["n_epochs"], int(train_chars), plan.chars_per_step)
     if "n_epochs" in chosen or "learning_rate_multiplier" in chosen:
         plan = _checked_plan(request["model"], settings, vocab_size, base_path)
+    if plan.total_steps > MAX_STEPS:
+        param = "hyperparameters.n_epochs" if "n_epochs" in chosen else "hyperparameters.max_iters"
+        raise JobError(400, f"a job runs at most {MAX_STEPS:,} steps; this one asks for {plan.total_steps:,}",
+                       param=param)
     epochs = plan.total_steps * plan.chars_per_step / max(1, training["characters"])
     shown = {
         "n_epochs": chosen.get("n_epochs", round(epochs, 3)), "batch_size": plan.train_config["batch_size"],
         "learning_rate_multiplier": chosen.get("learning_rate_multiplier", 1.0), **hyper,
     }
     return plan, {"settings": settings, "hyperparameters": shown}
+
+
+def _check_limits(settings: dict[str, Any]) -> None:
+    for name, limit in SETTING_LIMITS.items():
+        value = settings.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            raise JobError(400, f"{name} is at most {limit:,} for a job (asked: {value:,})",
+                           param=f"hyperparameters.{name}")
 
 
 def _checked_plan(model: str, settings: dict[str, Any], vocab_size: int, base_path: Path | None) -> RunPlan:

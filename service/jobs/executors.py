@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 NICENESS = 10  # training yields the CPU to serving, which answers people waiting
 SECRET_VARIABLES = ("CHARLM_API_KEY", "CHARLM_ADMIN_KEY")  # never handed to a run
+LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +103,17 @@ class LocalExecutor:
 
 
 def _as_child() -> None:
-    """In the child before exec: nice, and killed when the server dies (even by kill -9), so that no
-    orphaned run writes into a job that the next server resumes."""
+    """In the child before exec: niced, and killed when the server dies (even by kill -9), so that no
+    orphaned run writes into a job that the next server resumes. Nothing is loaded here: the server
+    has threads, whose locks (the dynamic loader's among them) a forked child must not wait on, so
+    libc is loaded before."""
     os.nice(NICENESS)
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Where the scheduler groups processes by session (Linux's autogroup), a nice counts only within
+    # the session, and the run has one of its own: the session itself is niced too.
+    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as autogroup:
+        autogroup.write(str(NICENESS))
+    if LIBC is not None:
+        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def run_environment(extra: dict[str, str]) -> dict[str, str]:

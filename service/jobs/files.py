@@ -88,12 +88,10 @@ def save_upload(store: Store, data_dir: Path, quota: int, filename: str, purpose
 def delete_file(store: Store, data_dir: Path, file_id: str) -> None:
     if store.file(file_id) is None:
         raise JobError(404, f"no file {file_id!r}", param="file_id", code="file_not_found")
-    users = [job["id"] for job in store.jobs_in("queued", "running", "paused")
-             if file_id in (job["request"].get("training_file"), job["request"].get("validation_file"))]
+    users = store.delete_file(file_id)
     if users:
         raise JobError(409, f"file {file_id} is in use by unfinished job(s) {users}; cancel them first",
                        param="file_id", code="file_in_use")
-    store.delete_file(file_id)
     file_path(data_dir, file_id).unlink(missing_ok=True)
 
 

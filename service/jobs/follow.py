@@ -14,6 +14,7 @@ from service.jobs.store import Store
 
 logger = logging.getLogger(__name__)
 MAX_READ = 1 << 20  # bytes per look: a long backlog is read over several ticks
+MAX_ESTIMATE_S = 100 * 365 * 86400  # an estimate past this says only "never"
 SAMPLE_SHOWN = 80  # characters of a sample in its event's message (all of it is in `data`)
 
 
@@ -27,6 +28,9 @@ def follow(store: Store, job: dict[str, Any], events_path: Path) -> None:
     except FileNotFoundError:
         return
     complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for its newline
+    if not complete and len(chunk) == MAX_READ:  # a line no event makes: passed over (its rest is unreadable)
+        store.record_run(job["id"], offset + len(chunk), [], [], {})
+        return
     if not complete:
         return
     reading = Reading(job)
@@ -97,6 +101,7 @@ class Reading:
         self.progress.update(step=step, trained_tokens=step * self.plan["chars_per_step"])
         if chars_per_s:
             remaining_s = (self.plan["total_steps"] - step) * self.plan["chars_per_step"] / chars_per_s
+            remaining_s = min(remaining_s, MAX_ESTIMATE_S)
             if self.plan.get("max_minutes"):
                 budget_end = self.started_at + self.plan["max_minutes"] * 60
                 remaining_s = min(remaining_s, max(0.0, budget_end - time.time()))

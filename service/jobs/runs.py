@@ -11,7 +11,7 @@ from typing import Any
 
 from service.jobs.executors import TrainCommand
 from service.jobs.files import JOBS_DIR, file_path
-from service.jobs.publish import publish, published_by
+from service.jobs.publish import publish, publishing
 from service.jobs.store import Store
 from training.artifacts import STATE_FILE
 
@@ -77,13 +77,24 @@ def failure_message(data_dir: Path, job_id: str, status: int) -> str:
     return f"the training process exited with status {status}" + (f"; its log ends: {tail[-1][:300]}" if tail else "")
 
 
-def published_already(job: dict[str, Any], models_dir: Path) -> bool:
-    return published_by(models_dir / job["plan"]["model_name"]) == job["id"]
+def done_training(job: dict[str, Any], data_dir: Path, models_dir: Path) -> bool:
+    """Whether the job's training is over and only its publishing is left: its model published (or
+    halfway), or its last run ended by itself (the end of its events says so) before a restart."""
+    if publishing(job, models_dir):
+        return True
+    try:
+        with open(events_path(data_dir, job["id"]), "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            last = f.read().splitlines()[-1]
+        event = json.loads(last)
+    except (OSError, IndexError, ValueError):
+        return False
+    return isinstance(event, dict) and event.get("type") == "end" and event.get("reason") != "stopped"
 
 
 def publish_model(job: dict[str, Any], store: Store, settings: Any) -> Path:
     trained = model_path(settings.data_dir, job["id"])
-    if not published_already(job, settings.models_dir) and not trained.is_dir():
+    if not publishing(job, settings.models_dir) and not trained.is_dir():
         raise ValueError("the run ended without writing a model (its validation loss was never finite)")
     record = store.file(job["request"]["training_file"])
     shown = {k: record[k] for k in ("id", "filename", "bytes", "characters")} if record else None

@@ -25,6 +25,7 @@ from service.jobs.store import Store, now
 
 logger = logging.getLogger(__name__)
 TICK_S = 0.25
+RECOVERY_RETRY_S = 10.0  # after a failed recovery (a Ray cluster that does not answer, say)
 LOCK_FILE = "scheduler.lock"
 
 
@@ -69,7 +70,9 @@ class Scheduler:
             self.lock.close()
 
     def _main(self) -> None:
-        self._recover()
+        while not self._recovered():  # the jobs an earlier server left running come first
+            if self.stopping.wait(RECOVERY_RETRY_S):
+                return
         while not self.stopping.wait(TICK_S):
             try:
                 self.tick()
@@ -77,13 +80,26 @@ class Scheduler:
                 logger.exception("job scheduler tick failed")
         self._shut_down()
 
+    def _recovered(self) -> bool:
+        try:
+            self._recover()
+        except Exception:  # a Ray cluster that does not answer, a database busy past its timeout
+            logger.exception("the jobs an earlier server left could not be taken up; trying again in %g s",
+                             RECOVERY_RETRY_S)
+            return False
+        return True
+
     def _recover(self) -> None:
+        """The jobs an earlier server left running: its runs stopped (they die with it; a remote one is
+        stopped here), then each job finished, paused, cancelled or queued again as it stood."""
         for job in self.store.jobs_in("running"):
             if job["run_ref"]:
                 self.executor.abandon(job["run_ref"], job["id"])
             follow(self.store, job, runs.events_path(self.settings.data_dir, job["id"]))
             request = job["requested"]
-            if request == "cancel":
+            if runs.done_training(job, self.settings.data_dir, self.settings.models_dir):
+                self._succeed(job)
+            elif request == "cancel":
                 self._end(job, "cancelled", "Job cancelled")
             elif request == "pause":
                 self.store.move(job["id"], ("running",), "Job paused", status="paused", requested=None,
@@ -100,11 +116,11 @@ class Scheduler:
             self._carry_out_request(job, active)
             status = active.run.poll()
             if status is not None:
-                del self.active[job_id]
                 job = self.store.job(job_id)
                 assert job is not None
                 follow(self.store, job, runs.events_path(self.settings.data_dir, job_id))
                 self._finished(job, status)
+                del self.active[job_id]  # only once its end is recorded: a failure above is tried again
         while len(self.active) < self.settings.train_concurrency and not self.stopping.is_set():
             queued = self.store.jobs_in("queued")
             if not queued:
@@ -116,7 +132,7 @@ class Scheduler:
         if not self.store.move(job["id"], ("queued",), status="running", requested=None,
                                started_at=job["started_at"] or now()):
             return  # cancelled or paused meanwhile
-        if runs.published_already(job, self.settings.models_dir):
+        if runs.done_training(job, data_dir, self.settings.models_dir):  # a restart came between end and publish
             self._succeed(job)
             return
         try:
@@ -142,13 +158,13 @@ class Scheduler:
                                  f"The run did not stop in {self.settings.cancel_timeout_s:g} s: killed")
 
     def _finished(self, job: dict[str, Any], status: int) -> None:
-        if job["requested"] == "cancel":
+        if status == 0:  # it reached its end before a cancel or pause could stop it: the model is done
+            self._succeed(job)
+        elif job["requested"] == "cancel":
             self._end(job, "cancelled", "Job cancelled")
         elif job["requested"] == "pause":
             self.store.move(job["id"], ("running",), "Job paused: resume it to continue from its checkpoint",
                             status="paused", requested=None, estimated_finish=None, run_ref=None)
-        elif status == 0:
-            self._succeed(job)
         else:
             message = runs.failure_message(self.settings.data_dir, job["id"], status)
             self._end(job, "failed", None, error={"code": "training_failed", "message": message})
@@ -172,7 +188,7 @@ class Scheduler:
         self.store.move(job["id"], ("running", "queued", "paused"), message, level="error" if "error" in fields
                         else "info", status=status, finished_at=now(), estimated_finish=None, requested=None,
                         run_ref=None, **fields)
-        if status != "succeeded":
+        if status == "cancelled":  # a failed job's checkpoints stay, to look into or publish by hand
             runs.discard_model(self.settings.data_dir, job["id"])
 
     def _shut_down(self) -> None:
@@ -185,8 +201,12 @@ class Scheduler:
             if active.run.poll() is None:
                 active.run.kill()
             job = self.store.job(job_id)
-            if job is not None:
-                follow(self.store, job, runs.events_path(self.settings.data_dir, job_id))
+            if job is None:
+                continue
+            follow(self.store, job, runs.events_path(self.settings.data_dir, job_id))
+            if active.run.poll() == 0:  # it reached its end meanwhile
+                self._succeed(job)
+            else:
                 self.store.add_event(job_id, "info", "message", "The server is stopping: the job resumes from its "
                                      "checkpoint when it starts again")
 

@@ -99,24 +99,37 @@ class Store:
     def files(self) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM files ORDER BY created_at DESC, id")
 
-    def delete_file(self, file_id: str) -> bool:
+    def delete_file(self, file_id: str) -> list[str]:
+        """Delete the file unless unfinished jobs use it; those jobs (none: it was deleted). One
+        transaction, so that no job is created on a file being deleted."""
         with self.transaction() as db:
-            return db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount > 0
+            users = [row[0] for row in db.execute(
+                "SELECT id FROM jobs WHERE status IN ('queued', 'running', 'paused') AND "
+                "(json_extract(request, '$.training_file') = ? OR json_extract(request, '$.validation_file') = ?)",
+                (file_id, file_id))]
+            if not users:
+                db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        return users
 
     # Jobs
 
-    def add_job(self, job: dict[str, Any], max_waiting: int) -> bool:
-        """Insert a queued job unless max_waiting jobs already wait; False when the queue is full."""
+    def add_job(self, job: dict[str, Any], max_waiting: int) -> str | None:
+        """Insert a queued job; None, or why not: "full" (max_waiting jobs wait already), or "gone" (a
+        file it names was deleted meanwhile)."""
+        files = [job["request"][k] for k in ("training_file", "validation_file") if job["request"].get(k)]
         with self.transaction() as db:
             waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
             if waiting >= max_waiting:
-                return False
+                return "full"
+            marks = ",".join("?" * len(files))
+            if db.execute(f"SELECT COUNT(*) FROM files WHERE id IN ({marks})", files).fetchone()[0] < len(set(files)):
+                return "gone"
             db.execute("INSERT INTO jobs (id, created_at, status, model, request, plan, fine_tuned_model) "
                        "VALUES (?, ?, 'queued', ?, ?, ?, NULL)",
                        (job["id"], job["created_at"], job["model"], json.dumps(job["request"]),
                         json.dumps(job["plan"])))
             self._add_event(db, job["id"], "info", "message", f"Created fine-tuning job {job['id']}")
-        return True
+        return None
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         return self.one("SELECT * FROM jobs WHERE id = ?", job_id)

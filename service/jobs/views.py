@@ -54,4 +54,4 @@ def sequence_of(event_id: str | None) -> int:
     if not event_id:
         return 0
     digits = event_id.rsplit("-", 1)[-1]
-    return int(digits) if digits.isdigit() and len(digits) < 19 else 0
+    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 19 else 0

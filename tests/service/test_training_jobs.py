@@ -97,6 +97,10 @@ def test_a_served_model_continues_training_on_text_in_its_alphabet(server, text_
     ({"method": {"type": "dpo"}}, 400, "method.type"),
     ({"integrations": [{"type": "wandb"}]}, 400, "integrations"),
     ({"unknown": 1}, 400, "unknown"),
+    ({"hyperparameters": {"n_embd": 2**40, "n_head": 1}}, 400, "hyperparameters.n_embd"),  # never built
+    ({"hyperparameters": {"n_layer": 10**9}}, 400, "hyperparameters.n_layer"),
+    ({"hyperparameters": {"max_iters": 10**30}}, 400, "hyperparameters.max_iters"),
+    ({"hyperparameters": {"sample_chars": 10**9}}, 400, "hyperparameters.sample_chars"),
 ])
 def test_a_bad_job_is_refused_naming_the_field(server, text_id, fields, status, param):
     body = {"model": "gpt-tiny", "training_file": text_id, **fields}
@@ -189,3 +193,14 @@ def test_no_key_reaches_a_job_log_event_or_model(server):
                 assert ADMIN_KEY.encode() not in content and API_KEY.encode() not in content, path
     for row in httpx.get(f"{base}/v1/fine_tuning/jobs", params={"limit": 100}, headers=ADMIN).json()["data"]:
         assert ADMIN_KEY not in json.dumps(job(base, row["id"])) + json.dumps(events(base, row["id"]))
+
+
+def test_paging_past_what_does_not_exist_is_a_clear_answer(server, text_id):
+    base = server[0]
+    missing = httpx.get(f"{base}/v1/fine_tuning/jobs", params={"after": "ftjob-nope"}, headers=ADMIN)
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "after"
+    job_id = create_job(base, text_id, hyperparameters={**TINY_JOB, "max_iters": 1}).json()["id"]
+    for after in ("ftevent-²", "garbage", "ftevent-99999999999999999999999"):
+        for route in ("events", "checkpoints"):
+            answer = httpx.get(f"{base}/v1/fine_tuning/jobs/{job_id}/{route}", params={"after": after}, headers=ADMIN)
+            assert answer.status_code == 200, (route, after, answer.text)

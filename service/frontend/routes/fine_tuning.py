@@ -49,6 +49,9 @@ def served_path(state: ServiceState, name: str) -> Path | None:
 
 @router.get("")
 async def list_jobs(jobs: Jobs, after: str | None = None, limit: Limit = 20) -> dict[str, Any]:
+    """Newest first; `after`: a job id, the page goes on from it."""
+    if after is not None and await asyncio.to_thread(jobs.job, after) is None:
+        raise ServiceError(404, f"no fine-tuning job {after!r} to page after", param="after", code="job_not_found")
     rows = await asyncio.to_thread(jobs.jobs, after, limit + 1)
     return page([job_object(row) for row in rows], limit)
 
