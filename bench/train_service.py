@@ -91,7 +91,9 @@ def run_settings(args: argparse.Namespace) -> dict[str, int]:
 
 
 def cli_speed(args: argparse.Namespace, workdir: Path, index: int) -> float:
-    """`charlm train` as a job runs it: the job's threads and nice, events to a file."""
+    """`charlm train` as a job runs it (service/jobs/executors.py): the job's threads, in a session of its
+    own, niced; events to a file. The session matters where Linux groups scheduling by session
+    (autogroup): a session competes as a whole, and a nice counts only within it."""
     threads = str(args.train_threads or default_train_threads())
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
     events = workdir / f"cli-{index}.jsonl"
@@ -100,7 +102,7 @@ def cli_speed(args: argparse.Namespace, workdir: Path, index: int) -> float:
     for key, value in run_settings(args).items():
         command += ["--set", f"{key}={value}"]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
-                          preexec_fn=lambda: os.nice(NICENESS))
+                          start_new_session=True, preexec_fn=lambda: os.nice(NICENESS))
     if done.returncode:
         raise SystemExit(f"charlm train failed ({done.returncode}): {done.stderr[-2000:]}")
     start = json.loads(events.read_text(encoding="utf-8").splitlines()[0])
