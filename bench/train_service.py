@@ -10,7 +10,7 @@ models/shakespeare-gpt and a fresh temporary data directory, and measures:
 - ratio: the same run, --preset on --data for --iters iterations (one evaluation at each end, of
   --eval-iters batches), by `charlm train` on the command line and as a job through the API (upload,
   create, wait until succeeded), taking turns --rounds times. The command line gets what a job
-  gets: OMP_NUM_THREADS = the job's threads, and the job's nice. Speed: the median of the trainer's
+  gets: OMP_NUM_THREADS = the job's threads, the job's nice, a session of its own. Speed: the median of the trainer's
   progress windows (bench/train_jobs.py), read from the run's --events file and from the job's
   metrics events alike.
 - serving: first-character latency of --streams concurrent streams (bench/serve_load.py, as
