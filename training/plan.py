@@ -1,6 +1,7 @@
-"""A run's settings worked out before it starts, by the same code as `charlm train`: what the
-training service checks when a job is created, and what it needs to follow the run (its steps,
-the characters each step reads, the model's size)."""
+"""Training's public API for the training service (which otherwise only runs `charlm train`): a
+run's settings worked out before it starts, by the same code as the command line (what the service
+checks when a job is created, and what it needs to follow the run: its steps, the characters each
+step reads, the model's size), and the names of the files a run writes."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import torch
 
 from charlm.checkpoint import ModelDirError, load_model
 from charlm.models import build_model
-from training.config import PRESETS, ConfigError, TrainConfig, resolve
+from training.artifacts import CARD_FILE, RESUME_FILE, STATE_FILE
+from training.config import PRESETS, ConfigError, resolve
 from training.session import continued_config, sequence_length
 
-__all__ = ["PRESETS", "ConfigError", "RunPlan", "plan_run", "steps_for_epochs"]
+__all__ = ["CARD_FILE", "PRESETS", "RESUME_FILE", "STATE_FILE", "ConfigError", "RunPlan", "plan_run",
+           "steps_for_epochs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,3 @@ def steps_for_epochs(epochs: float, train_chars: int, chars_per_step: int) -> in
     """Steps that read `epochs` times the training characters."""
     return max(1, math.ceil(epochs * train_chars / chars_per_step))
 
-
-def train_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(TrainConfig)}

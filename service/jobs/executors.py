@@ -119,11 +119,3 @@ def _as_child() -> None:
 def run_environment(extra: dict[str, str]) -> dict[str, str]:
     """The server's environment without its keys, and the run's own settings."""
     return {**{k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}, **extra}
-
-
-def make_executor(name: str) -> Executor:
-    if name == "ray":
-        from service.jobs.ray_executor import RayExecutor  # Ray is an extra
-
-        return RayExecutor.from_environment()
-    return LocalExecutor()

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from training.artifacts import CARD_FILE, RESUME_FILE
+from training.plan import CARD_FILE, RESUME_FILE
 
 JOB_FILE = "job.json"  # in the published model directory: which job made it
 

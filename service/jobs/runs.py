@@ -13,7 +13,7 @@ from service.jobs.executors import TrainCommand
 from service.jobs.files import JOBS_DIR, file_path
 from service.jobs.publish import publish, publishing
 from service.jobs.store import Store
-from training.artifacts import STATE_FILE
+from training.plan import STATE_FILE
 
 LOG_TAIL_BYTES = 4096
 

@@ -8,12 +8,21 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from service.jobs.executors import make_executor
+from service.jobs.executors import Executor, LocalExecutor
 from service.jobs.scheduler import Scheduler
 from service.jobs.store import Store
 
 logger = logging.getLogger(__name__)
 RELOAD_TIMEOUT_S = 300.0  # a new model loads (on a GPU: compiles, captures) before its job succeeds
+
+
+def make_executor(name: str) -> Executor:
+    """CHARLM_TRAIN_EXECUTOR's executor: `local`, or `ray` (its settings from CHARLM_RAY_*)."""
+    if name == "ray":
+        from service.jobs.ray_executor import RayExecutor  # Ray is an extra
+
+        return RayExecutor.from_environment()
+    return LocalExecutor()
 
 
 def start_scheduler(settings: Any, loop: asyncio.AbstractEventLoop,

@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from charlm.checkpoint import load_model
-from service.jobs.executors import TrainCommand, make_executor
+from service.jobs.executors import TrainCommand
+from service.jobs.service import make_executor
 from tests.deploy.helpers import REPO
 from tests.helpers import make_corpus, missing_tool, wait_until
 from tests.service.helpers import free_port
