@@ -12,11 +12,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from service.frontend.errors import ServiceError
+from service.frontend.schemas.errors import TRAINING_ERRORS
 from service.frontend.state import training_service
 from service.jobs.files import JobError, delete_file, file_object, file_path, save_upload
 from service.jobs.store import Store
 
-router = APIRouter(prefix="/v1", tags=["training"])
+router = APIRouter(prefix="/v1", tags=["training"], responses=TRAINING_ERRORS)
 Jobs = Annotated[Store, Depends(training_service)]
 MAX_FORM_FIELD_BYTES = 1024  # purpose, and nothing else of size
 
@@ -66,7 +67,7 @@ async def get_file(file_id: str, jobs: Jobs) -> dict[str, Any]:
     return file_object(await _file(jobs, file_id))
 
 
-@router.get("/files/{file_id}/content")
+@router.get("/files/{file_id}/content", responses={200: {"content": {"text/plain": {}}, "description": "the text"}})
 async def file_content(file_id: str, request: Request, jobs: Jobs) -> FileResponse:
     await _file(jobs, file_id)
     path = file_path(request.app.state.service.settings.data_dir, file_id)

@@ -14,6 +14,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.frontend.errors import ServiceError
 from service.frontend.routes.files import refused
+from service.frontend.schemas.errors import TRAINING_ERRORS
 from service.frontend.schemas.fine_tuning import JobRequest
 from service.frontend.sse import STREAM_HEADERS, STREAM_RESPONSE, encode
 from service.frontend.state import ServiceState, training_service
@@ -23,7 +24,7 @@ from service.jobs.runs import discard_model
 from service.jobs.store import TERMINAL, Store
 from service.jobs.views import checkpoint_object, event_object, job_object, page, sequence_of
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["training"])
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["training"], responses=TRAINING_ERRORS)
 Jobs = Annotated[Store, Depends(training_service)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 EVENTS_POLL_S = 0.25

@@ -66,3 +66,13 @@ ADMIN_ERRORS = error_responses(TGIError, ADMIN)
 ADMIN_UNLOAD_ERRORS = error_responses(TGIError, {
     **ADMIN, 404: "no model directory has that name", 409: "the model is not ready (loading, unloaded or failed)",
 })
+TRAINING_ERRORS = error_responses(OpenAIError, {
+    400: "invalid request: the message names the field (`param`)",
+    401: "the request lacks `Authorization: Bearer <CHARLM_ADMIN_KEY>` (the API key does not open training)",
+    403: "training is off (CHARLM_TRAINING unset) or no admin key is configured",
+    404: "no file or job has that id, or the model is neither a preset nor served",
+    409: "the file is in use, the job cannot change so, or the queue of jobs is full",
+    413: "the upload or body is over its size limit",
+    415: "an upload that is not multipart/form-data",
+    507: "the data quota would be exceeded: the message gives the quota, what is used and what is needed",
+})
