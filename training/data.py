@@ -25,10 +25,15 @@ def read_corpus(path: Path) -> str:
     if not raw:
         raise DataError(f"data file {path} is empty")
     try:
-        text = raw.decode("utf-8")
+        return decode_corpus(raw)
     except UnicodeDecodeError as exc:
         raise DataError(f"data file {path} is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
-    return text.removeprefix("\ufeff")  # a byte-order mark is not part of the text
+
+
+def decode_corpus(raw: bytes) -> str:
+    """A corpus's text: UTF-8 (UnicodeDecodeError says where not), a byte-order mark dropped, as it is
+    not part of the text."""
+    return raw.decode("utf-8").removeprefix("\ufeff")
 
 
 def split(ids: Tensor, val_fraction: float) -> tuple[Tensor, Tensor]:

@@ -28,8 +28,8 @@ class EventLog:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.file: IO[str] | None = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
-        if path is not None and _ends_mid_line(path):
-            self.emit_raw("\n")  # a run killed while writing left half a line: this run's start on a line of its own
+        if self.file is not None and path is not None and _ends_mid_line(path):
+            self.file.write("\n")  # a run killed while writing left half a line: this run's start on a line of its own
 
     def emit(self, event_type: str, **fields: Any) -> None:
         if self.file is None:
@@ -37,11 +37,6 @@ class EventLog:
         event = {"type": event_type, "time": round(time.time(), 3), **fields}
         self.file.write(json.dumps(event, ensure_ascii=False) + "\n")
         self.file.flush()
-
-    def emit_raw(self, text: str) -> None:
-        if self.file is not None:
-            self.file.write(text)
-            self.file.flush()
 
     def close(self) -> None:
         if self.file is not None:

@@ -16,10 +16,11 @@ from charlm.checkpoint import ModelDirError, load_model
 from charlm.models import build_model
 from training.artifacts import CARD_FILE, RESUME_FILE, STATE_FILE
 from training.config import PRESETS, ConfigError, resolve
+from training.data import decode_corpus
 from training.session import continued_config, sequence_length
 
-__all__ = ["CARD_FILE", "PRESETS", "RESUME_FILE", "STATE_FILE", "ConfigError", "RunPlan", "plan_run",
-           "steps_for_epochs"]
+__all__ = ["CARD_FILE", "PRESETS", "RESUME_FILE", "STATE_FILE", "ConfigError", "RunPlan", "decode_corpus",
+           "plan_run", "steps_for_epochs"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,11 +87,7 @@ async def admin_service(request: Request) -> ServiceState:
     """Dependency of the /admin routes: 403 when administration is off (no admin key configured),
     401 without the admin key (the API key does not open them), 503 while starting or draining."""
     state: ServiceState = request.app.state.service
-    if state.settings.admin_key is None:
-        raise ServiceError(403, "administration is off: set CHARLM_ADMIN_KEY to use /admin", kind="forbidden")
-    if not bearer_matches(request, state.settings.admin_key):
-        raise ServiceError(401, "missing or invalid admin key: send 'Authorization: Bearer <CHARLM_ADMIN_KEY>'",
-                           code="invalid_admin_key")
+    check_admin_key(request, state.settings, "administration is off: set CHARLM_ADMIN_KEY to use /admin")
     if state.models is None:
         raise ServiceError(503, "the service is starting; models are loading")
     if state.draining:
@@ -106,12 +102,18 @@ async def training_service(request: Request) -> Store:
     if state.jobs is None:
         raise ServiceError(403, "training is off: start the server with CHARLM_TRAINING=1 (and CHARLM_ADMIN_KEY)",
                            kind="forbidden", code="training_disabled")
-    if state.settings.admin_key is None:
-        raise ServiceError(403, "training needs an admin key: set CHARLM_ADMIN_KEY", kind="forbidden")
-    if not bearer_matches(request, state.settings.admin_key):
-        raise ServiceError(401, "missing or invalid admin key: send 'Authorization: Bearer <CHARLM_ADMIN_KEY>' "
-                           "(training and files need the admin key, not the API key)", code="invalid_admin_key")
+    check_admin_key(request, state.settings, "training needs an admin key: set CHARLM_ADMIN_KEY",
+                    " (training and files need the admin key, not the API key)")
     return state.jobs
+
+
+def check_admin_key(request: Request, settings: Settings, off: str, hint: str = "") -> None:
+    """403 (`off`) when no admin key is configured, 401 without it; the API key never opens these."""
+    if settings.admin_key is None:
+        raise ServiceError(403, off, kind="forbidden")
+    if not bearer_matches(request, settings.admin_key):
+        raise ServiceError(401, f"missing or invalid admin key: send 'Authorization: Bearer <CHARLM_ADMIN_KEY>'{hint}",
+                           code="invalid_admin_key")
 
 
 def bearer_matches(request: Request, key: SecretStr) -> bool:

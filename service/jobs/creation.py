@@ -96,8 +96,8 @@ def _plan(request: dict[str, Any], training: dict[str, Any], validation: dict[st
           vocab_size: int, base_path: Path | None) -> tuple[RunPlan, dict[str, Any]]:
     """The run's settings: OpenAI's hyperparameters mapped, the rest passed to training's checks."""
     hyper = dict(request.get("hyperparameters") or {})
-    chosen = {k: hyper.pop(k) for k in OPENAI_HYPERPARAMETERS if k in hyper and hyper[k] != "auto"}
-    hyper.pop("n_epochs", None), hyper.pop("learning_rate_multiplier", None), hyper.pop("batch_size", None)
+    openai = {k: hyper.pop(k) for k in OPENAI_HYPERPARAMETERS if k in hyper}
+    chosen = {k: v for k, v in openai.items() if v != "auto"}
     settings: dict[str, Any] = {**hyper}
     if "batch_size" in chosen:
         settings["batch_size"] = chosen["batch_size"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from service.jobs.store import Store, now
+from training.plan import decode_corpus
 
 FILES_DIR = "files"
 JOBS_DIR = "jobs"
@@ -53,11 +54,10 @@ def decode_text(content: bytes) -> str:
     if not content:
         raise JobError(400, "the file is empty", param="file")
     try:
-        text = content.decode("utf-8")
+        return decode_corpus(content)  # as charlm train reads its --data
     except UnicodeDecodeError as exc:
         raise JobError(400, f"the file is not UTF-8 text: byte {exc.start} ({content[exc.start]:#04x}) "
                        f"{exc.reason}", param="file", code="invalid_encoding") from None
-    return text.removeprefix("\ufeff")  # a byte-order mark is not part of the text (as charlm train reads it)
 
 
 def save_upload(store: Store, data_dir: Path, quota: int, filename: str, purpose: str,

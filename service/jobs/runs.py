@@ -65,12 +65,7 @@ def default_train_threads() -> int:
 
 def failure_message(data_dir: Path, job_id: str, status: int) -> str:
     """The run's own last word (`charlm train: ...`), else its exit status."""
-    try:
-        with open(log_path(data_dir, job_id), "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
-            tail = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        tail = []
+    tail = read_tail(log_path(data_dir, job_id)).decode("utf-8", "replace").splitlines()
     said = [line.split("charlm train: ", 1)[1] for line in tail if "charlm train: " in line]
     if said:
         return said[-1]
@@ -83,13 +78,20 @@ def done_training(job: dict[str, Any], data_dir: Path, models_dir: Path) -> bool
     if publishing(job, models_dir):
         return True
     try:
-        with open(events_path(data_dir, job["id"]), "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
-            last = f.read().splitlines()[-1]
-        event = json.loads(last)
-    except (OSError, IndexError, ValueError):
+        event = json.loads(read_tail(events_path(data_dir, job["id"])).splitlines()[-1])
+    except (IndexError, ValueError):
         return False
     return isinstance(event, dict) and event.get("type") == "end" and event.get("reason") != "stopped"
+
+
+def read_tail(path: Path) -> bytes:
+    """The last LOG_TAIL_BYTES of a file; nothing when it is not there."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            return f.read()
+    except OSError:
+        return b""
 
 
 def publish_model(job: dict[str, Any], store: Store, settings: Any) -> Path:
