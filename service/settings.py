@@ -49,6 +49,22 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = Field(
         None, description="Bearer token of the /admin routes; unset: administration is off (403)"
     )
+    fallback_model: str | None = Field(
+        None, description="model that answers requests naming none while the default is not ready (unset: they get "
+        "503); the answer names the model that produced it"
+    )
+    max_loaded: int = Field(0, ge=0, description="most models with a running engine; the others load on demand, "
+                            "evicting the least recently used idle one (0: no limit)")
+    keep_alive: Annotated[float | None, NoDecode] = Field(
+        None, description="unload a model's engine once it has been idle this long: seconds, or 30s, 5m, 1h (unset, "
+        "-1 or forever: never); the default model stays loaded"
+    )
+    load_wait_s: float = Field(60.0, gt=0, le=3600, description="how long a request waits for its model's engine to "
+                               "start (on demand, or after a restart) before 503")
+    engine_hang_s: float = Field(10.0, gt=0, le=3600, description="an engine silent this long, or one step that runs "
+                                 "this long, is hung: it is killed and restarted")
+    engine_restarts: int = Field(5, ge=0, le=1000, description="restarts of a model's engine within 5 minutes; one "
+                                 "more death marks the model failed (a crash loop)")
     models_poll_s: float = Field(
         2.0, ge=0, description="seconds between looks at models_dir for new, replaced or removed models; 0: off"
     )
@@ -100,6 +116,23 @@ class Settings(BaseSettings):
             return None
         check_template_file(path)
         return path
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def duration(cls, value: object) -> object:
+        """Seconds, or a number with s, m or h (as Ollama's keep_alive); negative or `forever`: None."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("", "forever", "none"):
+                return None
+            scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1])
+            try:
+                value = float(text[:-1] if scale else text) * (scale or 1)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a duration: seconds, or a number with s, m or h") from None
+        if isinstance(value, (int, float)) and value < 0:
+            return None
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

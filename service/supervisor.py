@@ -25,6 +25,7 @@ import socket
 import time
 from multiprocessing.process import BaseProcess
 
+from service.control.keeper import EngineKeeper
 from service.control.live_models import ModelWatcher
 from service.control.registry import Registry
 from service.control.server import ControlServer
@@ -34,7 +35,7 @@ from service.jobs.service import start_scheduler
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
-MONITOR_S = 0.25  # how often front ends and engines are looked at
+MONITOR_S = 0.25  # how often front ends are looked at (the engines: `service.control.keeper`)
 RESTARTS_PER_MINUTE = 10  # a front end that dies more often than this means the server cannot serve
 EXIT_MARGIN_S = 10.0  # beyond a front end's own drain, before it is killed
 
@@ -83,6 +84,7 @@ class Supervisor:
             await asyncio.to_thread(registry.start)
             control = ControlServer(registry, str(runtime / "control.sock"))
             control.watcher = watcher = ModelWatcher(registry, self.settings.models_dir, control.changed)
+            control.keeper = EngineKeeper(registry, watcher)
             await control.start()
             return await self._serve(sock, registry, control, watcher)
         finally:
@@ -102,15 +104,14 @@ class Supervisor:
         poll_s = self.settings.models_poll_s
         polling = asyncio.create_task(watcher.poll(poll_s)) if poll_s else None
         scheduler = start_scheduler(self.settings, loop, lambda: watcher.reload(explicit=False))
-        statuses = {name: e.status for name, e in registry.entries.items()}
+        assert control.keeper is not None
+        keeping = asyncio.create_task(control.keeper.run())  # engines that die are restarted
         while not stop.is_set() and self.failed is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), MONITOR_S)
             self._replace_dead_front_ends(sock, control.path)
-            now = {name: e.status for name, e in registry.entries.items()}
-            if now != statuses:  # an engine process died: every front end hears of it
-                statuses = now
-                await control.changed()
+        keeping.cancel()
+        await control.keeper.stop()
         if scheduler is not None:  # its runs checkpoint and stop; their jobs resume at the next start
             await asyncio.to_thread(scheduler.stop)
         if polling is not None:

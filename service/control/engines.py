@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
+import signal
 import threading
 from pathlib import Path
 
@@ -22,12 +24,17 @@ from service.engine.specs import EngineSpec, ModelInfo
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0  # loading and warming up a model (graphs captured, memory taken)
+HANG_S = 10.0  # the default bound on an engine's silence, or on one step (CHARLM_ENGINE_HANG_S)
 
 
 class EngineProcess:
-    def __init__(self, spec: EngineSpec):
-        """Starts the process at once, so that several models load in parallel; `start` waits."""
+    def __init__(self, spec: EngineSpec, hang_s: float = HANG_S):
+        """Starts the process at once, so that several models load in parallel; `start` waits.
+        A started engine that sends no pulse for `hang_s`, or whose step runs that long, is hung:
+        it is killed, and fails like one that died."""
         self.name = spec.name
+        self.hang_s = hang_s
+        self.last_pulse = (0.0, 0.0, 0)  # the engine's latest (turn_s, idle_s, load): `Engine.pulse`
         self.address: str | None = spec.address
         self.memory: dict[str, object] = {}
         self.info: ModelInfo | None = None
@@ -90,15 +97,44 @@ class EngineProcess:
         except (OSError, ValueError):  # the process is gone; the watcher says so
             pass
 
+    def pulse(self) -> tuple[float, float, int]:
+        return self.last_pulse
+
     def _watch(self) -> None:
-        """Until the process says it ended, or dies."""
+        """Until the process says it ended, dies, or hangs."""
         try:
-            while self._control.recv()[0] != "ended":
-                pass
+            while True:
+                if not self._control.poll(self.hang_s):
+                    self._hung(f"it sent no sign of life for {self.hang_s:g} s")
+                    return
+                kind, *args = self._control.recv()
+                if kind == "ended":
+                    return
+                if kind == "pulse":
+                    self.last_pulse = (args[0], args[1], args[2])
+                    if args[0] > self.hang_s:
+                        self._hung(f"one step of its batch had run for {args[0]:.0f} s")
+                        return
         except (EOFError, OSError):
             self._process.join(5)
-            self.failure = f"the engine process of model {self.name} exited unexpectedly"
-            logger.error("%s (status %s)", self.failure, self._process.exitcode)
+            self.failure = f"the engine process of model {self.name} exited unexpectedly ({exit_reason(self._process)})"
+            logger.error("%s", self.failure)
+
+    def _hung(self, why: str) -> None:
+        """Fail, then kill: the failure is said first, so that it is this one and not a death's."""
+        self.failure = f"the engine of model {self.name} hung and was killed: {why}"
+        logger.error("%s", self.failure)
+        self._process.kill()  # SIGKILL ends a stopped process too
+        self._process.join(5)
+
+
+def exit_reason(process: multiprocessing.process.BaseProcess) -> str:
+    code = process.exitcode
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"signal {-code}"
+    return f"exit status {code}"
 
 
 class EngineThread:
@@ -135,6 +171,10 @@ class EngineThread:
 
     def kill(self) -> None:
         self.cancel_all()
+
+    def pulse(self) -> tuple[float, float, int]:
+        assert self.engine is not None
+        return self.engine.pulse()
 
 
 EngineHandle = EngineProcess | EngineThread

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from charlm.checkpoint import WEIGHTS_FILE, weights_fingerprint
 from service.control.engines import EngineHandle
-from service.control.model_entry import ModelEntry, Signature, directory_signature, make_entry
+from service.control.model_entry import ModelEntry, Signature, directory_signature, make_entry, standby_entry
 from service.control.registry import Registry, model_directories
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ class ModelWatcher:
         self.registry = registry
         self.models_dir = models_dir
         self.changed = changed  # returns once every front end follows the registry
-        self._lock = asyncio.Lock()  # one look at a time
-        self._stopped = False
+        self.lock = asyncio.Lock()  # one look at a time
+        self.stopped = False
         self._joins: set[asyncio.Task[None]] = set()
 
     async def poll(self, interval_s: float) -> None:
@@ -68,16 +68,16 @@ class ModelWatcher:
 
     async def stop(self) -> None:
         """Wait for a look under way; none starts after this, so the registry holds every engine."""
-        async with self._lock:
-            self._stopped = True
+        async with self.lock:
+            self.stopped = True
 
     async def reload(self, explicit: bool = False) -> ReloadReport:
         """Bring the served models in line with the directory. An `explicit` look (an administrator's)
         also loads again the models unloaded by hand and tries the failed ones again (a poll leaves
         them be until their directory changes)."""
-        async with self._lock:
+        async with self.lock:
             report = ReloadReport()
-            if self._stopped:
+            if self.stopped:
                 return report
             seen = await asyncio.to_thread(self._scan)
             gone = [name for name in self.registry.entries if name not in seen]
@@ -85,7 +85,7 @@ class ModelWatcher:
             if removed:
                 await self.changed()
             for entry in removed:
-                self._retire(entry, "its directory was removed")
+                self.retire(entry, "its directory was removed")
                 report.removed.append(entry.name)
             changed = [(path, signature) for path, signature in seen.values()
                        if self._wants_load(path.name, signature, explicit)]
@@ -97,14 +97,14 @@ class ModelWatcher:
     async def unload(self, name: str) -> bool:
         """Stop serving a ready model; it finishes what it runs, and stays unloaded until its
         directory changes or an explicit reload. False when it is not (or no longer) ready."""
-        async with self._lock:  # never in the middle of a look, which might serve it again
+        async with self.lock:  # never in the middle of a look, which might serve it again
             entry = self.registry.entries.get(name)
             if entry is None or entry.status != "ready":
                 return False
             unloaded = ModelEntry(name, entry.path, signature=entry.signature, phase="unloaded")
             self.registry.install(unloaded)
             await self.changed()
-            self._retire(entry, "unloaded")
+            self.retire(entry, "unloaded")
             return True
 
     def _scan(self) -> dict[str, tuple[Path, Signature]]:
@@ -114,7 +114,10 @@ class ModelWatcher:
         entry = self.registry.entries.get(name)
         if entry is None:
             return True
-        if entry.status == "loading":
+        if entry.status in ("loading", "restarting"):  # the keeper starts it from the directory as it is then
+            return False
+        if entry.status == "standby":  # loaded on demand, from the directory as it is then
+            entry.signature = signature
             return False
         if entry.status in ("unloaded", "failed") and explicit:
             return True
@@ -126,6 +129,11 @@ class ModelWatcher:
         if serving and current is not None and await asyncio.to_thread(same_weights, path, current):
             current.signature, current.reload_error = signature, None
             return  # the weights are the served ones (a training summary was rewritten): nothing to do
+        if current is None and self._full():  # a new model under CHARLM_MAX_LOADED: loaded on demand
+            self.registry.install(standby_entry(path))
+            report.loaded.append(name)
+            await self.changed()
+            return
         if not serving:  # shown as loading meanwhile; a served version is served until replaced
             self.registry.install(ModelEntry(name, path, signature=signature, phase="loading"))
             await self.changed()
@@ -143,18 +151,22 @@ class ModelWatcher:
         displaced = self.registry.install(fresh)
         await self.changed()
         if displaced is not None and serving:
-            self._retire(displaced, f"replaced by version {fresh.version}")
+            self.retire(displaced, f"replaced by version {fresh.version}")
             report.replaced.append(name)
         else:
             report.loaded.append(name)
         logger.info("model %s version %s is served", name, fresh.version)
+
+    def _full(self) -> bool:
+        cap = self.registry.config.settings.max_loaded
+        return bool(cap) and sum(1 for e in self.registry.entries.values() if e.engine is not None) >= cap
 
     def _load_and_start(self, path: Path) -> ModelEntry:
         entry = make_entry(path, self.registry.config)
         entry.start()
         return entry
 
-    def _retire(self, entry: ModelEntry, why: str) -> None:
+    def retire(self, entry: ModelEntry, why: str) -> None:
         engine = self.registry.retire(entry)
         if engine is None:
             return

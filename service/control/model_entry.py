@@ -60,12 +60,16 @@ class ModelEntry:
     signature: Signature = ()  # of the directory when this version was read
     loaded_at: float = 0.0  # Unix time the version was loaded
     load_s: float = 0.0  # seconds it took to load and start
-    phase: str = "loaded"  # "loading" (not yet servable) or "unloaded" (by an administrator) otherwise
+    # "loaded" (its engine made: ready or failed) or else why it has no engine: "loading" (it starts),
+    # "restarting" (it died or hung; the keeper starts another), "standby" (not loaded until a
+    # request wants it: CHARLM_MAX_LOADED, CHARLM_KEEP_ALIVE) or "unloaded" (by an administrator).
+    phase: str = "loaded"
     reload_error: str | None = None  # why the directory's newer contents are not served (this version is)
+    known: ModelInfo | None = None  # what its last engine said of it, while it has none (on standby)
 
     @property
     def info(self) -> ModelInfo | None:
-        return self.engine.info if self.engine is not None else None
+        return self.engine.info if self.engine is not None else self.known
 
     @property
     def version(self) -> str | None:
@@ -74,7 +78,7 @@ class ModelEntry:
 
     @property
     def status(self) -> str:
-        """ready, loading, unloaded or failed."""
+        """ready, failed, or the phase of a model without an engine (loading, restarting, standby, unloaded)."""
         if self.phase != "loaded":
             return self.phase
         return "ready" if self.engine is not None and self.engine.failure is None else "failed"
@@ -104,6 +108,11 @@ class ModelEntry:
         return True
 
 
+def standby_entry(path: Path) -> ModelEntry:
+    """A model directory served on demand: its engine starts at the first request that wants it."""
+    return ModelEntry(path.name, path, signature=directory_signature(path), phase="standby")
+
+
 def make_entry(path: Path, config: EngineConfig) -> ModelEntry:
     """A model directory's entry with its engine made, not started: in a process of its own (which
     loads the weights, on the device) or in a thread of this one (the weights loaded here)."""
@@ -118,7 +127,7 @@ def make_entry(path: Path, config: EngineConfig) -> ModelEntry:
         spec = EngineSpec(path.name, path, str(config.device), dtype, config.max_batch_size, settings.max_queued,
                           settings.cuda_graphs, config.threads, settings.log_level, address=address,
                           compile_step=compile_step, choose_dtype=choose_dtype)
-        entry.engine = EngineProcess(spec)
+        entry.engine = EngineProcess(spec, settings.engine_hang_s)
         return entry
     try:
         loaded = load_model(path, device=config.device, dtype=dtype)

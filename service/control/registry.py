@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from service.control.engines import EngineHandle
-from service.control.model_entry import EngineConfig, ModelEntry, make_entry
+from service.control.model_entry import EngineConfig, ModelEntry, make_entry, standby_entry
 from service.engine.sequences import EngineMetrics
 from service.settings import Settings
 
@@ -92,20 +92,30 @@ class Registry:
         paths = model_directories(directory)
         if device.type == "cpu":
             torch.set_num_threads(1)  # loading needs no more; the engine threads compute
-        threads = settings.torch_threads or cpu_threads(len(paths))
+        threads = settings.torch_threads or cpu_threads(min(len(paths), settings.max_loaded or len(paths)))
         runtime_dir = Path(tempfile.mkdtemp(prefix="charlm-"))
         config = EngineConfig(settings, device, resolve_dtype(settings.dtype, device),
                               resolve_batch_size(settings.max_batch_size, device), threads, runtime_dir, engine_metrics)
-        entries = [make_entry(path, config) for path in paths]
+        default = resolve_default(settings.default_model, paths)
+        loaded = loaded_at_start(paths, default, settings.max_loaded)
+        entries = [make_entry(path, config) if path.name in loaded else standby_entry(path) for path in paths]
         if device.type == "cpu" and not settings.engine_process:
             torch.set_num_threads(threads)
-        return cls(entries, settings.default_model, config)
+        return cls(entries, default, config)
 
     @property
     def default_model(self) -> str:
-        """The configured default while it is ready, otherwise the first ready model."""
-        ready = [entry.name for entry in self.ready]
-        return self.configured_default if self.configured_default in ready or not ready else ready[0]
+        """The configured default, whatever its state: a request that names no model is never given
+        another model's text unasked. Only a fallback the operator set (CHARLM_FALLBACK_MODEL) stands
+        in, and only while the default is not ready and the fallback is."""
+        fallback = self.config.settings.fallback_model
+        if fallback and self.status_of(self.configured_default) != "ready" and self.status_of(fallback) == "ready":
+            return fallback
+        return self.configured_default
+
+    def status_of(self, name: str) -> str | None:
+        entry = self.entries.get(name)
+        return entry.status if entry is not None else None
 
     @property
     def ready(self) -> list[ModelEntry]:
@@ -130,7 +140,9 @@ class Registry:
             self.close(0)
             raise NoModelsError(f"no model could be loaded ({problems})")
         if self.configured_default not in ready:
-            logger.warning("default model %r is not available; using %r", self.configured_default, ready[0])
+            logger.error("the default model %r is not ready (%s): requests that name no model get 503",
+                         self.configured_default, self.entries[self.configured_default].reason
+                         if self.configured_default in self.entries else "no such model directory")
 
     def install(self, entry: ModelEntry) -> ModelEntry | None:
         """Serve `entry` under its name from now on; returns the entry it displaces, if any."""
@@ -172,6 +184,23 @@ class Registry:
         for engine in engines:
             engine.join()
         shutil.rmtree(self.config.runtime_dir, ignore_errors=True)
+
+
+def resolve_default(configured: str, paths: list[Path]) -> str:
+    """The default model, decided once at startup: the configured one, or, when no directory has its
+    name, the first by name (said in the log). Never changed afterwards."""
+    names = [path.name for path in paths]
+    if configured in names or not names:
+        return configured
+    logger.warning("default model %r is not available; using %r", configured, names[0])
+    return names[0]
+
+
+def loaded_at_start(paths: list[Path], default: str, max_loaded: int) -> set[str]:
+    """The models whose engines start with the server: all, or under CHARLM_MAX_LOADED the default and
+    then the first by name; the others wait on standby for their first request."""
+    names = sorted((path.name for path in paths), key=lambda name: (name != default, name))
+    return set(names[:max_loaded] if max_loaded else names)
 
 
 def model_directories(directory: Path) -> list[Path]:

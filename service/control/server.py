@@ -11,7 +11,7 @@ the server at once still counts as one.
 Messages are MessagePack lists in `multiprocessing.connection` frames (`service.engine.wire`):
 to a front end ("table", generation, views, default model, facts, reloads, load failures),
 ("reply", call, ok, result) and ("drain",); from one ("ack", generation) and ("call", call, name,
-argument).
+argument), where a call is reload, unload, or load (a model on standby that a request wants).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from service.control.keeper import EngineKeeper, NoRoomError
 from service.control.live_models import ModelWatcher
 from service.control.registry import Registry
 from service.control.views import ServerFacts, views_of
@@ -54,6 +55,7 @@ class ControlServer:
         self.registry = registry
         self.path = path
         self.watcher: ModelWatcher | None = None  # set by the supervisor
+        self.keeper: EngineKeeper | None = None
         self.links: set[FrontEndLink] = set()
         self.generation = 0
         self.calls: set[asyncio.Task[None]] = set()  # administrators' calls under way
@@ -135,9 +137,14 @@ class ControlServer:
                 result: Any = await self.watcher.reload(explicit=bool(argument))
             elif name == "unload":
                 result = await self.watcher.unload(str(argument))
+            elif name == "load":
+                assert self.keeper is not None
+                result = await self.keeper.load(str(argument))
             else:
                 raise ValueError(f"unknown call {name!r}")
             self._send(link, "reply", call, True, result)
+        except NoRoomError as exc:
+            self._send(link, "reply", call, False, str(exc))
         except Exception as exc:  # the front end answers it as an error of its own
             logger.exception("control call %s failed", name)
             self._send(link, "reply", call, False, str(exc))

@@ -1,11 +1,12 @@
 """An engine in a process of its own, serving every front end that connects to it.
 
 The process loads its model, starts an `Engine`, reports to the control plane that started it
-(one pipe: started or failed, then close and cancel commands, then ended), and listens on a Unix
-socket. Each front end that connects gets a `Link`: its requests and cancellations arrive there
-(a thread per link), and after every turn of the engine's loop the relay sends each link its part
-of what the turn produced, as one message (`service.engine.wire`). Admission is decided here, from
-the requests of every front end together. A front end that goes away has its requests cancelled.
+(one pipe: started or failed, then a pulse every half second, close and cancel commands, then
+ended), and listens on a Unix socket. Each front end that connects gets a `Link`: its requests and
+cancellations arrive there (a thread per link), and after every turn of the engine's loop the relay
+sends each link its part of what the turn produced, as one message (`service.engine.wire`).
+Admission is decided here, from the requests of every front end together. A front end that goes
+away has its requests cancelled.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from multiprocessing.connection import Connection, Listener
 from typing import Any
 
@@ -32,6 +34,7 @@ from service.engine.specs import EngineSpec, ModelInfo, RequestSpec
 
 logger = logging.getLogger(__name__)
 COMMAND_POLL_S = 0.05  # how often the process looks whether its engine has ended, between commands
+PULSE_S = 0.5  # how often it tells the control plane it lives, and how its engine's turn goes
 
 
 class Link:
@@ -200,8 +203,12 @@ def run(spec: EngineSpec, control: Connection) -> None:
 def serve_control(engine: Engine, control: Connection) -> None:
     """The control plane's commands, until the engine thread ends (closed, and its sequences done)
     or the control plane goes away."""
+    next_pulse = 0.0
     while not engine.join(0):
         try:
+            if time.monotonic() >= next_pulse:  # from this thread: a stopped process sends none
+                control.send(("pulse", *engine.pulse()))
+                next_pulse = time.monotonic() + PULSE_S
             if not control.poll(COMMAND_POLL_S):
                 continue
             kind, *args = control.recv()

@@ -41,7 +41,7 @@ async def admit(
     if spec.max_new_tokens > settings.max_new_tokens:
         raise ServiceError(422, f"{tokens_param} {spec.max_new_tokens} exceeds the limit of "
                            f"{settings.max_new_tokens}", param=tokens_param)
-    view, client = state.model(model)
+    view, client = await state.model(model)
     assert view.info is not None
     vocab_size = len(view.info.chars)
     outside = sorted(i for i, _ in spec.params.logit_bias if i >= vocab_size)

@@ -85,10 +85,11 @@ async def lifespan(state: ServiceState, control_address: str | None, app: FastAP
         raise
     metrics.count_control_plane(lambda: (models.reloads, models.load_failures))
     state.models, state.loop = models, asyncio.get_running_loop()
-    polling, scheduler = None, None
+    polling, scheduler, keeping = None, None, None
     if isinstance(models, LocalModels):  # this front end is the control plane: it runs the jobs too
         if settings.models_poll_s:
             polling = asyncio.create_task(models.watcher.poll(settings.models_poll_s))
+        keeping = asyncio.create_task(models.keeper.run())  # engines that die are restarted
         local = models
         scheduler = start_scheduler(settings, asyncio.get_running_loop(), lambda: local.reload(explicit=False))
     collector.settle()  # what the front end made so far lives as long as it: out of the collector's way
@@ -99,8 +100,9 @@ async def lifespan(state: ServiceState, control_address: str | None, app: FastAP
         state.draining = True
         if scheduler is not None:  # its runs checkpoint and stop; their jobs resume at the next start
             await asyncio.to_thread(scheduler.stop)
-        if polling is not None:
-            polling.cancel()
+        for task in (polling, keeping):
+            if task is not None:
+                task.cancel()
         await models.stop()
         if isinstance(models, LocalModels):
             await asyncio.to_thread(models.registry.close, settings.shutdown_grace_s)

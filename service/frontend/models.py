@@ -11,8 +11,10 @@ control plane retires old ones, and an old version's client stays until its sequ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
+from service.control.keeper import EngineKeeper, NoRoomError
 from service.control.live_models import ModelWatcher, ReloadReport
 from service.control.registry import Registry, UnknownModelError
 from service.control.views import ModelView, ServerFacts, views_of
@@ -20,6 +22,16 @@ from service.frontend.engine_client import EngineClient, EngineConnection, Threa
 from service.frontend.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
+WAITED_FOR = ("loading", "restarting", "standby")  # a request for a model in these waits, within a bound
+
+
+class ModelUnavailableError(Exception):
+    """The model exists but cannot serve now (503): failed, restarting, on standby, unloaded."""
+
+    def __init__(self, name: str, status: str, reason: str | None):
+        self.status = status
+        said = {"failed": "failed", "unloaded": "was unloaded by an administrator (POST /admin/reload serves it again)"}
+        super().__init__(f"model {name!r} {said.get(status, f'is {status}')}" + (f": {reason}" if reason else ""))
 
 
 class FrontModels:
@@ -34,6 +46,7 @@ class FrontModels:
         self.facts = ServerFacts("", "", 0, 0)
         self.reloads: dict[str, int] = {}  # per model: versions loaded after startup
         self.load_failures: dict[str, int] = {}
+        self.changed = asyncio.Event()  # set when the views change (then replaced)
 
     @property
     def ready(self) -> list[ModelView]:
@@ -58,6 +71,38 @@ class FrontModels:
         if view is None or self.status(view) != "ready":
             raise UnknownModelError(name or self.default_model, [v.name for v in self.ready])
         return view, self.clients[view.engine]
+
+    async def acquire(self, name: str | None, wait_s: float) -> tuple[ModelView, EngineConnection]:
+        """The model called `name` (the default when None) once it is ready, and its engine's client:
+        one on standby is loaded, one loading or restarting is waited for, for at most `wait_s`.
+        Raises UnknownModelError (no such model) or ModelUnavailableError (not ready, and why)."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        asked = False
+        while True:
+            wanted = name or self.default_model
+            view = self.views.get(wanted)
+            if view is None:
+                raise UnknownModelError(wanted, sorted(self.views))
+            status = self.status(view)
+            if status == "ready":
+                return view, self.clients[view.engine]
+            # "failed" here while the control plane still says ready: the engine just died; its restart comes
+            if status not in WAITED_FOR and view.status != "ready":
+                raise ModelUnavailableError(wanted, status, self.reason(view))
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise ModelUnavailableError(wanted, status, f"it was not ready within {wait_s:g} s")
+            changed = self.changed
+            if status == "standby" and not asked:
+                asked = True
+                await asyncio.wait_for(asyncio.shield(self.load(wanted)), remaining)
+            elif not changed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+
+    async def load(self, name: str) -> str:
+        """Ask the control plane to start a model on standby; its status once known."""
+        raise NotImplementedError
 
     def in_flight(self) -> int:
         """This front end's sequences that have not ended, on every engine. Read by the drain's
@@ -87,6 +132,8 @@ class FrontModels:
                 self.retiring.append(client)
         self.clients.update(fresh)
         self.views, self.default_model = views, default_model
+        self.changed.set()  # wakes the requests waiting for a model; the next change sets a new event
+        self.changed = asyncio.Event()
         self.metrics.models_loaded.set(len(self.ready))
 
     async def _connect(self, view: ModelView) -> EngineConnection:
@@ -121,6 +168,7 @@ class LocalModels(FrontModels):
         super().__init__(metrics)
         self.registry = registry
         self.watcher = ModelWatcher(registry, registry.config.settings.models_dir, self.refresh)
+        self.keeper = EngineKeeper(registry, self.watcher)
         self.facts = ServerFacts.of(registry)
         self.reloads, self.load_failures = registry.reloads, registry.load_failures
 
@@ -152,5 +200,12 @@ class LocalModels(FrontModels):
     async def unload(self, name: str) -> bool:
         return await self.watcher.unload(name)
 
+    async def load(self, name: str) -> str:
+        try:
+            return await self.keeper.load(name)
+        except NoRoomError as exc:
+            raise ModelUnavailableError(name, "standby", str(exc)) from None
+
     async def stop(self) -> None:
+        await self.keeper.stop()
         await self.watcher.stop()

@@ -20,7 +20,7 @@ from service.control.server import read_message, write_message
 from service.control.views import ModelView, ServerFacts
 from service.engine.wire import convert
 from service.frontend.metrics import ServiceMetrics
-from service.frontend.models import FrontModels
+from service.frontend.models import FrontModels, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,12 @@ class RemoteModels(FrontModels):
 
     async def unload(self, name: str) -> bool:
         return bool(await self._call("unload", name))
+
+    async def load(self, name: str) -> str:
+        try:
+            return str(await self._call("load", name))
+        except RuntimeError as exc:  # no room for it (CHARLM_MAX_LOADED), or the supervisor is gone
+            raise ModelUnavailableError(name, "standby", str(exc)) from None
 
     async def stop(self) -> None:
         self.stopped = True

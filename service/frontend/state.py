@@ -15,7 +15,7 @@ from service.frontend.chat_prompt import ChatTemplates
 from service.frontend.engine_client import EngineConnection
 from service.frontend.errors import ServiceError
 from service.frontend.metrics import ServiceMetrics
-from service.frontend.models import FrontModels, ModelView
+from service.frontend.models import FrontModels, ModelUnavailableError, ModelView
 from service.frontend.streams import Pacer
 from service.jobs.store import Store
 from service.settings import Settings
@@ -45,11 +45,17 @@ class ServiceState:
     def ready(self) -> bool:
         return self.models is not None and not self.draining
 
-    def model(self, name: str | None, param: str = "model") -> tuple[ModelView, EngineConnection]:
-        """The ready model for a request, and its engine's client; 404 naming the ones that exist."""
+    async def model(self, name: str | None, param: str = "model") -> tuple[ModelView, EngineConnection]:
+        """The ready model for a request, and its engine's client: one on standby is loaded and one
+        restarting waited for (within CHARLM_LOAD_WAIT_S); 404 naming the models that exist, or 503
+        saying why the model cannot serve (with Retry-After)."""
         assert self.models is not None
+        wait_s = min(self.settings.load_wait_s, self.settings.request_timeout_s)
         try:
-            return self.models.get(name)
+            return await self.models.acquire(name, wait_s)
+        except ModelUnavailableError as exc:
+            raise ServiceError(503, str(exc), param=param if name else None, kind="unavailable",
+                               code="model_not_ready") from None
         except LookupError as exc:
             raise ServiceError(404, str(exc), param=param, kind="not_found", code="model_not_found") from None
 

@@ -180,7 +180,8 @@ async def test_a_broken_model_directory_is_reported_and_the_others_served(tiny_m
         assert health["models"]["good"]["status"] == "ready"
         assert health["models"]["broken"]["status"] == "failed"
         assert "model.safetensors: truncated or corrupt" in health["models"]["broken"]["error"]
-        assert_tgi_error(await client.post("/generate", json={**tgi(), "model": "broken"}), 404)
+        assert_tgi_error(await client.post("/generate", json={**tgi(), "model": "broken"}), 503,
+                         "model 'broken' failed: ")
         assert (await client.post("/generate", json=tgi())).status_code == 200
 
 

@@ -35,7 +35,8 @@ FROM_ENVIRONMENT = {
     "stream_writes_per_s": "2500", "chat_template": str(template_path("play")), "trust_request_chat_template": "true",
     "chat_template_timeout_s": "2.5", "training": "true", "data_dir": "/srv/data", "train_concurrency": "2",
     "max_queued_jobs": "3", "max_upload_bytes": "1000", "data_quota_bytes": "123456", "train_executor": "ray",
-    "train_device": "cpu", "train_threads": "3", "cancel_timeout_s": "4.5",
+    "train_device": "cpu", "train_threads": "3", "cancel_timeout_s": "4.5", "fallback_model": "spare",
+    "max_loaded": "2", "keep_alive": "5m", "load_wait_s": "7", "engine_hang_s": "3", "engine_restarts": "2",
 }
 
 

@@ -44,7 +44,7 @@ async def admit_chat(state: ServiceState, request: Request, body: ChatCompletion
     """The conversation rendered by the model's template, then `n` sequences queued on its engine."""
     if body.n > state.settings.max_n:
         raise ServiceError(422, f"n is {body.n}; the limit is {state.settings.max_n}", param="n")
-    view, _ = state.model(body.model)
+    view, _ = await state.model(body.model)
     assert view.info is not None
     prompt = await state.chat_templates.render(view, body.messages, body)
     max_tokens = body.max_new_tokens(min(DEFAULT_MAX_TOKENS, state.settings.max_new_tokens))

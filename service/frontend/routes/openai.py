@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import ServerSentEvent
 
+from service.control.registry import UnknownModelError
 from service.engine.sequences import Finished, GeneratedToken, PromptToken
 from service.engine.stopping import FinishReason
 from service.frontend.admission import Admitted, admit, log_completion, log_if_left
@@ -56,7 +57,7 @@ async def admit_completion(state: ServiceState, request: Request, body: Completi
         param = "best_of" if body.best_of else "n"
         raise ServiceError(422, f"{count} sequences requested (prompts x {param}); the limit is "
                            f"{state.settings.max_n}", param=param)
-    view, _ = state.model(body.model)
+    view, _ = await state.model(body.model)
     assert view.info is not None
     texts = [prompt_text(prompt, view.info.chars, view.name) for prompt in body.prompts]
     prompts = [prompt for prompt in texts for _ in range(body.candidates)]
@@ -203,27 +204,39 @@ async def completion_events(
         log_if_left(admitted)
 
 
-def model_card(view: ModelView) -> dict[str, Any]:
+def model_card(view: ModelView, status: str) -> dict[str, Any]:
+    """What /v1/models says of a model; one not loaded since startup has no architecture yet."""
     info = view.info
-    assert info is not None
-    return {"id": view.name, "created": int(view.loaded_at), "architecture": info.architecture,
-            "parameters": info.parameters, "vocab_size": len(info.chars), "context_length": info.context_length,
-            "version": info.version}
+    described: dict[str, Any] = {"id": view.name, "created": int(view.loaded_at), "loaded": status == "ready",
+                                 "status": status}
+    if info is None:
+        return described | dict.fromkeys(("architecture", "parameters", "vocab_size", "context_length", "version"))
+    return described | {"architecture": info.architecture, "parameters": info.parameters,
+                        "vocab_size": len(info.chars), "context_length": info.context_length, "version": info.version}
 
 
 @router.get("/models", response_model=ModelList, responses=OPENAI_LISTING)
 async def list_models(state: Annotated[ServiceState, Depends(ready_service)]) -> ModelList:
-    """The models this server generates with: architecture, parameters, vocabulary, context, version
-    (`created` is when this version was loaded)."""
-    assert state.models is not None
-    return ModelList(data=[ModelCard(**model_card(view)) for view in state.models.ready])
+    """Every model of the models directory: `loaded` says whether its engine runs (a model on standby
+    loads at its first request); architecture, parameters, vocabulary, context and version once it
+    has been loaded (`created` is when this version was loaded)."""
+    models = state.models
+    assert models is not None
+    return ModelList(data=[ModelCard(**model_card(view, models.status(view)))
+                           for _, view in sorted(models.views.items())])
 
 
 @router.get("/models/{name}", response_model=ModelDetail, responses=OPENAI_MODEL)
 async def model_detail(name: str, state: Annotated[ServiceState, Depends(ready_service)]) -> ModelDetail:
-    """One model, with its model card's text (where it came from: corpus, training, samples)."""
-    view, _ = state.model(name, param="name")
-    return ModelDetail(**model_card(view), card=await asyncio.to_thread(read_card, view.path))
+    """One model, with its model card's text (where it came from: corpus, training, samples); it is
+    described without being loaded."""
+    models = state.models
+    assert models is not None
+    view = models.views.get(name)
+    if view is None:
+        raise ServiceError(404, str(UnknownModelError(name, sorted(models.views))), param="name", kind="not_found",
+                           code="model_not_found")
+    return ModelDetail(**model_card(view, models.status(view)), card=await asyncio.to_thread(read_card, view.path))
 
 
 def read_card(directory: Path) -> str | None:

@@ -5,9 +5,9 @@ Orchestrators ask two different questions, and each has its own route:
 - `/health/live` (liveness): does this process still answer? 200 whenever the event loop runs, with or
   without a ready model and while draining: restarting a replica cures neither a broken model
   directory nor a drain, and a liveness that failed on them would restart every replica at once.
-- `/health/ready` (readiness): should requests come here? 503 before the models are served, while no
-  model is ready (all loading, unloaded, removed or failed), and from the first moment of a drain
-  until exit. A drain fails readiness while the server still accepts connections, so that a load
+- `/health/ready` (readiness): should requests come here? 503 before the models are served, while the
+  default model is not ready (loading, restarting, failed: a request that names no model would get
+  503), and from the first moment of a drain until exit. A drain fails readiness while the server still accepts connections, so that a load
   balancer which learns of it by probing moves new requests away before any is refused.
 Each front-end process answers from its own ServiceState.
 """
@@ -39,7 +39,7 @@ def describe(models: FrontModels, view: ModelView, client: EngineConnection | No
     described: dict[str, Any] = {"status": status}
     if status == "ready" and client is not None:
         described.update(version=view.version, active=client.active, queued=client.queued)
-    elif status == "failed":
+    elif status in ("failed", "restarting"):  # restarting: why its last engine went
         described["error"] = models.reason(view)
     if view.reload_error is not None:
         described["reload_error"] = view.reload_error
@@ -84,18 +84,23 @@ def readiness(state: ServiceState) -> tuple[str, str | None, list[str]]:
     if models is None:
         return "starting", "the models are loading", []
     ready = sorted(view.name for view in models.ready)
-    if not ready:
-        statuses = ", ".join(f"{name}: {models.status(view)}" for name, view in sorted(models.views.items()))
-        return "no_model_ready", f"no model is ready ({statuses or 'no model directories'})", []
+    default = models.views.get(models.default_model)
+    if default is None or models.status(default) != "ready":
+        status = models.status(default) if default is not None else "not a model directory"
+        reason = models.reason(default) if default is not None else None
+        return ("default_not_ready", f"the default model {models.default_model!r} is {status}"
+                + (f": {reason}" if reason else ""), ready)
     return "ready", None, ready
 
 
 @router.get("/health/ready", response_model=None, responses=READY_RESPONSES)
 async def ready(state: Annotated[ServiceState, Depends(service_state)]) -> JSONResponse:
-    """Readiness: 200 while at least one model is ready; 503 while starting, with no model ready, and
-    from the first moment of a drain (SIGTERM) until exit."""
+    """Readiness: 200 while the default model is ready (the model of every request that names none);
+    503 while starting, while the default is not ready (loading, restarting, failed), and from the
+    first moment of a drain (SIGTERM) until exit. `ready_models` lists the models that can serve."""
     status, reason, models = readiness(state)
-    body = {"status": status, "reason": reason, "ready_models": models}
+    default = state.models.default_model if state.models is not None else None
+    body = {"status": status, "reason": reason, "default_model": default, "ready_models": models}
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 

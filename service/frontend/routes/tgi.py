@@ -64,7 +64,7 @@ async def admit_tgi(state: ServiceState, request: Request, body: GenerateRequest
     interval = state.settings.stream_interval if stream else 0
     grammar = None
     if (form := p.grammar_form()) is not None:
-        view, _ = state.model(body.model)
+        view, _ = await state.model(body.model)
         assert view.info is not None
         grammar = await compile_grammar(form, view.info.vocab, max_new_tokens, "parameters.max_new_tokens")
     scoring = 0 if p.details and p.decoder_input_details else None

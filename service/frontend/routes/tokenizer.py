@@ -27,9 +27,9 @@ from service.frontend.state import ServiceState, ready_service
 router = APIRouter(tags=["tokenizer"])
 
 
-def described(state: ServiceState, name: str | None) -> tuple[ModelView, ModelInfo]:
+async def described(state: ServiceState, name: str | None) -> tuple[ModelView, ModelInfo]:
     """The ready model and what the front end knows of it (404 naming the ones that exist)."""
-    view, _ = state.model(name)
+    view, _ = await state.model(name)
     assert view.info is not None
     return view, view.info
 
@@ -38,7 +38,7 @@ def described(state: ServiceState, name: str | None) -> tuple[ModelView, ModelIn
 async def tokenize(body: TokenizeRequest, state: Annotated[ServiceState, Depends(ready_service)]) -> TokenizeResponse:
     """The prompt's character ids (422 naming the characters outside the model's vocabulary); for
     messages, those of the prompt the model's chat template renders, which is returned too."""
-    view, info = described(state, body.model)
+    view, info = await described(state, body.model)
     rendered = await state.chat_templates.render(view, body.messages, body) if body.messages else None
     prompt = rendered.text if rendered is not None else body.prompt or ""
     try:
@@ -55,7 +55,7 @@ async def tokenize(body: TokenizeRequest, state: Annotated[ServiceState, Depends
 async def detokenize(body: DetokenizeRequest,
                      state: Annotated[ServiceState, Depends(ready_service)]) -> DetokenizeResponse:
     """The text of character ids (422 naming ids outside the vocabulary)."""
-    view, info = described(state, body.model)
+    view, info = await described(state, body.model)
     return DetokenizeResponse(prompt=text_of_ids(body.tokens, info.chars, view.name, "tokens", "tokens: id(s)"))
 
 
@@ -63,7 +63,7 @@ async def detokenize(body: DetokenizeRequest,
 async def tokenizer_info(state: Annotated[ServiceState, Depends(ready_service)],
                          model: str | None = None) -> TokenizerInfo:
     """A model's vocabulary (default model unless `?model=` names one); it has no special tokens."""
-    view, info = described(state, model)
+    view, info = await described(state, model)
     try:
         template = state.chat_templates.of_model(view.path)
     except ChatTemplateError:

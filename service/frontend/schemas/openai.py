@@ -246,11 +246,15 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "charlm"
-    architecture: str
-    parameters: int
-    vocab_size: int
-    context_length: int | None = Field(description="characters the model attends to; null: unbounded")
-    version: str = Field(description="the weights' fingerprint; it changes when the model is retrained")
+    loaded: bool = Field(description="its engine runs; false: it loads at the first request that names it (on "
+                         "standby), or it cannot serve now (see status)")
+    status: str = Field(description="ready, loading, restarting, standby, unloaded or failed")
+    architecture: str | None = Field(description="null for a model not loaded since the server started")
+    parameters: int | None
+    vocab_size: int | None
+    context_length: int | None = Field(description="characters the model attends to; null: unbounded (or not known "
+                                       "yet)")
+    version: str | None = Field(description="the weights' fingerprint; it changes when the model is retrained")
 
 
 class ModelDetail(ModelCard):

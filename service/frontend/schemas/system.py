@@ -52,8 +52,10 @@ class Liveness(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "starting", "no_model_ready", "draining"]
-    reason: str | None = Field(None, description="why this replica takes no new requests")
+    status: Literal["ready", "starting", "default_not_ready", "draining"]
+    reason: str | None = Field(None, description="why this replica should get no new requests")
+    default_model: str | None = Field(None, description="the model of requests that name none (or the fallback "
+                                      "standing in for it)")
     ready_models: list[str] = Field(description="models that would answer a request now")
 
 
@@ -99,5 +101,5 @@ HEALTH_RESPONSES: dict[int | str, dict[str, object]] = {
 
 READY_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"model": Readiness, "description": "ready: send this replica requests"},
-    503: {"model": Readiness, "description": "starting, no model ready, or draining: send it none"},
+    503: {"model": Readiness, "description": "starting, the default model not ready, or draining: send it none"},
 }
