@@ -7,7 +7,8 @@ Every `LOOK_S` the keeper looks at each model's engine:
   the last death's reason, until its directory changes or an administrator reloads it;
 - under CHARLM_KEEP_ALIVE, one idle that long is unloaded to `standby` (the default model never is).
 A request for a model on standby asks the keeper to `load` it; under CHARLM_MAX_LOADED the least
-recently used idle engine makes room first (one with sequences never does).
+recently used idle engine makes room first (one with sequences never does; the default model takes
+its turn there too, and loads again at its next request).
 
 The registry is changed only on the event loop and under the models watcher's lock (a look at the
 models directory never runs in the middle of a change), and each change is followed by every front
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 LOOK_S = 0.25
 CRASH_WINDOW_S = 300.0
 MAX_BACKOFF_S = 30.0
+ROOM_POLL_S = 0.1  # how often a load waiting for room under CHARLM_MAX_LOADED looks again
 
 
 class NoRoomError(Exception):
@@ -69,18 +71,27 @@ class EngineKeeper:
                                 entry.name, self.settings.keep_alive)
                     await self._to_standby(entry)
 
-    async def load(self, name: str) -> str:
+    async def load(self, name: str, room_wait_s: float) -> str:
         """Start the engine of a model on standby (making room first under CHARLM_MAX_LOADED);
         returns the model's status once it is known: ready, failed, or where another load stands.
-        Raises NoRoomError when every loaded engine is busy."""
-        async with self.watcher.lock:
-            entry = self.registry.entries.get(name)
-            if entry is None or entry.status != "standby":
-                return entry.status if entry is not None else "absent"
-            await self._make_room()
-            placeholder = ModelEntry(name, entry.path, signature=entry.signature, phase="loading")
-            self.registry.install(placeholder)
-            await self.watcher.changed()
+        Raises NoRoomError when every loaded engine stayed busy for `room_wait_s`."""
+        deadline = time.monotonic() + room_wait_s
+        while True:
+            async with self.watcher.lock:
+                entry = self.registry.entries.get(name)
+                if entry is None or entry.status != "standby":
+                    return entry.status if entry is not None else "absent"
+                try:
+                    await self._make_room()
+                except NoRoomError:
+                    if time.monotonic() > deadline:
+                        raise
+                else:
+                    placeholder = ModelEntry(name, entry.path, signature=entry.signature, phase="loading")
+                    self.registry.install(placeholder)
+                    await self.watcher.changed()
+                    break
+            await asyncio.sleep(ROOM_POLL_S)  # until an engine's sequences end
         logger.info("model %s: loading on demand", name)
         fresh = await asyncio.to_thread(self._start_engine, entry.path)
         async with self.watcher.lock:
@@ -153,7 +164,7 @@ class EngineKeeper:
                    if e.engine is not None or e.status in ("loading", "restarting")]
         if not cap or len(engines) < cap:
             return
-        idle = self._idle_for(0.0)
+        idle = self._idle_for(0.0, keep_default=False)
         if not idle:
             raise NoRoomError(f"all {cap} loaded models are busy (CHARLM_MAX_LOADED={cap}); none can be unloaded "
                               "to make room")
@@ -161,12 +172,15 @@ class EngineKeeper:
         logger.info("model %s is unloaded to make room (CHARLM_MAX_LOADED=%d)", least_recent.name, cap)
         await self._to_standby(least_recent)
 
-    def _idle_for(self, seconds: float) -> list[ModelEntry]:
-        """Ready models other than the default whose engine has held no sequence for `seconds`
-        (longest idle first)."""
+    def _idle_for(self, seconds: float, keep_default: bool = True) -> list[ModelEntry]:
+        """Ready models whose engine has held no sequence for `seconds`, longest idle first; the
+        default model only when `keep_default` is off (under CHARLM_MAX_LOADED it takes its turn, or
+        a cap of 1 would serve nothing else; an idle timeout never unloads it)."""
         idle = []
         for entry in self.registry.entries.values():
-            if entry.status != "ready" or entry.name == self.registry.configured_default or entry.engine is None:
+            if entry.status != "ready" or entry.engine is None:
+                continue
+            if keep_default and entry.name == self.registry.configured_default:
                 continue
             _, idle_s, load = entry.engine.pulse()
             if load == 0 and idle_s >= seconds and idle_s > 0:

@@ -139,7 +139,7 @@ class ControlServer:
                 result = await self.watcher.unload(str(argument))
             elif name == "load":
                 assert self.keeper is not None
-                result = await self.keeper.load(str(argument))
+                result = await self.keeper.load(str(argument[0]), float(argument[1]))
             else:
                 raise ValueError(f"unknown call {name!r}")
             self._send(link, "reply", call, True, result)

@@ -11,7 +11,6 @@ control plane retires old ones, and an old version's client stays until its sequ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from service.control.keeper import EngineKeeper, NoRoomError
@@ -23,6 +22,7 @@ from service.frontend.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 WAITED_FOR = ("loading", "restarting", "standby")  # a request for a model in these waits, within a bound
+ANSWER_MARGIN_S = 1.0  # for the control plane's answer that no engine made room in time
 
 
 class ModelUnavailableError(Exception):
@@ -93,15 +93,20 @@ class FrontModels:
             if remaining <= 0:
                 raise ModelUnavailableError(wanted, status, f"it was not ready within {wait_s:g} s")
             changed = self.changed
-            if status == "standby" and not asked:
-                asked = True
-                await asyncio.wait_for(asyncio.shield(self.load(wanted)), remaining)
-            elif not changed.is_set():
-                with contextlib.suppress(TimeoutError):
+            try:
+                if status == "standby" and not asked:
+                    asked = True
+                    loading = asyncio.ensure_future(self.load(wanted, remaining))  # goes on if this request ends
+                    loading.add_done_callback(lambda task: task.cancelled() or task.exception())
+                    await asyncio.wait_for(asyncio.shield(loading), remaining + ANSWER_MARGIN_S)
+                elif not changed.is_set():
                     await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                raise ModelUnavailableError(wanted, status, f"it was not ready within {wait_s:g} s") from None
 
-    async def load(self, name: str) -> str:
-        """Ask the control plane to start a model on standby; its status once known."""
+    async def load(self, name: str, room_wait_s: float) -> str:
+        """Ask the control plane to start a model on standby (waiting at most `room_wait_s` for an
+        engine to make room for it); its status once known."""
         raise NotImplementedError
 
     def in_flight(self) -> int:
@@ -200,9 +205,9 @@ class LocalModels(FrontModels):
     async def unload(self, name: str) -> bool:
         return await self.watcher.unload(name)
 
-    async def load(self, name: str) -> str:
+    async def load(self, name: str, room_wait_s: float) -> str:
         try:
-            return await self.keeper.load(name)
+            return await self.keeper.load(name, room_wait_s)
         except NoRoomError as exc:
             raise ModelUnavailableError(name, "standby", str(exc)) from None
 

@@ -91,9 +91,9 @@ class RemoteModels(FrontModels):
     async def unload(self, name: str) -> bool:
         return bool(await self._call("unload", name))
 
-    async def load(self, name: str) -> str:
+    async def load(self, name: str, room_wait_s: float) -> str:
         try:
-            return str(await self._call("load", name))
+            return str(await self._call("load", [name, room_wait_s]))
         except RuntimeError as exc:  # no room for it (CHARLM_MAX_LOADED), or the supervisor is gone
             raise ModelUnavailableError(name, "standby", str(exc)) from None
 

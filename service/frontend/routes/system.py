@@ -85,7 +85,7 @@ def readiness(state: ServiceState) -> tuple[str, str | None, list[str]]:
         return "starting", "the models are loading", []
     ready = sorted(view.name for view in models.ready)
     default = models.views.get(models.default_model)
-    if default is None or models.status(default) != "ready":
+    if default is None or models.status(default) not in ("ready", "standby"):  # on standby: it loads when asked
         status = models.status(default) if default is not None else "not a model directory"
         reason = models.reason(default) if default is not None else None
         return ("default_not_ready", f"the default model {models.default_model!r} is {status}"
