@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -93,21 +94,24 @@ async def test_keep_alive_unloads_an_idle_engine_but_never_the_default(three_mod
         assert (await listed(client))["tiny-lstm"] is True
 
 
-async def idle_for_a_moment(app: object, *names: str) -> None:
+async def idle_for_a_moment(app: Any, *names: str) -> None:
     """Until the engines say they are idle (their pulse), so the least recently used one is known."""
     names = names or ("tiny-gpt", "tiny-lstm")
     await eventually(lambda: all(pulse_load(app, name) == 0 and idle_seconds(app, name) > 0 for name in names),
                      "the engines to be idle")
 
 
-def pulse_load(app: object, name: str) -> int:
-    engine = service_state(app).models.registry.entries[name].engine  # type: ignore[union-attr]
-    return int(engine.pulse()[2]) if engine is not None else 0
+def pulse(app: Any, name: str) -> tuple[float, float, int]:
+    engine = service_state(app).models.registry.entries[name].engine
+    return engine.pulse() if engine is not None else (0.0, 0.0, 0)
 
 
-def idle_seconds(app: object, name: str) -> float:
-    engine = service_state(app).models.registry.entries[name].engine  # type: ignore[union-attr]
-    return float(engine.pulse()[1]) if engine is not None else 0.0
+def pulse_load(app: Any, name: str) -> int:
+    return pulse(app, name)[2]
+
+
+def idle_seconds(app: Any, name: str) -> float:
+    return pulse(app, name)[1]
 
 
 async def eventually_async(read, expected, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]

@@ -7,8 +7,9 @@ Orchestrators ask two different questions, and each has its own route:
   directory nor a drain, and a liveness that failed on them would restart every replica at once.
 - `/health/ready` (readiness): should requests come here? 503 before the models are served, while the
   default model is not ready (loading, restarting, failed: a request that names no model would get
-  503), and from the first moment of a drain until exit. A drain fails readiness while the server still accepts connections, so that a load
-  balancer which learns of it by probing moves new requests away before any is refused.
+  503), and from the first moment of a drain until exit. A drain fails readiness while the server
+  still accepts connections, so that a load balancer which learns of it by probing moves new
+  requests away before any is refused.
 Each front-end process answers from its own ServiceState.
 """
 
