@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import Any
 
 from pydantic import ValidationError
 
 from charlm.cli import CommandError
+from charlm.cpus import available_cpus
 from service.control.registry import NoModelsError
 from service.frontend.app import create_app
 from service.frontend.server import DrainingServer, uvicorn_config
 from service.frontend.state import ServiceState
+from service.process_title import set_title
 from service.settings import Settings
 from service.supervisor import BindError, bind, serve_with_supervisor
 
@@ -57,11 +58,11 @@ class StartupTracebackFilter(logging.Filter):
 
 
 def resolve_workers(settings: Settings) -> int:
-    """HTTP front ends: the setting, or by the cores (0): one below four cores, where the engines need
-    every core there is; above, a quarter of them, at most eight."""
+    """HTTP front ends: the setting, or by the CPUs this process may use (0): one below four, where
+    the engines need every CPU there is; above, a quarter of them, at most eight."""
     if settings.workers:
         return settings.workers
-    cores = os.cpu_count() or 1
+    cores = available_cpus()
     return 1 if cores < 4 else min(8, cores // 4)
 
 
@@ -81,6 +82,7 @@ def run_serve(args: argparse.Namespace) -> int:
             return serve_with_supervisor(settings, workers)
         except (NoModelsError, BindError) as exc:
             raise CommandError(str(exc)) from None
+    set_title("server", "charlm-server")
     app = create_app(settings)
     server = DrainingServer(uvicorn_config(app, settings), app.state.service)
     logging.getLogger("uvicorn.error").addFilter(StartupTracebackFilter(app.state.service))

@@ -17,21 +17,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 from service.control.keeper import EngineKeeper
 from service.control.live_models import ModelWatcher
 from service.control.registry import Registry
 from service.control.server import ControlServer
+from service.engine.forkserver import child_context
 from service.frontend.metrics import MULTIPROCESS_DIR
 from service.frontend.server import CANCEL_WAIT_S, run_front_end
 from service.jobs.service import start_scheduler
+from service.process_title import set_title
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -67,20 +70,22 @@ class Supervisor:
         self.restarts: list[float] = []
         self.draining = False
         self.failed: str | None = None
-        self.context = multiprocessing.get_context("spawn")
+        self.context = child_context()
 
     def run(self) -> int:
         """Serve until SIGTERM or Ctrl-C; the exit status (non-zero when the server could not serve)."""
+        set_title("supervisor", "charlm-super")
         return asyncio.run(self._main())
 
     async def _main(self) -> int:
         sock = bind(self.settings.host, self.settings.port)  # first: a busy port fails before any model loads
-        registry = await asyncio.to_thread(Registry.load, self.settings)
-        runtime = registry.config.runtime_dir
-        metrics_dir = runtime / "metrics"
-        metrics_dir.mkdir()
-        os.environ[MULTIPROCESS_DIR] = str(metrics_dir)  # before any front end starts
+        # Set before the first engine starts the fork server, whose environment every front end inherits
+        metrics_dir = Path(tempfile.mkdtemp(prefix="charlm-metrics-"))
+        os.environ[MULTIPROCESS_DIR] = str(metrics_dir)
+        runtime: Path | None = None
         try:
+            registry = await asyncio.to_thread(Registry.load, self.settings)
+            runtime = registry.config.runtime_dir
             await asyncio.to_thread(registry.start)
             control = ControlServer(registry, str(runtime / "control.sock"))
             control.watcher = watcher = ModelWatcher(registry, self.settings.models_dir, control.changed)
@@ -89,7 +94,9 @@ class Supervisor:
             return await self._serve(sock, registry, control, watcher)
         finally:
             sock.close()
-            shutil.rmtree(runtime, ignore_errors=True)
+            for directory in (runtime, metrics_dir):
+                if directory is not None:
+                    shutil.rmtree(directory, ignore_errors=True)
 
     async def _serve(self, sock: socket.socket, registry: Registry, control: ControlServer,
                      watcher: ModelWatcher) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from charlm.checkpoint import LoadedModel
 from service.engine.engine import Engine, EngineClosed
+from service.engine.forkserver import child_context
 from service.engine.process import run
 from service.engine.specs import EngineSpec, ModelInfo
 
@@ -40,7 +41,7 @@ class EngineProcess:
         self.info: ModelInfo | None = None
         self.failure: str | None = None  # why the process is gone, when it went unexpectedly
         self.engine: Engine | None = None
-        context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA
+        context = child_context()  # forked from a server that never holds CUDA, sharing torch
         self._control, child_end = context.Pipe()
         self._process = context.Process(target=run, args=(spec, child_end), daemon=True, name=f"engine-{spec.name}")
         self._process.start()

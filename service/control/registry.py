@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from charlm.cpus import available_cpus
 from service.control.engines import EngineHandle
 from service.control.model_entry import EngineConfig, ModelEntry, make_entry, standby_entry
 from service.engine.sequences import EngineMetrics
@@ -47,12 +47,13 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def cpu_threads(engines: int) -> int:
-    """Intra-op threads on a CPU: the cores minus one (for the HTTP side) shared by the engines.
+    """Intra-op threads on a CPU: the CPUs this process may use (`charlm.cpus`) minus one (for the
+    HTTP side), shared by the engines.
 
     Each engine thread gets its own OpenMP team; more threads than cores in all makes
     OpenMP stop spinning, and every small operator then waits on a wake-up.
     """
-    return max(1, ((os.cpu_count() or 1) - 1) // max(1, engines))
+    return max(1, (available_cpus() - 1) // max(1, engines))
 
 
 def resolve_batch_size(setting: int, device: torch.device) -> int:

@@ -31,6 +31,7 @@ from service.engine.grammars import GrammarError
 from service.engine.metrics import RecordingMetrics
 from service.engine.sequences import GenerationRequest
 from service.engine.specs import EngineSpec, ModelInfo, RequestSpec
+from service.process_title import set_title
 
 logger = logging.getLogger(__name__)
 COMMAND_POLL_S = 0.05  # how often the process looks whether its engine has ended, between commands
@@ -161,6 +162,7 @@ def run(spec: EngineSpec, control: Connection) -> None:
     ends when told to close, or when the control plane goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    set_title(f"engine {spec.name}", "charlm-engine")
     logging.basicConfig(level=spec.log_level.upper(), format="%(levelname)s:     [engine %(process)d] %(message)s")
     torch.set_num_threads(1)  # loading needs no more; the engine thread computes
     try:

@@ -19,6 +19,7 @@ import uvicorn
 
 from service.frontend.app import create_app
 from service.frontend.state import ServiceState
+from service.process_title import set_title
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def run_front_end(settings: Settings, control_address: str, sockets: list[socket
                   workers: int) -> None:
     """One of several front-end processes: serve on the supervisor's sockets, following its control
     plane; the supervisor replaces this process if it dies."""
+    set_title(f"front end {index}", f"charlm-front-{index}")
     logging.basicConfig(level=settings.log_level.upper(),
                         format=f"%(levelname)s:     [front end {index}] %(message)s")
     app = create_app(settings, control_address)

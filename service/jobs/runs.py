@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from charlm.cpus import available_cpus
 from service.jobs.executors import TrainCommand
 from service.jobs.files import JOBS_DIR, file_path
 from service.jobs.publish import publish, publishing
@@ -59,8 +60,9 @@ def train_command(job: dict[str, Any], store: Store, data_dir: Path, settings: A
 
 
 def default_train_threads() -> int:
-    """Half the cores less one, at least one: the rest serve (CHARLM_TORCH_THREADS) and answer HTTP."""
-    return max(1, ((os.cpu_count() or 1) - 1) // 2)
+    """Half the CPUs this process may use less one, at least one: the rest serve (CHARLM_TORCH_THREADS)
+    and answer HTTP."""
+    return max(1, (available_cpus() - 1) // 2)
 
 
 def failure_message(data_dir: Path, job_id: str, status: int) -> str:

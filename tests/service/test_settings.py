@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from charlm.chat_template import template_path
 from service.cli import add_serve_command, settings_from
+from service.control import registry as registry_module
 from service.control.registry import cpu_threads
 from service.settings import Settings
 from tests.service.helpers import engine_of, running_app, serve_process, service_state, settings_for
@@ -111,8 +112,8 @@ def test_broken_json_in_cors_origins_is_a_clear_error(monkeypatch):
 
 @pytest.mark.anyio
 async def test_batch_size_0_is_32_on_a_cpu_and_threads_follow_the_formula(tiny_models, monkeypatch):
-    """CHARLM_TORCH_THREADS 0: (cores - 1) / models, at least 1; here as if the machine had 8 cores."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    """CHARLM_TORCH_THREADS 0: (CPUs - 1) / models, at least 1; here as if the process had 8 CPUs."""
+    monkeypatch.setattr(registry_module, "available_cpus", lambda: 8)
     try:
         async with running_app(settings_for(tiny_models, max_batch_size=0)) as (client, app):
             info = (await client.get("/info")).json()
@@ -127,7 +128,7 @@ async def test_batch_size_0_is_32_on_a_cpu_and_threads_follow_the_formula(tiny_m
             assert started == [(8 - 1) // models]
         async with running_app(settings_for(tiny_models, torch_threads=3)) as (_, app):
             assert service_state(app).models.registry.config.threads == 3
-        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+        monkeypatch.setattr(registry_module, "available_cpus", lambda: 2)
         assert cpu_threads(3) == 1  # never below one
     finally:
         torch.set_num_threads(1)  # the suite's own (tests/conftest.py)

@@ -94,6 +94,22 @@ def test_both_front_ends_answer_on_one_port(server):
     assert fresh(server.url, "GET", "/info").json()["front_end"]["workers"] == 2
 
 
+def test_ps_and_top_name_the_supervisor_every_front_end_and_every_models_engine(server):
+    """The full title on the command line (ps, top -c), a short one as the command name (top)."""
+    models = fresh(server.url, "GET", "/admin/models", headers={"Authorization": f"Bearer {ADMIN}"}).json()["models"]
+    expected = {server.process.pid: ("charlm: supervisor", "charlm-super")}
+    expected |= {pid: (f"charlm: front end {index}", f"charlm-front-{index}")
+                 for index, pid in front_ends_seen(server.url).items()}
+    expected |= {m["engine_pid"]: (f"charlm: engine {m['name']}", "charlm-engine") for m in models}
+    assert len(expected) == 1 + 2 + len(models) >= 5
+    named = {pid: (proc_file(pid, "cmdline").split("\0")[0], proc_file(pid, "comm").strip()) for pid in expected}
+    assert named == expected
+
+
+def proc_file(pid: int, name: str) -> str:
+    return Path(f"/proc/{pid}/{name}").read_bytes().decode()
+
+
 def test_seeded_text_is_the_same_alone_or_among_others_on_both_front_ends(server):
     body = load.tgi_body(40, seed=77)
     alone = fresh(server.url, "POST", "/generate", json=body).json()["generated_text"]
