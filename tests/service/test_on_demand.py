@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from service.frontend.models import LocalModels
 from tests.service.helpers import eventually, running_app, service_state, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -102,7 +104,9 @@ async def idle_for_a_moment(app: Any, *names: str) -> None:
 
 
 def pulse(app: Any, name: str) -> tuple[float, float, int]:
-    engine = service_state(app).models.registry.entries[name].engine
+    models = service_state(app).models
+    assert isinstance(models, LocalModels)
+    engine = models.registry.entries[name].engine
     return engine.pulse() if engine is not None else (0.0, 0.0, 0)
 
 
@@ -114,7 +118,7 @@ def idle_seconds(app: Any, name: str) -> float:
     return pulse(app, name)[1]
 
 
-async def eventually_async(read, expected, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+async def eventually_async(read: Callable[[], Awaitable[object]], expected: object, timeout: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while (got := await read()) != expected:
         assert asyncio.get_running_loop().time() < deadline, f"still {got}, not {expected}"
