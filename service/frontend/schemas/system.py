@@ -10,9 +10,12 @@ from service.frontend.schemas.errors import RETRY_AFTER
 
 
 class ModelStatus(BaseModel):
-    status: Literal["ready", "loading", "unloaded", "failed"]
+    status: Literal["ready", "loading", "restarting", "standby", "unloaded", "failed"] = Field(
+        description="restarting: its engine died or hung and another starts; standby: it loads at the first request "
+        "that names it (CHARLM_MAX_LOADED, CHARLM_KEEP_ALIVE); unloaded: by an administrator")
     version: str | None = Field(None, description="the served weights' fingerprint")
-    error: str | None = Field(None, description="why a failed model did not load, naming the file")
+    error: str | None = Field(None, description="why a failed model did not load, naming the file, or why a "
+                              "restarting one's engine went")
     reload_error: str | None = Field(
         None, description="why the directory's newer contents are not served (the version named still is)"
     )
