@@ -18,10 +18,21 @@ let running = null;  // the AbortController of the work in flight (all of a comp
 const chat = new Chat($("chat-turns"));
 const training = new Training({ limits: () => limits, tryModel });
 
+const USABLE = ["ready", "standby", "loading", "restarting"];  // a model on standby loads at its first request
+
 function describe(model) {
+  const state = model.loaded ? "" : ` · ${model.status === "standby" ? "not loaded: it loads when used" : model.status}`;
+  if (model.architecture === null) return `not loaded since the server started${state}`;
   const context = model.context_length === null ? "unbounded context" : `context ${model.context_length}`;
   return `${model.architecture} · ${model.parameters.toLocaleString("en")} parameters · `
-    + `${model.vocab_size} characters · ${context}`;
+    + `${model.vocab_size} characters · ${context}${state}`;
+}
+
+function modelOption(model) {
+  const kind = model.architecture ?? "not loaded yet";
+  const option = new Option(`${model.id} (${model.loaded ? kind : `${kind}, ${model.status}`})`, model.id);
+  option.disabled = !USABLE.includes(model.status);
+  return option;
 }
 
 function showModelInfo(controlId) {
@@ -51,7 +62,7 @@ function fillPickers(info) {
   for (const [index, controlId] of MODEL_CONTROLS.entries()) {
     const select = $(controlId);
     const previous = select.value;
-    select.replaceChildren(...models.map((model) => new Option(`${model.id} (${model.architecture})`, model.id)));
+    select.replaceChildren(...models.map(modelOption));
     const fallback = index === 0 ? info?.default_model : models[1]?.id;
     const chosen = [previous, fallback].find((name) => models.some((m) => m.id === name));
     if (chosen) select.value = chosen;
@@ -88,7 +99,7 @@ async function followModels() {
   } catch {
     return;  // a server restarting: the next turn asks again
   }
-  const key = (list) => list.map((m) => `${m.id}@${m.version}`).join(",");
+  const key = (list) => list.map((m) => `${m.id}@${m.version}@${m.status}`).join(",");
   if (key(answer.models) === key(models)) return;
   models = answer.models;
   fillPickers(answer.info);
