@@ -3,11 +3,12 @@
     python bench/engine_recovery.py [--repeats 5] [--model shakespeare-gpt]
 
 Two measurements on a `charlm serve` of the bundled models (docs/engines.md publishes them):
-- restart: the model's engine process is killed (SIGKILL); the time until /admin/models shows a new
-  engine ready, and until a streamed request's first character arrives from it;
+- restart: the model's engine process is killed (SIGKILL), --repeats times in a row; the time until
+  /admin/models shows a new engine ready, and until a streamed request sent at the kill has its
+  first character (each death after the first waits its backoff: 1, 2, 4 … s);
 - on demand: with --max-loaded 1, the first character of a streamed request for a model on standby
   (its engine starts, evicting the idle one), against the same request once it is resident.
-Each is repeated and the median printed with the range.
+The on-demand and resident figures are repeated and the median printed with the range.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import statistics
 import time
 
 import httpx
-
 from spawned import BENCH_ADMIN_KEY, spawned_server  # bench/, beside this script
 
 ADMIN = {"Authorization": f"Bearer {BENCH_ADMIN_KEY}"}
@@ -58,7 +58,8 @@ def restart_times(url: str, model: str) -> tuple[float, float]:
 
 
 def summary(values: list[float]) -> str:
-    return f"median {statistics.median(values) * 1000:.0f} ms (range {min(values) * 1000:.0f} to {max(values) * 1000:.0f})"
+    low, middle, high = (round(value * 1000) for value in (min(values), statistics.median(values), max(values)))
+    return f"median {middle} ms (range {low} to {high})"
 
 
 def main() -> None:
@@ -70,8 +71,10 @@ def main() -> None:
         times = [restart_times(url, args.model) for _ in range(args.repeats)]
         time.sleep(1)
         resident = [first_char_s(url, args.model) for _ in range(args.repeats)]
-    print(f"restart of {args.model}: engine ready again {summary([t[0] for t in times])}; first character of a "
-          f"request sent at the kill {summary([t[1] for t in times])}")
+    for death, (ready_s, first_s) in enumerate(times, start=1):
+        backoff = min(30.0, 2.0 ** (death - 2)) if death > 1 else 0.0  # service.control.keeper's
+        print(f"restart {death} of {args.model} (backoff {backoff:g} s): engine ready {ready_s * 1000:.0f} ms after "
+              f"the kill, first character of a request sent at the kill {first_s * 1000:.0f} ms")
     print(f"resident {args.model}: first character {summary(resident)}")
     with spawned_server("--models-poll-s", "0", "--max-loaded", "1", "--default-model", "shakespeare-lstm") as url:
         on_demand = []

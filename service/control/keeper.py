@@ -131,7 +131,12 @@ class EngineKeeper:
 
     async def _restart(self, placeholder: ModelEntry, backoff: float) -> None:
         await asyncio.sleep(backoff)
-        fresh = await asyncio.to_thread(self._start_engine, placeholder.path)
+        starting = asyncio.ensure_future(asyncio.to_thread(self._start_engine, placeholder.path))
+        try:
+            fresh = await asyncio.shield(starting)
+        except asyncio.CancelledError:  # the server stops: the engine that was starting closes once started
+            starting.add_done_callback(close_started)
+            raise
         async with self.watcher.lock:
             if not await self._install_over(placeholder, fresh):
                 return
@@ -201,3 +206,8 @@ class EngineKeeper:
             reaped = asyncio.ensure_future(asyncio.to_thread(engine.join, 5))
             self.reaping.add(reaped)
             reaped.add_done_callback(self.reaping.discard)
+
+
+def close_started(starting: asyncio.Future[ModelEntry]) -> None:
+    if not starting.cancelled() and starting.exception() is None and (engine := starting.result().engine) is not None:
+        engine.close()

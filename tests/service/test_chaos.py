@@ -133,8 +133,9 @@ def test_a_crash_loop_ends_failed_and_the_default_down_is_a_503_never_another_mo
         return gpt if gpt["status"] == "failed" and "crash loop" in str(gpt["error"]) else None
 
     assert wait_until(lambda: failed() is not None, timeout=30), server.output()[-3000:]
-    assert "crash loop: its engine failed 2 times in 5 minutes; the last time: the engine process of model " \
-        "tiny-gpt exited unexpectedly (killed by SIGKILL)" == (failed() or {}).get("error")
+    expected = ("crash loop: its engine failed 2 times in 5 minutes; the last time: the engine process of model "
+                "tiny-gpt exited unexpectedly (killed by SIGKILL)")
+    assert (failed() or {}).get("error") == expected
     ready = httpx.get(f"{server.url}/health/ready", timeout=10)
     assert ready.status_code == 503 and ready.json()["status"] == "default_not_ready"
     assert "crash loop" in ready.json()["reason"] and ready.json()["ready_models"] == ["tiny-lstm"]

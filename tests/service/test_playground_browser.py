@@ -58,17 +58,17 @@ def test_the_page_loads_offline_and_lists_the_bundled_models(browser):
 def test_models_on_standby_are_listed_marked_and_load_when_used(browser, tiny_models):
     """Under CHARLM_MAX_LOADED the pickers list the models not loaded yet, say so, and a generation
     with one loads it."""
-    with live_server(tiny_models, max_loaded=1, models_poll_s=0) as (base, _):
-        with open_page(browser, base, prompt="the") as page:
-            page.wait_for_selector("body[data-models=loaded]")
-            labels = page.locator("#model option").evaluate_all("options => options.map(o => o.textContent)")
-            assert "tiny-gpt (gpt)" in labels and "tiny-lstm (not loaded yet, standby)" in labels
-            page.select_option("#model", "tiny-lstm")
-            assert "not loaded: it loads when used" in page.text_content("#model-info")
-            page.fill("#max-new-tokens", "20")
-            page.click("#generate")
-            wait_for_outputs(page, 1, "finished", timeout=LONG_STREAM_TIMEOUT_S)
-            assert wait_until(lambda: "lstm · " in (page.text_content("#model-info") or ""), timeout=30)  # followed
+    with live_server(tiny_models, max_loaded=1, models_poll_s=0) as (base, _), \
+            open_page(browser, base, prompt="the") as page:
+        page.wait_for_selector("body[data-models=loaded]")
+        labels = page.locator("#model option").evaluate_all("options => options.map(o => o.textContent)")
+        assert "tiny-gpt (gpt)" in labels and "tiny-lstm (not loaded yet, standby)" in labels
+        page.select_option("#model", "tiny-lstm")
+        assert "not loaded: it loads when used" in page.text_content("#model-info")
+        page.fill("#max-new-tokens", "20")
+        page.click("#generate")
+        wait_for_outputs(page, 1, "finished", timeout=LONG_STREAM_TIMEOUT_S)
+        assert wait_until(lambda: "lstm · " in (page.text_content("#model-info") or ""), timeout=30)  # followed
 
 
 def test_a_generation_streams_character_by_character(page):
