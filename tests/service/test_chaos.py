@@ -9,6 +9,7 @@ replaced while the other's streams finish; a killed supervisor leaves no process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -149,6 +150,67 @@ def test_a_crash_loop_ends_failed_and_the_default_down_is_a_503_never_another_mo
         assert named.status_code == 200 and named.headers["x-charlm-model"] == "tiny-lstm"
     assert httpx.post(f"{server.url}/admin/reload", headers=ADMIN, timeout=60).json()["loaded"] == ["tiny-gpt"]
     assert httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200
+
+
+def front_end_pids(server: ServerProcess) -> list[int]:
+    return [pid for pid in load.process_tree(server.process.pid) if "charlm: front end" in command_line(pid)]
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def connections_to(pid: int, port: int) -> int:
+    """Established TCP connections on `port` held by process `pid` (its sockets' inodes in /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port, state, inode = int(fields[1].split(":")[1], 16), fields[3], fields[9]
+        count += local_port == port and state == "01" and inode in inodes
+    return count
+
+
+async def streams_over_both_front_ends(server: ServerProcess, chars: int) -> None:
+    """Stream `chars` characters per request until both front ends hold at least one stream; then kill
+    the one with fewer: its streams are cut with its connections, every other stream finishes."""
+    port, fronts = int(server.url.rsplit(":", 1)[1]), front_end_pids(server)
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
+        body = {"inputs": "the ", "model": "tiny-gpt", "parameters": {"max_new_tokens": chars, "seed": 3}}
+        streams: list[asyncio.Task[str]] = []
+        while len(streams) < 64 and min(counts := [connections_to(pid, port) for pid in fronts]) == 0:
+            streams += [asyncio.create_task(stream_to_end(http, server.url, body)) for _ in range(8)]
+            await asyncio.sleep(0.5)
+        assert min(counts) > 0, f"64 streams and one front end held none: {counts}"
+        victim = fronts[counts.index(min(counts))]
+        survivors = len(streams) - min(counts)
+        os.kill(victim, signal.SIGKILL)
+        outcomes = await asyncio.wait_for(asyncio.gather(*streams), 120)
+    assert outcomes.count("finished") == survivors and outcomes.count("cut") == len(streams) - survivors, outcomes
+
+
+async def stream_to_end(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> str:
+    try:
+        text = await load.checked_stream(http, url, body)
+    except httpx.TransportError:
+        return "cut"
+    return "finished" if len(text) == body["parameters"]["max_new_tokens"] else "short"
+
+
+def test_a_killed_front_end_is_replaced_and_the_other_front_ends_streams_finish(server):
+    assert wait_until(lambda: len(front_end_pids(server)) == 2, timeout=60), server.output()[-3000:]
+    fronts = front_end_pids(server)
+    asyncio.run(streams_over_both_front_ends(server, chars=4000))
+    assert wait_until(lambda: len(now := front_end_pids(server)) == 2 and now != fronts, timeout=60), \
+        server.output()[-3000:]
+    assert httpx.post(f"{server.url}/generate", json=SEEDED, timeout=30).status_code == 200
 
 
 def test_a_killed_supervisor_leaves_no_process_within_5_s(two_models):
