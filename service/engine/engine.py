@@ -76,9 +76,9 @@ class Engine:
         self._batch: RunningBatch | None = None
         self.memory: dict[str, object] = {}  # what the decode state takes, for /info
         self.failure: str | None = None  # an engine in a thread fails only at start (EngineClosed)
-        # For the control plane's watch (`pulse`): when the turn under way began (None between turns
-        # with nothing to do), and when the engine last had work.
-        self._turn_started: float | None = None
+        # For the control plane's watch (`pulse`): when the decode step under way began (None outside
+        # one), and when the engine last had work.
+        self._step_started: float | None = None
         self._last_work = time.monotonic()
 
     @property
@@ -101,12 +101,14 @@ class Engine:
         return len(self._waiting) + self._admitting
 
     def pulse(self) -> tuple[float, float, int]:
-        """(seconds the turn under way has run, 0 when it waits for work; seconds since it last had
-        work, 0 while it has; sequences it holds): how the control plane tells a hung engine from a
-        busy one, and an idle one from both. Read from any thread."""
-        now, turn_started, load = time.monotonic(), self._turn_started, self.active + self.queued
-        turn_s = now - turn_started if turn_started is not None else 0.0
-        return turn_s, 0.0 if load or turn_started is not None else now - self._last_work, load
+        """(seconds the decode step under way has run, 0 outside one; seconds since the engine last
+        had work, 0 while it has; sequences it holds): how the control plane tells a hung engine from
+        a busy one, and an idle one from both. One decode step adds one character to each row, which
+        takes milliseconds; a prefill is not counted (a long prompt's may take seconds). Read from
+        any thread."""
+        now, step_started, load = time.monotonic(), self._step_started, self.active + self.queued
+        step_s = now - step_started if step_started is not None else 0.0
+        return step_s, 0.0 if load else now - self._last_work, load
 
     def start(self) -> None:
         """Start the engine thread; returns once it has run its warm-up batch, or raises
@@ -190,18 +192,20 @@ class Engine:
             self._warm_up()
             batch = self._batch
             while batch is not None and (admitted := self._next_admissions(batch)) is not None:
-                self._turn_started = self._last_work = time.monotonic()
+                self._last_work = time.monotonic()
                 try:
                     try:
-                        batch.admit(admitted)
+                        batch.admit(admitted)  # not timed for the pulse: a long prompt's prefill may take seconds
                     finally:
                         self._admitting = self._rows_taken = 0
+                    self._step_started = time.monotonic()
                     batch.step()
                 except Exception as exc:  # a failed step must not kill the engine
                     logger.exception("engine %s: step failed", self.name)
                     batch.retire_all(FinishReason.ERROR, f"generation failed: {exc}")
+                self._step_started = None
                 self._deliver()
-                self._turn_started, self._last_work = None, time.monotonic()
+                self._last_work = time.monotonic()
             if batch is not None:
                 batch.retire_all(FinishReason.CANCELLED)
             self._deliver()
