@@ -35,6 +35,8 @@ def typical_keep(probs: Tensor, typical_p: Tensor) -> Tensor:
     distance = (-log_p - entropy).abs()  # (B, V); inf for filtered-out characters
     _, nearest = distance.sort(dim=-1)  # (B, V)
     mass = probs.gather(1, nearest)  # (B, V)
-    keep_sorted = (mass.cumsum(dim=-1) - mass) < typical_p[:, None]  # the nearest always stays
+    # The nearest always stays, even for a typical_p that float32 holds as 0.
+    first = torch.arange(probs.size(-1), device=probs.device)[None, :] == 0  # (1, V)
+    keep_sorted = ((mass.cumsum(dim=-1) - mass) < typical_p[:, None]) | first
     keep = torch.zeros_like(keep_sorted).scatter(1, nearest, keep_sorted)
     return keep | (typical_p[:, None] >= 1.0)

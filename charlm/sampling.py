@@ -45,10 +45,11 @@ def filtered_sorted_probs(logits: Tensor, rows: SamplingRows, controls: bool = T
     sorted_logits = sorted_logits.masked_fill(ranks >= k[:, None], float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
     # Keep the smallest prefix whose mass reaches top_p: drop a character when the
-    # mass before it already does. The most likely character always stays.
+    # mass before it already does. The most likely character always stays, even for a
+    # top_p so small (5e-324) that float32 holds it as 0.
     # Rows with top_p 1.0 skip the filter: round-off in the sum must not cut their tail.
     mass_before = probs.cumsum(dim=-1) - probs
-    cut = (mass_before >= rows.top_p[:, None]) & (rows.top_p[:, None] < 1.0)
+    cut = (mass_before >= rows.top_p[:, None]) & (rows.top_p[:, None] < 1.0) & (ranks > 0)
     if controls:  # min-p: at least min_p times the most likely character's probability
         cut |= probs < rows.min_p[:, None] * probs[:, :1]
     probs = probs.masked_fill(cut, 0.0)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # seeds travel as int64
 MAX_TOP_K = 2**31 - 1
 MAX_PENALTY = 2.0  # frequency and presence penalties lie in [-2, 2], as OpenAI's do
 MAX_LOGIT_BIAS = 100.0
+# Bounds that keep every row finite in float32 (a temperature of 1e39 does not fit one), chosen where
+# larger values change nothing one could tell: at temperature 100 the characters are all but equally
+# likely, and a repetition penalty of 100 (or 0.01) already decides whether a seen character comes back.
+MAX_TEMPERATURE = 100.0
+MIN_REPETITION_PENALTY = 0.01
+MAX_REPETITION_PENALTY = 100.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +42,8 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (character id, bias) pairs
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.temperature < math.inf:
-            raise ValueError("temperature must be a finite number >= 0")
+        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0 is greedy)")
         if not 0 <= self.top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be in [0, {MAX_TOP_K}] (0 switches it off)")
         if not 0.0 < self.top_p <= 1.0:
@@ -49,8 +54,9 @@ class SamplingParams:
             raise ValueError("min_p must be in [0, 1] (0 switches it off)")
         if not 0.0 < self.typical_p <= 1.0:
             raise ValueError("typical_p must be in (0, 1] (1 switches it off)")
-        if not 0.0 < self.repetition_penalty < math.inf:
-            raise ValueError("repetition_penalty must be a finite number > 0 (1 switches it off)")
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise ValueError(f"repetition_penalty must be in [{MIN_REPETITION_PENALTY:g}, "
+                             f"{MAX_REPETITION_PENALTY:g}] (1 switches it off)")
         for name in ("frequency_penalty", "presence_penalty", "relative_frequency_penalty"):
             if not -MAX_PENALTY <= getattr(self, name) <= MAX_PENALTY:
                 raise ValueError(f"{name} must be in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}]")

@@ -76,6 +76,7 @@ class EngineConnection:
         keyed = []
         for sequence, spec in zip(submission.sequences, specs, strict=True):
             sequence.key = next(self.keys)
+            sequence.submitted_at = spec.submitted_at
             self.sequences[sequence.key] = sequence
             keyed.append(dataclasses.replace(spec, key=sequence.key))
         return keyed
@@ -106,7 +107,8 @@ class EngineConnection:
         left, self.sequences = self.sequences, {}
         now = time.monotonic()
         for sequence in left.values():
-            sequence.finish(Finished(FinishReason.ERROR, "", 0, 0, 0, 0.0, None, now, reason, key=sequence.key))
+            total_s = now - sequence.submitted_at  # from the request's start, not from the clock's
+            sequence.finish(Finished(FinishReason.ERROR, "", 0, 0, 0, 0.0, None, total_s, reason, key=sequence.key))
 
 
 class EngineClient(EngineConnection):

@@ -26,7 +26,10 @@ def document_limits(components: dict[str, JSONSchema], settings: Settings) -> No
         props: dict[str, JSONSchema] = components[name]["properties"]
         return props
 
-    limit(properties("Parameters")["max_new_tokens"], "integer", maximum=settings.max_new_tokens)
+    tgi = properties("Parameters")
+    limit(tgi["max_new_tokens"], "integer", maximum=settings.max_new_tokens)
+    limit(tgi["best_of"], "integer", maximum=settings.max_n)
+    limit(tgi["truncate"], "integer", maximum=settings.max_prompt_chars)
     for request in ("GenerateRequest", "CompatGenerateRequest"):
         limit(properties(request)["inputs"], "array", minItems=1, maxItems=settings.max_n)
     for request in ("CompletionRequest", "ChatCompletionRequest"):
@@ -35,6 +38,7 @@ def document_limits(components: dict[str, JSONSchema], settings: Settings) -> No
             limit(fields[name], "integer", maximum=settings.max_new_tokens)
         limit(fields["n"], "integer", maximum=settings.max_n)
     completion = properties("CompletionRequest")
+    limit(completion["best_of"], "integer", maximum=settings.max_n)
     for branch in completion["prompt"]["anyOf"]:  # a text, texts, a text's character ids, texts' ids
         items = branch.get("items", {})
         if branch.get("type") == "string":

@@ -29,12 +29,15 @@ Chunk = tuple[StepEvents, int, int]  # a message's events, the first character a
 class SequenceStream:
     """One sequence's characters and end, as they arrive from its engine."""
 
-    __slots__ = ("chunks", "end", "index", "key", "owner", "pending", "released", "reported")
+    __slots__ = ("chunks", "end", "index", "key", "owner", "pending", "released", "reported", "submitted_at")
 
     def __init__(self, owner: Submission, index: int):
         self.owner = owner
         self.index = index  # within its submission
         self.key = -1  # its name in its engine's messages, once submitted
+        # Its request's time.monotonic(), once submitted: an end the front end writes itself (its
+        # engine died) measures from it, as the engine's own ends do.
+        self.submitted_at = 0.0
         self.chunks: list[Chunk] = []  # not yet taken by the writer
         self.pending = 0  # characters in chunks
         self.released = 0  # characters taken before them (the next one's position is released + 1)

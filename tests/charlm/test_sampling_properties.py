@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from charlm.sampling import MAX_TOP_K, SamplingParams, SamplingRows, filtered_sorted_probs, sample
+from charlm.sampling_params import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, MIN_REPETITION_PENALTY
 
 logit_rows = st.lists(st.floats(-30, 30, allow_nan=False), min_size=2, max_size=24)
 temperatures = st.floats(0.05, 5.0)
@@ -62,9 +63,37 @@ def test_temperature_zero_is_argmax(logits):
 
 @given(st.floats(allow_nan=True), st.integers(-5, MAX_TOP_K + 5), st.floats(allow_nan=True))
 def test_parameters_out_of_range_are_refused(temperature, top_k, top_p):
-    valid = 0 <= temperature < math.inf and 0 <= top_k <= MAX_TOP_K and 0 < top_p <= 1
+    valid = 0 <= temperature <= MAX_TEMPERATURE and 0 <= top_k <= MAX_TOP_K and 0 < top_p <= 1
     if valid:
         SamplingParams(temperature, top_k, top_p)
     else:
         with pytest.raises(ValueError):
             SamplingParams(temperature, top_k, top_p)
+
+
+EXTREMES_ALLOWED = [  # the edges of what the HTTP schemas let through, and float32's rounding of them
+    SamplingParams(temperature=5e-324), SamplingParams(temperature=1e-45), SamplingParams(temperature=-0.0),
+    SamplingParams(temperature=MAX_TEMPERATURE), SamplingParams(top_p=5e-324), SamplingParams(typical_p=5e-324),
+    SamplingParams(min_p=5e-324), SamplingParams(min_p=1.0), SamplingParams(repetition_penalty=MIN_REPETITION_PENALTY),
+    SamplingParams(repetition_penalty=MAX_REPETITION_PENALTY), SamplingParams(frequency_penalty=-2.0),
+    SamplingParams(presence_penalty=2.0), SamplingParams(logit_bias=((0, 100.0), (1, -100.0))),
+]
+
+
+@pytest.mark.parametrize("params", EXTREMES_ALLOWED, ids=repr)
+@given(logits=logit_rows)
+def test_every_allowed_extreme_draws_from_a_finite_distribution(params, logits):
+    """No extreme may turn a row into NaN or infinity. A top_p or typical_p of 5e-324 is 0 in
+    float32: top-p must still keep the most likely character (then the one drawn), typical-p the
+    one nearest the entropy."""
+    def rows() -> SamplingRows:
+        return SamplingRows.of([params], len(logits), "cpu", [7], prompts=[[0, 1, 1]])
+
+    probs, _ = filtered_sorted_probs(torch.tensor([logits]), rows())
+    assert torch.isfinite(probs).all() and math.isclose(probs.sum().item(), 1.0, rel_tol=1e-5)
+    draw = sample(torch.tensor([logits]), rows())
+    assert 0 <= draw.ids.item() < len(logits) and math.isfinite(draw.logprobs.item())
+    if params.top_p < 1e-40:
+        assert logits[draw.ids.item()] == max(logits)
+    if params.typical_p < 1e-40:
+        assert (probs > 0).sum() == 1

@@ -51,11 +51,18 @@ async def admit_tgi(state: ServiceState, request: Request, body: GenerateRequest
     """One sequence per prompt, or `best_of` candidates each (candidate j draws with seed + j)."""
     p = body.parameters
     prompts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+    limits = state.settings
+    if p.truncate is not None and p.truncate > limits.max_prompt_chars:  # as TGI refuses it
+        raise ServiceError(422, f"parameters.truncate {p.truncate} exceeds the prompt limit of "
+                           f"{limits.max_prompt_chars} characters", param="parameters.truncate")
     if p.truncate:
         prompts = [prompt[-p.truncate :] for prompt in prompts]
     candidates = p.best_of or 1
+    if candidates > 1 and len(prompts) * candidates > limits.max_n:  # before building a list that long
+        raise ServiceError(422, f"{len(prompts) * candidates} sequences requested (prompts x "
+                           f"parameters.best_of); the limit is {limits.max_n}", param="parameters.best_of")
     if stream and candidates > 1:
-        raise ServiceError(422, "best_of > 1 cannot stream: candidates are compared when they are done",
+        raise ServiceError(422, "parameters.best_of > 1 cannot stream: candidates are compared when they are done",
                            param="parameters.best_of")
     if stream and p.decoder_input_details:  # as TGI refuses it
         raise ServiceError(422, "parameters.decoder_input_details == true is not supported when streaming tokens",

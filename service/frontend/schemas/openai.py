@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from charlm.sampling import MAX_SEED, MAX_TOP_K, SamplingParams
+from charlm.sampling_params import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, MIN_REPETITION_PENALTY
 from service.frontend.schemas.common import MAX_TOP_N, StrictModel, check_stop, require_neutral
 from service.frontend.schemas.grammar import (
     GrammarForm,
@@ -20,6 +21,7 @@ from service.frontend.schemas.grammar import (
 
 MAX_LOGPROBS = 5  # as OpenAI allows
 MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_ID_DIGITS = 10  # a character id is an int32
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "suffix": (None,),
 }
@@ -44,7 +46,8 @@ class SamplingRequest(StrictModel):
     max_tokens: int | None = Field(None, ge=0, description="characters to generate per choice")
     max_completion_tokens: int | None = Field(None, ge=0, description="OpenAI's newer name for max_tokens; it wins "
                                               "when both are given")
-    temperature: float | None = Field(1.0, ge=0, allow_inf_nan=False, description="0 is greedy")
+    temperature: float | None = Field(1.0, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 is "
+                                      "greedy; below 1e-4 in effect greedy")
     top_p: float | None = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(0, ge=0, le=MAX_TOP_K, description="charlm extension; 0: off")
     n: int = Field(1, ge=1, description="choices per prompt")
@@ -63,7 +66,8 @@ class SamplingRequest(StrictModel):
                                 "characters at least min_p times as likely as the most likely; 0: off")
     typical_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="charlm extension: "
                                     "locally typical sampling; 1 or null: off")
-    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False, description="charlm extension: "
+    repetition_penalty: float | None = Field(None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY,
+                                             allow_inf_nan=False, description="charlm extension: "
                                              "divides the positive logits of characters already seen; 1 or null: off")
     response_format: ResponseFormat | None = Field(None, description="json_object, or json_schema with a schema")
     structured_outputs: StructuredOutputs | None = Field(None, description="vLLM extension: exactly one of regex, "
@@ -90,8 +94,9 @@ class SamplingRequest(StrictModel):
         if bias is not None and len(bias) > MAX_LOGIT_BIAS_ENTRIES:
             raise ValueError(f"logit_bias names {len(bias)} characters; at most {MAX_LOGIT_BIAS_ENTRIES}")
         for key, value in (bias or {}).items():
-            if not key.isdecimal():
-                raise ValueError(f"logit_bias keys are character ids written as decimal strings, not {key!r}")
+            if not key.isdecimal() or len(key) > MAX_ID_DIGITS:  # int() of a long one would refuse or crawl
+                raise ValueError(f"logit_bias keys are character ids written as decimal strings of at most "
+                                 f"{MAX_ID_DIGITS} digits, not {key[:32]!r}")
             if not -100 <= value <= 100:
                 raise ValueError(f"logit_bias[{key!r}] is {value}; biases lie in [-100, 100]")
         return bias

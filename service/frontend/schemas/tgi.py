@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from charlm.sampling import MAX_SEED, MAX_TOP_K, SamplingParams
+from charlm.sampling_params import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, MIN_REPETITION_PENALTY
 from service.frontend.schemas.common import MAX_TOP_N, StrictModel, check_stop, require_neutral
 from service.frontend.schemas.grammar import GrammarForm, JsonSchemaGrammar, RegexGrammar, TGIGrammar
 
@@ -21,7 +22,8 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 
 class Parameters(StrictModel):
     max_new_tokens: int | None = Field(None, ge=0, description=f"default {DEFAULT_MAX_NEW_TOKENS}")
-    temperature: float | None = Field(None, ge=0, allow_inf_nan=False, description="0 is greedy")
+    temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 is "
+                                      "greedy; below 1e-4 in effect greedy")
     top_k: int | None = Field(None, ge=0, le=MAX_TOP_K, description="0 or null: off")
     top_p: float | None = Field(None, gt=0, le=1, description="1.0 or null: off")
     do_sample: bool = Field(False, description="sample (temperature 1) when no temperature is given")
@@ -30,10 +32,13 @@ class Parameters(StrictModel):
     return_full_text: bool | None = Field(False, description="prepend the prompt to generated_text")
     details: bool = Field(False, description="include finish reason, seed and per-character logprobs")
     top_n_tokens: int | None = Field(None, ge=0, le=MAX_TOP_N)
-    truncate: int | None = Field(None, ge=1, description="keep only the last N characters of the prompt")
+    truncate: int | None = Field(None, ge=1, description="keep only the last N characters of the prompt (N at "
+                                 "most the server's prompt limit, max_prompt_chars in /info)")
     best_of: int | None = Field(None, ge=1, description="generate this many (sampling) and answer the one "
-                                "with the highest mean log-probability; not for streams")
-    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False, description="1 or null: off; "
+                                "with the highest mean log-probability; not for streams; prompts x best_of at "
+                                "most the server's max_n")
+    repetition_penalty: float | None = Field(None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY,
+                                             allow_inf_nan=False, description="1 or null: off; "
                                              "divides positive logits (multiplies negative ones) of characters in "
                                              "the prompt or the output")
     frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False, description="0 or null: off; "
