@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 from fastapi import Request
 
@@ -50,7 +51,10 @@ async def admit(
                            f"{view.name} (ids 0 to {vocab_size - 1})", param="logit_bias",
                            kind="unknown_characters")  # like a prompt's: 422 in both protocols
     ids = [encode_prompt(view.info.vocab, prompt, settings.max_prompt_chars, prompt_param) for prompt in prompts]
-    queued = Queued(client, view, ids, spec, request_id(request), settings.request_timeout_s, state.pacer, seed_offsets)
+    # The time limit counts from the request's arrival: waiting for its model's engine to start is in it.
+    started_at = getattr(request.state, "started_at", time.monotonic())
+    timeout_s = max(0.0, settings.request_timeout_s - (time.monotonic() - started_at))
+    queued = Queued(client, view, ids, spec, request_id(request), timeout_s, state.pacer, seed_offsets)
     await queued.submit()
     request.state.model_version = (view.name, view.version or "")  # headers of the response (the middleware)
     return Admitted(queued, view, prompts, request_id(request))

@@ -46,6 +46,7 @@ class RequestContextMiddleware:
         client_id = headers.get(REQUEST_ID_HEADER, "")
         request_id = client_id if SAFE_REQUEST_ID.match(client_id) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        scope["state"]["started_at"] = time.monotonic()  # a request's time limit counts from here
         status = {"code": 500, "started": False}
         started_at = time.perf_counter()
 

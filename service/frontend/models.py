@@ -22,7 +22,7 @@ from service.frontend.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 WAITED_FOR = ("loading", "restarting", "standby")  # a request for a model in these waits, within a bound
-ANSWER_MARGIN_S = 1.0  # for the control plane's answer that no engine made room in time
+ANSWER_MARGIN_S = 0.5  # for the control plane's answer that no engine made room in time
 
 
 class ModelUnavailableError(Exception):
@@ -96,9 +96,11 @@ class FrontModels:
             try:
                 if status == "standby" and not asked:
                     asked = True
-                    loading = asyncio.ensure_future(self.load(wanted, remaining))  # goes on if this request ends
+                    # Room is waited for a little less than the request may wait, so that "no room" is
+                    # the answer rather than a timeout; the load goes on if the request ends first.
+                    loading = asyncio.ensure_future(self.load(wanted, max(0.0, remaining - ANSWER_MARGIN_S)))
                     loading.add_done_callback(lambda task: task.cancelled() or task.exception())
-                    await asyncio.wait_for(asyncio.shield(loading), remaining + ANSWER_MARGIN_S)
+                    await asyncio.wait_for(asyncio.shield(loading), remaining)
                 elif not changed.is_set():
                     await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:

@@ -123,3 +123,19 @@ async def eventually_async(read: Callable[[], Awaitable[object]], expected: obje
     while (got := await read()) != expected:
         assert asyncio.get_running_loop().time() < deadline, f"still {got}, not {expected}"
         await asyncio.sleep(0.1)
+
+
+async def test_the_wait_for_a_model_loading_on_demand_is_bounded_and_the_load_goes_on(three_models):
+    """A request whose time limit ends while its model loads gets 503 saying so; the load goes on, and
+    the next request finds the model ready."""
+    async with running_app(settings_for(three_models, max_loaded=2, models_poll_s=0, request_timeout_s=0.001)
+                           ) as (client, _):
+        late = await generate(client, "tiny-mingru")
+        assert late.status_code == 503 and late.headers["retry-after"]
+        assert late.json()["error"] == "model 'tiny-mingru' is standby: it was not ready within 0.001 s"
+        await eventually_async(lambda: mingru_loaded(client), True)
+
+
+async def mingru_loaded(client: httpx.AsyncClient) -> bool:
+    loaded = await listed(client)
+    return loaded["tiny-mingru"] and sum(loaded.values()) == 2
