@@ -24,7 +24,7 @@ async def test_a_serving_replica_is_alive_and_ready_with_every_model(client):
     assert live.status_code == 200 and live.json()["status"] == "alive" and live.json()["uptime_s"] >= 0
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "reason": None, "default_model": "tiny-gpt",
-                            "ready_models": sorted(TINY_NAMES)}
+                            "default_status": "ready", "ready_models": sorted(TINY_NAMES)}
 
 
 async def test_before_the_models_are_served_it_is_alive_but_not_ready(tiny_models):

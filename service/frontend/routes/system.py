@@ -6,7 +6,7 @@ Orchestrators ask two different questions, and each has its own route:
   without a ready model and while draining: restarting a replica cures neither a broken model
   directory nor a drain, and a liveness that failed on them would restart every replica at once.
 - `/health/ready` (readiness): should requests come here? 503 before the models are served, while the
-  default model is not ready (loading, restarting, failed: a request that names no model would get
+  default model cannot serve (failed, unloaded, removed: a request that names no model would get
   503), and from the first moment of a drain until exit. A drain fails readiness while the server
   still accepts connections, so that a load balancer which learns of it by probing moves new
   requests away before any is refused.
@@ -32,6 +32,7 @@ from service.frontend.schemas.system import HEALTH_RESPONSES, READY_RESPONSES, I
 from service.frontend.state import ServiceState, check_api_key, service_state
 
 router = APIRouter(tags=["system"])
+SERVES_AFTER_A_WAIT = ("ready", "loading", "restarting", "standby")  # a default in these keeps the replica ready
 
 
 def describe(models: FrontModels, view: ModelView, client: EngineConnection | None) -> dict[str, Any]:
@@ -86,7 +87,10 @@ def readiness(state: ServiceState) -> tuple[str, str | None, list[str]]:
         return "starting", "the models are loading", []
     ready = sorted(view.name for view in models.ready)
     default = models.views.get(models.default_model)
-    if default is None or models.status(default) not in ("ready", "standby"):  # on standby: it loads when asked
+    # Loading, restarting or on standby, the default serves: a request waits for its engine
+    # (CHARLM_LOAD_WAIT_S), and a restart takes well under a second on a CPU; failing readiness then
+    # would flap for nothing.
+    if default is None or models.status(default) not in SERVES_AFTER_A_WAIT:
         status = models.status(default) if default is not None else "not a model directory"
         reason = models.reason(default) if default is not None else None
         return ("default_not_ready", f"the default model {models.default_model!r} is {status}"
@@ -96,12 +100,17 @@ def readiness(state: ServiceState) -> tuple[str, str | None, list[str]]:
 
 @router.get("/health/ready", response_model=None, responses=READY_RESPONSES)
 async def ready(state: Annotated[ServiceState, Depends(service_state)]) -> JSONResponse:
-    """Readiness: 200 while the default model is ready (the model of every request that names none);
-    503 while starting, while the default is not ready (loading, restarting, failed), and from the
-    first moment of a drain (SIGTERM) until exit. `ready_models` lists the models that can serve."""
+    """Readiness: 200 while the default model (the model of every request that names none) serves:
+    ready, or loading, restarting or on standby (its requests wait for the engine); 503 while
+    starting, while the default is failed, unloaded or removed, and from the first moment of a drain
+    (SIGTERM) until exit. `ready_models` lists the models that can serve now."""
     status, reason, models = readiness(state)
     default = state.models.default_model if state.models is not None else None
-    body = {"status": status, "reason": reason, "default_model": default, "ready_models": models}
+    default_status = None
+    if state.models is not None and (view := state.models.views.get(state.models.default_model)) is not None:
+        default_status = state.models.status(view)
+    body = {"status": status, "reason": reason, "default_model": default, "default_status": default_status,
+            "ready_models": models}
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 

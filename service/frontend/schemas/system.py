@@ -59,6 +59,8 @@ class Readiness(BaseModel):
     reason: str | None = Field(None, description="why this replica should get no new requests")
     default_model: str | None = Field(None, description="the model of requests that name none (or the fallback "
                                       "standing in for it)")
+    default_status: str | None = Field(None, description="the default model's status: ready, loading, restarting "
+                                       "or standby keep the replica ready (its requests wait for the engine)")
     ready_models: list[str] = Field(description="models that would answer a request now")
 
 
