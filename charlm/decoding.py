@@ -14,7 +14,8 @@ rows (batch invariance). Short prompts are fed through that step too
 (`charlm.prompt_feed`). Before capture, the step is compiled (torch.compile), so
 that the graph replays fused kernels; the model chooses its decode attention
 (`prepare_decoding`) before either. On a CPU a step covers the active rows only
-(shapes that change every step: no compilation, which measured no faster there),
+(shapes that change every step: no compilation, which measured slower there at 32 rows; a lone
+row's plain step may be compiled instead, `charlm.cpu_step`),
 and prompts are prefilled in one call each: the shapes change with the batch, so a
 row's logits match its logits alone up to float32 rounding only (covering every
 row there would make a lone request several times slower; bench/batch_invariance.py).
