@@ -3,7 +3,7 @@
     python bench/engine.py [--models models/shakespeare-gpt random:gpt-baby] [--device auto]
                            [--dtypes float32 bfloat16 auto] [--batches 1 8 32 64] [--chars 300]
                            [--threads N] [--rounds N] [--no-graphs] [--no-compile] [--attention auto|sdpa|bmm]
-                           [--no-naive] [--no-step-alone] [--results results.jsonl]
+                           [--no-naive] [--no-step-alone] [--transformers] [--results results.jsonl]
 
 For each model, dtype and batch size B, B seeded requests of --chars characters are submitted at
 once to an engine with max_batch_size B; characters per second is B * chars / wall time. The naive
@@ -19,7 +19,9 @@ The engine decodes as the server does (on CUDA: the step compiled, then captured
 attention kernel where it passes its self-check); `--no-compile` and `--attention sdpa` give the path
 before those, for a baseline in the same run. `--dtypes auto` loads the model in float32 and lets the
 engine time which dtype decodes faster (CHARLM_DTYPE=auto); its rows name the dtype chosen.
-Prints a Markdown table; with --results, appends one JSON line per measurement.
+With --transformers, a GPT is also converted to transformers' GPT2LMHeadModel (logits checked to agree;
+bench/transformers_peer.py) and its `generate` timed in the same run, at the same temperature (the
+`bench` extra). Prints a Markdown table; with --results, appends one JSON line per measurement.
 """
 
 from __future__ import annotations
@@ -151,16 +153,23 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device, dtype_nam
         naive = naive_rate(model, ids, batch, args.chars) if model.context_size and not args.no_naive else None
         step_ms = None if args.no_step_alone else decoder_step_ms(model, ids, batch, not args.no_graphs,
                                                                       False if args.no_compile else None)
+        peer = None
+        if args.transformers and model.architecture == "gpt":
+            from transformers_peer import convert, generate_rate  # bench/, beside this script
+
+            peer = generate_rate(convert(model), ids, batch, args.chars)
         loop = "—" if naive is None else f"{naive:,.0f}"
         ratio = "—" if naive is None else f"{rate / naive:.1f}"
         shown = f"auto: {memory.get('dtype')}" if auto else dtype_name
         alone = "—" if step_ms is None else f"{step_ms:.3f}"
         print(f"| {name} | {shown} | {batch} | {rate:,.0f} | {1000 * batch / rate:.3f} | {alone} "
-              f"| {loop} | {ratio} | {memory.get('decode_attention', '—')} | {memory.get('compile_s', 'no')} |",
+              f"| {loop} | {ratio} | {memory.get('decode_attention', '—')} | {memory.get('compile_s', 'no')} "
+              f"| {memory.get('cpu_backend', '—')} | {'—' if peer is None else f'{peer:,.0f} ({rate / peer:.2f}x)'} |",
               flush=True)
         row = {"bench": "engine", "model": name, "device": str(device), "dtype": dtype_name, "batch": batch,
                "chars_per_s": rate, "ms_per_step": 1000 * batch / rate, "step_alone_ms": step_ms,
-               "loop_chars_per_s": naive, "cuda_graphs": graphs, "compiled": memory.get("compiled"),
+               "loop_chars_per_s": naive, "transformers_chars_per_s": peer,
+               "cpu_backend": memory.get("cpu_backend"), "cuda_graphs": graphs, "compiled": memory.get("compiled"),
                "compile_s": memory.get("compile_s"), "decode_attention": memory.get("decode_attention"),
                "chosen_dtype": memory.get("dtype"), "dtype_reason": memory.get("dtype_reason")}
         rows.append(row)
@@ -198,6 +207,8 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="the step as written (CHARLM_COMPILE=false)")
     parser.add_argument("--attention", default="auto", choices=["auto", "sdpa", "bmm"],
                         help="how GPT steps attend (charlm.models.base.DECODE_ATTENTION)")
+    parser.add_argument("--transformers", action="store_true",
+                        help="time transformers' GPT2LMHeadModel.generate on each GPT too (the bench extra)")
     parser.add_argument("--results", type=Path, help="append one JSON line per measurement to this file")
     args = parser.parse_args()
     base.DECODE_ATTENTION = args.attention
@@ -207,8 +218,8 @@ def main() -> None:
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"{hardware}; torch {torch.__version__}; {args.chars} characters per sequence")
     print("| model | dtype | batch | engine characters / s | ms / step | step alone (ms) | naive loop characters / s "
-          "| x loop | attention | compiled (s) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
+          "| x loop | attention | compiled (s) | CPU step | transformers generate characters / s (engine x) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|")
     rows = []
     for _ in range(args.rounds):
         for spec in args.models:

@@ -14,7 +14,8 @@ rows (batch invariance). Short prompts are fed through that step too
 (`charlm.prompt_feed`). Before capture, the step is compiled (torch.compile), so
 that the graph replays fused kernels; the model chooses its decode attention
 (`prepare_decoding`) before either. On a CPU a step covers the active rows only
-(shapes that change every step: no compilation, which measured no faster there),
+(shapes that change every step: no compilation, which measured slower there at 32 rows; a lone
+row's plain step may be compiled instead, `charlm.cpu_step`),
 and prompts are prefilled in one call each: the shapes change with the batch, so a
 row's logits match its logits alone up to float32 rounding only (covering every
 row there would make a lone request several times slower; bench/batch_invariance.py).
@@ -30,6 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from charlm import cpu_step
 from charlm.device_memory import allocate_state
 from charlm.grammar import GRAMMAR_STATES, Automaton, GrammarTable
 from charlm.graphs import prepare_step, try_capture
@@ -105,6 +107,7 @@ class SlotDecoder:
             (c, g): functools.partial(self._step, slots, None, controls=c, grammar=g) for c, g in variants}
         self.graphs: dict[tuple[bool, bool], torch.cuda.CUDAGraph | None] = dict.fromkeys(variants)
         self.reencode_graph: torch.cuda.CUDAGraph | None = None
+        self.cpu_step: cpu_step.CompiledStep | None = None  # a CPU's plain rows, compiled at warm-up
 
     @property
     def state_bytes(self) -> int:
@@ -116,6 +119,8 @@ class SlotDecoder:
         requests meet no one-time costs. Leaves no row active."""
         if self.use_graphs or self.compile:
             self._prepare_steps()
+        if not self.fixed and self.device.type == "cpu":
+            self._prepare_cpu_step()
         if self.use_graphs and self.window is not None:
             rows, model = self.reencode_rows, self.model
             self.reencode_graph = try_capture(f"{self.name} re-encode", lambda: model.reencode(self.state, rows))
@@ -142,6 +147,19 @@ class SlotDecoder:
             self.report.update(compiled=not errors, compile_s=round(seconds, 1))
             if errors:
                 self.report["compile_error"] = errors[0]
+
+    def _prepare_cpu_step(self) -> None:
+        """Choose the CPU step's backend (`charlm.cpu_step`) and compile it if chosen; report why."""
+        backend, why = cpu_step.choose(self.model)
+        self.report.update(cpu_backend="eager", cpu_backend_reason=why)
+        if backend == "inductor":
+            self.state.narrow(0, 1).zero_()  # an example row, overwritten by the first sequence
+            compiled = cpu_step.compile_step(self.model, self._views(1), self.name)
+            if isinstance(compiled, cpu_step.CompiledStep):
+                self.cpu_step = compiled
+                self.report.update(cpu_backend="inductor", cpu_compile_s=round(compiled.compile_s, 1))
+            else:
+                self.report["cpu_backend_reason"] = f"{why}, but compiling failed: {compiled}"
 
     @property
     def graphed(self) -> bool:
@@ -236,6 +254,8 @@ class SlotDecoder:
             graph.replay()
         elif self.fixed:
             self.runs[controls, grammar]()
+        elif self.cpu_step is not None and n == 1 and not controls and not self.wants_top[0]:
+            self.cpu_step.run(*self._views(1))
         else:
             filled = max(self.filled[:n]) + 1 if self.window is not None else None
             self._step(n, filled, top=any(self.wants_top[:n]), controls=controls, grammar=grammar)

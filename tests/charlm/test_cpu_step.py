@@ -1,0 +1,85 @@
+"""The CPU step's backends (charlm.cpu_step): the compiled step draws what the step as written draws,
+its log-probabilities are those of `forward`, and a compile that fails leaves the step eager."""
+
+import logging
+
+import pytest
+import torch
+
+from charlm import cpu_step
+from charlm.decoding import SlotDecoder
+from charlm.models import ARCHITECTURES, build_model
+from charlm.sampling import SamplingParams
+from tests.charlm.test_decoding import WHOLE_HISTORY, decode_with
+
+PROMPT = [3, 1, 4, 1, 5, 9, 2, 6]
+
+
+def tiny(architecture: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(architecture, {"vocab_size": 11, **WHOLE_HISTORY.get(architecture, {})}).eval()
+
+
+def decoded(model, backend: str, monkeypatch, chars: int = 20, slots: int = 3):
+    """A lone seeded sequence's ids and log-probabilities, decoded with `backend`."""
+    monkeypatch.setenv("CHARLM_CPU_BACKEND", backend)
+    decoder = SlotDecoder(model, slots)
+    decoder.warm_up(PROMPT)
+    ids, logprobs = decode_with(decoder, PROMPT, SamplingParams(temperature=1.0), 7, chars)
+    return decoder, ids, logprobs
+
+
+def test_the_backend_setting_is_checked_and_auto_says_why(monkeypatch):
+    model = tiny("gpt")
+    monkeypatch.setenv("CHARLM_CPU_BACKEND", "Inductor")
+    assert cpu_step.choose(model) == ("inductor", "CHARLM_CPU_BACKEND is 'inductor'")
+    backend, why = cpu_step.choose(model, "auto")
+    assert backend == "eager" and "startup" in why
+    monkeypatch.setenv("CHARLM_CPU_BACKEND", "onnx")
+    with pytest.raises(ValueError, match="CHARLM_CPU_BACKEND"):
+        cpu_step.requested()
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+@torch.inference_mode()
+def test_every_family_s_plain_step_traces_whole_and_draws_as_eager(architecture, monkeypatch):
+    """Traced by dynamo as one graph (fullgraph) and run through AOT autograd's functionalisation
+    (`aot_eager`: seconds, where inductor's C++ takes tens of them); the draws of a lone seeded
+    request are those of the step as written, and its log-probabilities are `forward`'s."""
+    monkeypatch.setattr(cpu_step, "COMPILER", "aot_eager")
+    model = tiny(architecture)
+    _, eager_ids, eager_logprobs = decoded(model, "eager", monkeypatch)
+    decoder, ids, logprobs = decoded(model, "inductor", monkeypatch)
+    assert decoder.report["cpu_backend"] == "inductor" and decoder.cpu_step is not None
+    assert ids == eager_ids
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(eager_logprobs), rtol=1e-4, atol=1e-5)
+    expected = model(torch.tensor([PROMPT + ids]))[0][0, len(PROMPT) - 1 : -1].log_softmax(-1)  # (20, V)
+    torch.testing.assert_close(torch.tensor(logprobs), expected[torch.arange(20), torch.tensor(ids)],
+                               rtol=1e-4, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_the_inductor_step_of_a_gpt_draws_as_eager_and_as_forward(monkeypatch, tmp_path):
+    """The real C++ compile (about 20 s here), past the window: re-encoding feeds the compiled step."""
+    monkeypatch.setenv("CHARLM_CPU_CACHE", str(tmp_path))
+    model = build_model("gpt", {"vocab_size": 11, "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16}).eval()
+    _, eager_ids, eager_logprobs = decoded(model, "eager", monkeypatch, chars=40)
+    decoder, ids, logprobs = decoded(model, "inductor", monkeypatch, chars=40)
+    assert decoder.report["cpu_backend"] == "inductor" and decoder.report["cpu_compile_s"] > 0
+    assert ids == eager_ids
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(eager_logprobs), rtol=1e-4, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_a_cpu_step_that_fails_to_compile_decodes_eagerly(monkeypatch, caplog):
+    """Fault injection: torch.compile raises. The decoder says why in its report and the log."""
+    def failing_compile(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    model = tiny("mingru")
+    with caplog.at_level(logging.WARNING):
+        decoder, ids, _ = decoded(model, "inductor", monkeypatch)
+    assert decoder.cpu_step is None and decoder.report["cpu_backend"] == "eager"
+    assert "no compiler here" in str(decoder.report["cpu_backend_reason"])
+    assert "compiling the CPU step failed" in caplog.text and len(ids) == 20
