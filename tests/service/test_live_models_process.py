@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from charlm.checkpoint import WEIGHTS_FILE
+from charlm.checkpoint import WEIGHTS_FILE, weights_fingerprint
 from tests.helpers import train_tiny, wait_until
 from tests.service.helpers import publish_model, serve_process
 
@@ -83,7 +83,11 @@ def test_a_model_trained_while_serving_is_served_and_other_streams_stay_identica
         try:
             assert wait_until(lambda: stream.has(50), timeout=60), server.output()
             train_tiny("lstm", corpus_file, own_models / "mine")  # charlm train's own way of writing
-            assert wait_until(lambda: status_of(server.url, "mine") == "ready", LOAD_TIMEOUT_S), server.output()
+            # Training publishes each better checkpoint as it goes: wait for the last one to be served,
+            # or a version served a moment before the final one could answer the request below.
+            final = weights_fingerprint((own_models / "mine" / WEIGHTS_FILE).read_bytes())
+            assert wait_until(lambda: statuses(server.url).get("mine", {}).get("version") == final,
+                              LOAD_TIMEOUT_S), server.output()
             assert stream.thread.is_alive() and stream.finish_reason is None  # it ran all along
             response = generated(server.url, "mine", seed=1, chars=30)
             assert response.status_code == 200
