@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     )
     load_wait_s: float = Field(60.0, gt=0, le=3600, description="how long a request waits for its model's engine to "
                                "start (on demand, or after a restart) before 503")
-    engine_hang_s: float = Field(10.0, gt=0, le=3600, description="an engine silent this long, or one step that runs "
+    engine_hang_s: float = Field(10.0, ge=2, le=3600, description="an engine silent this long, or one step that runs "
                                  "this long, is hung: it is killed and restarted")
     engine_restarts: int = Field(5, ge=0, le=1000, description="restarts of a model's engine within 5 minutes; one "
                                  "more death marks the model failed (a crash loop)")

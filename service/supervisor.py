@@ -116,14 +116,15 @@ class Supervisor:
         while not stop.is_set() and self.failed is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), MONITOR_S)
-            self._replace_dead_front_ends(sock, control.path)
-        keeping.cancel()
-        await control.keeper.stop()
+            if not stop.is_set():  # never start a front end into a drain
+                self._replace_dead_front_ends(sock, control.path)
         if scheduler is not None:  # its runs checkpoint and stop; their jobs resume at the next start
             await asyncio.to_thread(scheduler.stop)
         if polling is not None:
             polling.cancel()
         await self._drain(control)
+        keeping.cancel()  # engines that die during the drain are restarted: streams may still need them
+        await control.keeper.stop()
         await watcher.stop()
         await asyncio.to_thread(registry.close, 0.0)
         await control.close()

@@ -35,7 +35,8 @@ class EngineProcess:
         it is killed, and fails like one that died."""
         self.name = spec.name
         self.hang_s = hang_s
-        self.last_pulse = (0.0, 0.0, 0)  # the engine's latest (turn_s, idle_s, load): `Engine.pulse`
+        self.last_pulse = (0.0, 0.0, 0)  # the engine's latest (step_s, idle_s, load): `Engine.pulse`
+        self._closing = False
         self.address: str | None = spec.address
         self.memory: dict[str, object] = {}
         self.info: ModelInfo | None = None
@@ -68,6 +69,7 @@ class EngineProcess:
     def close(self, finish_queued: bool = False) -> None:
         """Take no new requests; the active ones run to their end, the queued ones are cancelled or,
         with `finish_queued` (a replaced version), run too. The process ends when they are done."""
+        self._closing = True
         self._send(("close", finish_queued))
 
     def cancel_all(self) -> None:
@@ -110,6 +112,9 @@ class EngineProcess:
                     return
                 kind, *args = self._control.recv()
                 if kind == "ended":
+                    if not self._closing:  # its engine thread ended unasked: restarted like a death
+                        self.failure = f"the engine of model {self.name} stopped unasked"
+                        logger.error("%s", self.failure)
                     return
                 if kind == "pulse":
                     self.last_pulse = (args[0], args[1], args[2])

@@ -10,9 +10,9 @@ A request for a model on standby asks the keeper to `load` it; under CHARLM_MAX_
 recently used idle engine makes room first (one with sequences never does; the default model takes
 its turn there too, and loads again at its next request).
 
-The registry is changed only on the event loop and under the models watcher's lock (a look at the
-models directory never runs in the middle of a change), and each change is followed by every front
-end (`changed`) before an old engine retires, as in `service.control.live_models`.
+The registry is changed only on the event loop and under the models watcher's `changing` lock,
+never held while an engine starts, and each change is followed by every front end (`changed`)
+before an old engine retires, as in `service.control.live_models`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import logging
 import time
 from pathlib import Path
 
+from service.control.engines import EngineHandle
 from service.control.live_models import ModelWatcher
-from service.control.model_entry import ModelEntry, make_entry
+from service.control.model_entry import ModelEntry, start_entry
 from service.control.registry import Registry
+from service.control.room import NoRoomError, idle_engines, make_room
 
 logger = logging.getLogger(__name__)
 LOOK_S = 0.25
@@ -33,9 +35,7 @@ CRASH_WINDOW_S = 300.0
 MAX_BACKOFF_S = 30.0
 ROOM_POLL_S = 0.1  # how often a load waiting for room under CHARLM_MAX_LOADED looks again
 
-
-class NoRoomError(Exception):
-    """Every loaded engine is busy: none can make room for another model."""
+__all__ = ["EngineKeeper", "NoRoomError"]
 
 
 class EngineKeeper:
@@ -47,26 +47,29 @@ class EngineKeeper:
         self.restarts: collections.Counter[str] = collections.Counter()  # engines started again, per model
         self.tasks: set[asyncio.Task[None]] = set()  # restarts waiting or under way
         self.reaping: set[asyncio.Future[bool]] = set()  # dead engines' processes, joined in threads
+        self.looking: asyncio.Future[None] | None = None
+        self.stopped = False
 
     async def run(self) -> None:
-        """Look every LOOK_S until cancelled (a look under way finishes: it is shielded)."""
+        """Look every LOOK_S until cancelled (a look under way finishes: `stop` waits for it)."""
         while True:
             await asyncio.sleep(LOOK_S)
+            self.looking = asyncio.ensure_future(self.look())
             try:
-                await asyncio.shield(self.look())
+                await asyncio.shield(self.looking)
             except asyncio.CancelledError:
                 raise
             except Exception:  # one bad look must not end the keeping
                 logger.exception("looking after the engines failed")
 
     async def look(self) -> None:
-        async with self.watcher.lock:
-            dead = [entry for entry in self.registry.entries.values()
-                    if entry.engine is not None and entry.engine.failure is not None]
-            for entry in dead:
+        async with self.watcher.changing:
+            if self.stopped:
+                return
+            for entry in [e for e in self.registry.entries.values() if e.engine is not None and e.engine.failure]:
                 await self._died(entry, str(entry.engine.failure if entry.engine else ""))
             if self.settings.keep_alive is not None:
-                for entry in self._idle_for(self.settings.keep_alive):
+                for entry in idle_engines(self.registry, self.settings.keep_alive, keep_default=True):
                     logger.info("model %s has been idle for %.0f s: unloaded until a request wants it",
                                 entry.name, self.settings.keep_alive)
                     await self._to_standby(entry)
@@ -77,24 +80,30 @@ class EngineKeeper:
         Raises NoRoomError when every loaded engine stayed busy for `room_wait_s`."""
         deadline = time.monotonic() + room_wait_s
         while True:
-            async with self.watcher.lock:
+            async with self.watcher.changing:
                 entry = self.registry.entries.get(name)
-                if entry is None or entry.status != "standby":
+                if entry is None or entry.status != "standby" or self.stopped:
                     return entry.status if entry is not None else "absent"
                 try:
-                    await self._make_room()
+                    evicted = make_room(self.registry)
                 except NoRoomError:
                     if time.monotonic() > deadline:
                         raise
                 else:
+                    if evicted is not None:
+                        logger.info("model %s is unloaded to make room (CHARLM_MAX_LOADED=%d)", evicted.name,
+                                    self.settings.max_loaded)
+                    gone = await self._to_standby(evicted) if evicted is not None else None
                     placeholder = ModelEntry(name, entry.path, signature=entry.signature, phase="loading")
                     self.registry.install(placeholder)
                     await self.watcher.changed()
                     break
             await asyncio.sleep(ROOM_POLL_S)  # until an engine's sequences end
+        if gone is not None:  # its memory (a GPU's above all) is free before the next engine takes some
+            await asyncio.to_thread(gone.join, max(0.0, deadline - time.monotonic()))
         logger.info("model %s: loading on demand", name)
-        fresh = await asyncio.to_thread(self._start_engine, entry.path)
-        async with self.watcher.lock:
+        fresh = await self._start(placeholder.path)
+        async with self.watcher.changing:
             if not await self._install_over(placeholder, fresh):
                 return self.registry.status_of(name) or "absent"
             if fresh.status != "ready":
@@ -102,7 +111,11 @@ class EngineKeeper:
             return fresh.status
 
     async def stop(self) -> None:
-        """Cancel the restarts waiting for their backoff (an engine starting is let finish, then closed)."""
+        """No more restarts or loads: the look under way ends, the restarts waiting for their backoff are
+        cancelled (an engine starting is let finish, then closed)."""
+        self.stopped = True
+        if self.looking is not None:
+            await asyncio.gather(self.looking, return_exceptions=True)
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -131,13 +144,8 @@ class EngineKeeper:
 
     async def _restart(self, placeholder: ModelEntry, backoff: float) -> None:
         await asyncio.sleep(backoff)
-        starting = asyncio.ensure_future(asyncio.to_thread(self._start_engine, placeholder.path))
-        try:
-            fresh = await asyncio.shield(starting)
-        except asyncio.CancelledError:  # the server stops: the engine that was starting closes once started
-            starting.add_done_callback(close_started)
-            raise
-        async with self.watcher.lock:
+        fresh = await self._start(placeholder.path)
+        async with self.watcher.changing:
             if not await self._install_over(placeholder, fresh):
                 return
             if fresh.status == "ready":
@@ -147,56 +155,34 @@ class EngineKeeper:
                 self.registry.install(placeholder)
                 await self._died(placeholder, str(fresh.reason))
 
+    async def _start(self, path: Path) -> ModelEntry:
+        """An engine started in a worker thread (failed, with the reason, whatever went wrong). Should
+        the server stop meanwhile, the engine is closed once started."""
+        starting = asyncio.ensure_future(asyncio.to_thread(start_entry, path, self.registry.config))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(close_started)
+            raise
+
     async def _install_over(self, placeholder: ModelEntry, fresh: ModelEntry) -> bool:
         """Serve `fresh` in the placeholder's stead, unless the placeholder was displaced meanwhile (the
         directory removed or changed, the server stopping): then `fresh`'s engine is closed."""
-        if self.registry.entries.get(placeholder.name) is not placeholder or self.watcher.stopped:
+        if self.registry.entries.get(placeholder.name) is not placeholder or self.watcher.stopped or self.stopped:
             self.registry.retire(fresh)
             return False
         self.registry.install(fresh)
         await self.watcher.changed()
         return True
 
-    def _start_engine(self, path: Path) -> ModelEntry:
-        entry = make_entry(path, self.registry.config)
-        entry.start()
-        return entry
-
-    async def _make_room(self) -> None:
-        """Under CHARLM_MAX_LOADED, unload the least recently used idle engine if the cap is reached."""
-        cap = self.settings.max_loaded
-        engines = [e for e in self.registry.entries.values()
-                   if e.engine is not None or e.status in ("loading", "restarting")]
-        if not cap or len(engines) < cap:
-            return
-        idle = self._idle_for(0.0, keep_default=False)
-        if not idle:
-            raise NoRoomError(f"all {cap} loaded models are busy (CHARLM_MAX_LOADED={cap}); none can be unloaded "
-                              "to make room")
-        least_recent = idle[0]
-        logger.info("model %s is unloaded to make room (CHARLM_MAX_LOADED=%d)", least_recent.name, cap)
-        await self._to_standby(least_recent)
-
-    def _idle_for(self, seconds: float, keep_default: bool = True) -> list[ModelEntry]:
-        """Ready models whose engine has held no sequence for `seconds`, longest idle first; the
-        default model only when `keep_default` is off (under CHARLM_MAX_LOADED it takes its turn, or
-        a cap of 1 would serve nothing else; an idle timeout never unloads it)."""
-        idle = []
-        for entry in self.registry.entries.values():
-            if entry.status != "ready" or entry.engine is None:
-                continue
-            if keep_default and entry.name == self.registry.configured_default:
-                continue
-            _, idle_s, load = entry.engine.pulse()
-            if load == 0 and idle_s >= seconds and idle_s > 0:
-                idle.append((idle_s, entry))
-        return [entry for _, entry in sorted(idle, key=lambda pair: -pair[0])]
-
-    async def _to_standby(self, entry: ModelEntry) -> None:
+    async def _to_standby(self, entry: ModelEntry) -> EngineHandle | None:
+        """Unload `entry`'s engine (it finishes what it holds); the engine, to wait for its exit."""
+        engine = entry.engine
         self.registry.install(ModelEntry(entry.name, entry.path, signature=entry.signature, phase="standby",
                                          known=entry.info, loaded_at=entry.loaded_at))
         await self.watcher.changed()
         self.watcher.retire(entry, "unloaded until a request wants it")
+        return engine
 
     def _let_go(self, entry: ModelEntry) -> None:
         """A dead engine's process is reaped in the background (a hung one was killed already)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from charlm.checkpoint import WEIGHTS_FILE, weights_fingerprint
 from service.control.engines import EngineHandle
-from service.control.model_entry import ModelEntry, Signature, directory_signature, make_entry, standby_entry
+from service.control.model_entry import ModelEntry, Signature, directory_signature, standby_entry, start_entry
 from service.control.registry import Registry, model_directories
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,10 @@ class ModelWatcher:
         self.registry = registry
         self.models_dir = models_dir
         self.changed = changed  # returns once every front end follows the registry
-        self.lock = asyncio.Lock()  # one look at a time
+        self.lock = asyncio.Lock()  # one look at a time (held while it loads)
+        # Every change of the registry, by a look or by the engine keeper, with the front ends told:
+        # held briefly, never while an engine starts, so that a reload's loading delays no restart.
+        self.changing = asyncio.Lock()
         self.stopped = False
         self._joins: set[asyncio.Task[None]] = set()
 
@@ -80,15 +83,16 @@ class ModelWatcher:
             if self.stopped:
                 return report
             seen = await asyncio.to_thread(self._scan)
-            gone = [name for name in self.registry.entries if name not in seen]
-            removed = [self.registry.entries.pop(name) for name in gone]
-            if removed:
-                await self.changed()
-            for entry in removed:
-                self.retire(entry, "its directory was removed")
-                report.removed.append(entry.name)
-            changed = [(path, signature) for path, signature in seen.values()
-                       if self._wants_load(path.name, signature, explicit)]
+            async with self.changing:
+                gone = [name for name in self.registry.entries if name not in seen]
+                removed = [self.registry.entries.pop(name) for name in gone]
+                if removed:
+                    await self.changed()
+                for entry in removed:
+                    self.retire(entry, "its directory was removed")
+                    report.removed.append(entry.name)
+                changed = [(path, signature) for path, signature in seen.values()
+                           if self._wants_load(path.name, signature, explicit)]
             await asyncio.gather(*(self._load(path, signature, report) for path, signature in changed))
             if changed:
                 await self.changed()  # a served version's reload error, set or cleared
@@ -97,7 +101,7 @@ class ModelWatcher:
     async def unload(self, name: str) -> bool:
         """Stop serving a ready model; it finishes what it runs, and stays unloaded until its
         directory changes or an explicit reload. False when it is not (or no longer) ready."""
-        async with self.lock:  # never in the middle of a look, which might serve it again
+        async with self.lock, self.changing:  # never in the middle of a look, which might serve it again
             entry = self.registry.entries.get(name)
             if entry is None or entry.status != "ready":
                 return False
@@ -124,47 +128,54 @@ class ModelWatcher:
         return signature != entry.signature
 
     async def _load(self, path: Path, signature: Signature, report: ReloadReport) -> None:
-        name, current = path.name, self.registry.entries.get(path.name)
-        serving = current is not None and current.status == "ready"
-        if serving and current is not None and await asyncio.to_thread(same_weights, path, current):
-            current.signature, current.reload_error = signature, None
-            return  # the weights are the served ones (a training summary was rewritten): nothing to do
-        if current is None and self._full():  # a new model under CHARLM_MAX_LOADED: loaded on demand
-            self.registry.install(standby_entry(path))
-            report.loaded.append(name)
-            await self.changed()
-            return
-        if not serving:  # shown as loading meanwhile; a served version is served until replaced
-            self.registry.install(ModelEntry(name, path, signature=signature, phase="loading"))
-            await self.changed()
+        name = path.name
+        async with self.changing:
+            current = self.registry.entries.get(name)
+            serving = current is not None and current.status == "ready"
+            if serving and current is not None and await asyncio.to_thread(same_weights, path, current):
+                current.signature, current.reload_error = signature, None
+                return  # the weights are the served ones (a training summary was rewritten): nothing to do
+            if not serving and self._full():  # under CHARLM_MAX_LOADED: loaded on demand
+                self.registry.install(standby_entry(path))
+                report.loaded.append(name)
+                await self.changed()
+                return
+            if not serving:  # shown as loading meanwhile; a served version is served until replaced
+                current = ModelEntry(name, path, signature=signature, phase="loading")
+                self.registry.install(current)
+                await self.changed()
         fresh = await asyncio.to_thread(self._load_and_start, path)
+        async with self.changing:
+            await self._install(fresh, current, serving, report)
+
+    async def _install(self, fresh: ModelEntry, expected: ModelEntry | None, serving: bool,
+                       report: ReloadReport) -> None:
+        """Serve what was just loaded. A failure keeps a served version (with the reason) or shows the
+        model failed, unless the keeper changed the entry meanwhile (a restart: it is its to finish)."""
+        name, now = fresh.name, self.registry.entries.get(fresh.name)
         if fresh.status != "ready":
             report.failed[name] = str(fresh.reason)
             self.registry.load_failures[name] += 1
-            if serving and current is not None:  # keep serving what works; try again on the next change
-                current.signature, current.reload_error = fresh.signature, fresh.reason
-            else:
+            if serving and now is expected and now is not None:  # keep serving what works; try again later
+                now.signature, now.reload_error = fresh.signature, fresh.reason
+            elif now is expected:
                 self.registry.install(fresh)
             await self.changed()
             return
         self.registry.reloads[name] += 1
-        displaced = self.registry.install(fresh)
+        displaced = self.registry.install(fresh)  # the newest contents win over a restart under way
         await self.changed()
-        if displaced is not None and serving:
+        if displaced is not None:
             self.retire(displaced, f"replaced by version {fresh.version}")
-            report.replaced.append(name)
-        else:
-            report.loaded.append(name)
+        (report.replaced if serving else report.loaded).append(name)
         logger.info("model %s version %s is served", name, fresh.version)
 
     def _full(self) -> bool:
         cap = self.registry.config.settings.max_loaded
-        return bool(cap) and sum(1 for e in self.registry.entries.values() if e.engine is not None) >= cap
+        return bool(cap) and self.registry.engines_held() >= cap
 
     def _load_and_start(self, path: Path) -> ModelEntry:
-        entry = make_entry(path, self.registry.config)
-        entry.start()
-        return entry
+        return start_entry(path, self.registry.config)
 
     def retire(self, entry: ModelEntry, why: str) -> None:
         engine = self.registry.retire(entry)

@@ -141,3 +141,15 @@ def make_entry(path: Path, config: EngineConfig) -> ModelEntry:
     entry.engine = EngineThread(engine, loaded)
     entry.load_s = time.monotonic() - started
     return entry
+
+
+def start_entry(path: Path, config: EngineConfig) -> ModelEntry:
+    """A model directory's entry with its engine started (or failed, with the reason: whatever goes
+    wrong, an out-of-memory error or no process to be had, is kept as the model's failure)."""
+    try:
+        entry = make_entry(path, config)
+        entry.start()
+    except Exception as exc:
+        logger.exception("model %s could not start", path.name)
+        return ModelEntry(path.name, path, signature=directory_signature(path), error=f"could not start: {exc}")
+    return entry

@@ -24,6 +24,7 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SERVES = ("ready", "loading", "standby")  # a default in these answers its requests, if after a wait
 
 
 class NoModelsError(Exception):
@@ -108,11 +109,16 @@ class Registry:
     def default_model(self) -> str:
         """The configured default, whatever its state: a request that names no model is never given
         another model's text unasked. Only a fallback the operator set (CHARLM_FALLBACK_MODEL) stands
-        in, and only while the default is not ready and the fallback is."""
+        in, and only while the default cannot answer soon (failed, unloaded, restarting, removed) and
+        the fallback is ready."""
         fallback = self.config.settings.fallback_model
-        if fallback and self.status_of(self.configured_default) != "ready" and self.status_of(fallback) == "ready":
+        if fallback and self.status_of(self.configured_default) not in SERVES and self.status_of(fallback) == "ready":
             return fallback
         return self.configured_default
+
+    def engines_held(self) -> int:
+        """Models with an engine running or about to (loading, restarting): what CHARLM_MAX_LOADED caps."""
+        return sum(1 for e in self.entries.values() if e.engine is not None or e.status in ("loading", "restarting"))
 
     def status_of(self, name: str) -> str | None:
         entry = self.entries.get(name)
@@ -136,7 +142,7 @@ class Registry:
             if entry.engine is not None and not entry.start():
                 self.load_failures[entry.name] += 1
         ready = [e.name for e in self.ready]
-        if not ready:
+        if not ready and not any(e.status == "standby" for e in self.entries.values()):
             problems = "; ".join(f"{e.name}: {e.reason}" for e in self.entries.values()) or "no model directories"
             self.close(0)
             raise NoModelsError(f"no model could be loaded ({problems})")

@@ -30,7 +30,8 @@ class ModelUnavailableError(Exception):
 
     def __init__(self, name: str, status: str, reason: str | None):
         self.status = status
-        said = {"failed": "failed", "unloaded": "was unloaded by an administrator (POST /admin/reload serves it again)"}
+        said = {"failed": "failed", "unloaded": "was unloaded by an administrator (POST /admin/reload serves it again)",
+                "removed": "is not served: its directory was removed"}
         super().__init__(f"model {name!r} {said.get(status, f'is {status}')}" + (f": {reason}" if reason else ""))
 
 
@@ -47,17 +48,19 @@ class FrontModels:
         self.reloads: dict[str, int] = {}  # per model: versions loaded after startup
         self.load_failures: dict[str, int] = {}
         self.changed = asyncio.Event()  # set when the views change (then replaced)
+        self.closing = False  # draining: no request waits for a model any more
 
     @property
     def ready(self) -> list[ModelView]:
         return [v for v in self.views.values() if self.status(v) == "ready"]
 
     def status(self, view: ModelView) -> str:
-        """The view's status, or failed when this front end saw its engine die or could not reach it."""
+        """The view's status; restarting when this front end saw its engine die before the control
+        plane said so (it restarts the engine), failed when this front end cannot reach the engine."""
         client = self.clients.get(view.engine)
         if client is None:
             return "failed" if view.status == "ready" else view.status
-        return "failed" if client.failure else view.status
+        return "restarting" if client.failure else view.status
 
     def reason(self, view: ModelView) -> str | None:
         client = self.clients.get(view.engine)
@@ -77,25 +80,25 @@ class FrontModels:
         one on standby is loaded, one loading or restarting is waited for, for at most `wait_s`.
         Raises UnknownModelError (no such model) or ModelUnavailableError (not ready, and why)."""
         deadline = asyncio.get_running_loop().time() + wait_s
-        asked = False
+        loading: asyncio.Future[str] | None = None
         while True:
             wanted = name or self.default_model
             view = self.views.get(wanted)
+            if view is None and name is None:  # the default's directory is gone: never another model
+                raise ModelUnavailableError(wanted, "removed", None)
             if view is None:
                 raise UnknownModelError(wanted, sorted(self.views))
             status = self.status(view)
             if status == "ready":
                 return view, self.clients[view.engine]
-            # "failed" here while the control plane still says ready: the engine just died; its restart comes
-            if status not in WAITED_FOR and view.status != "ready":
-                raise ModelUnavailableError(wanted, status, self.reason(view))
             remaining = deadline - asyncio.get_running_loop().time()
+            if status not in WAITED_FOR or self.closing:
+                raise ModelUnavailableError(wanted, status, self.reason(view))
             if remaining <= 0:
                 raise ModelUnavailableError(wanted, status, f"it was not ready within {wait_s:g} s")
             changed = self.changed
             try:
-                if status == "standby" and not asked:
-                    asked = True
+                if status == "standby" and (loading is None or loading.done()):
                     # Room is waited for a little less than the request may wait, so that "no room" is
                     # the answer rather than a timeout; the load goes on if the request ends first.
                     loading = asyncio.ensure_future(self.load(wanted, max(0.0, remaining - ANSWER_MARGIN_S)))
@@ -105,6 +108,11 @@ class FrontModels:
                     await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
                 raise ModelUnavailableError(wanted, status, f"it was not ready within {wait_s:g} s") from None
+
+    def stop_waiting(self) -> None:
+        """The front end drains: requests waiting for a model's engine get their 503 now."""
+        self.closing = True
+        self.changed.set()
 
     async def load(self, name: str, room_wait_s: float) -> str:
         """Ask the control plane to start a model on standby (waiting at most `room_wait_s` for an
@@ -192,7 +200,7 @@ class LocalModels(FrontModels):
     def status(self, view: ModelView) -> str:
         entry = self.registry.entries.get(view.name)
         if entry is not None and entry.engine is not None and entry.engine.failure:
-            return "failed"
+            return "restarting"  # the keeper's next look (within a quarter of a second) starts another
         return super().status(view)
 
     def reason(self, view: ModelView) -> str | None:

@@ -46,6 +46,9 @@ class DrainingServer(uvicorn.Server):
         if self.state.draining:
             return
         self.state.draining = True
+        models, loop = self.state.models, self.state.loop
+        if models is not None and loop is not None:  # requests waiting for an engine get their 503 now
+            loop.call_soon_threadsafe(models.stop_waiting)
         logger.info("draining: finishing %d sequences before exit", self.state.active_sequences())
         threading.Thread(target=self._exit_when_idle, name="drain", daemon=True).start()
 

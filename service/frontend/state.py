@@ -54,6 +54,8 @@ class ServiceState:
         try:
             return await self.models.acquire(name, wait_s)
         except ModelUnavailableError as exc:
+            if self.draining:
+                raise ServiceError(503, "the service is shutting down and takes no new requests") from None
             raise ServiceError(503, str(exc), param=param if name else None, kind="unavailable",
                                code="model_not_ready") from None
         except LookupError as exc:
