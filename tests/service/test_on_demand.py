@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.control.room import FRESH_S
 from service.frontend.models import LocalModels
 from tests.service.helpers import eventually, running_app, service_state, settings_for
 
@@ -129,7 +130,9 @@ async def test_the_wait_for_a_model_loading_on_demand_is_bounded_and_the_load_go
     """A request whose time limit ends while its model loads gets 503 saying so; the load goes on, and
     the next request finds the model ready."""
     async with running_app(settings_for(three_models, max_loaded=2, models_poll_s=0, request_timeout_s=0.001)
-                           ) as (client, _):
+                           ) as (client, app):
+        await asyncio.sleep(FRESH_S)  # the engines started with the server may make room from now on
+        await idle_for_a_moment(app)
         late = await generate(client, "tiny-mingru")
         assert late.status_code == 503 and late.headers["retry-after"]
         assert late.json()["error"] == "model 'tiny-mingru' is standby: it was not ready within 0.001 s"

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,10 @@ def test_sigterm_drains_both_front_ends_and_every_stream_completes(two_models):
             async with load.client(12) as http:
                 tasks = [asyncio.create_task(load.checked_stream(http, server.url, load.tgi_body(300, seed=s)))
                          for s in range(12)]
-                await asyncio.sleep(0.5)
+                deadline = time.monotonic() + 60  # every stream admitted (a request after SIGTERM gets 503)
+                while sum(load.engine_counts(server.url)) < 12 and not any(t.done() for t in tasks):
+                    assert time.monotonic() < deadline, "the streams never all ran"
+                    await asyncio.sleep(0.01)
                 server.process.send_signal(signal.SIGTERM)
                 return await asyncio.gather(*tasks)
 
