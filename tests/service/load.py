@@ -236,6 +236,8 @@ def describe(pid: int) -> str:
     except (FileNotFoundError, ProcessLookupError):
         return f"{pid} (gone)"
     words = [word.decode(errors="replace") for word in argv if word]
+    if words and words[0].startswith("charlm: "):  # a process of the server, titled (service.process_title)
+        return f"{pid} ({words[0].strip()})"
     if any("spawn_main" in word for word in words):
         return f"{pid} (spawned child)"  # multiprocessing's: an engine, or its resource tracker
     if any("resource_tracker" in word for word in words):

@@ -35,7 +35,7 @@ def test_soak_64_streams_without_errors_or_memory_growth(tiny_models):
         assert report.errors == [] and report.streams >= 64
         assert wait_until(lambda: load.idle(server.url), timeout=10), load.engine_counts(server.url)
     growth = memory.growth()
-    engines = [name for name in growth if "spawned" in name]
+    engines = [name for name in growth if "charlm: engine" in name]
     assert len(engines) >= 3, f"the three engine processes were not measured: {sorted(growth)}"
     grown = {name: (first, last) for name, (first, last) in growth.items() if last >= first * 1.05}
     assert not grown, f"resident memory grew by 5% or more: {memory.summary()}"

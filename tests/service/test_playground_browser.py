@@ -128,7 +128,7 @@ def test_invalid_parameters_show_their_errors_next_to_their_controls(page):
     wait_for_outputs(page, 1, "failed")
     assert "greater than or equal to 0" in page.text_content("#temperature-error")
     assert "less than or equal to 1" in page.text_content("#top-p-error")
-    assert "greater than 0" in page.text_content("#repetition-penalty-error")
+    assert "greater than or equal to 0.01" in page.text_content("#repetition-penalty-error")
     assert "less than or equal to 1" in page.text_content("#min-p-error")
     assert "valid integer" in page.text_content("#seed-error")
     for control in ("temperature", "top-p", "repetition-penalty", "min-p", "seed"):
