@@ -13,8 +13,15 @@ one row it took 0.64 ms against 1.11.
 `CHARLM_CPU_BACKEND` chooses: `eager` (the step as written), `inductor`, or `auto` (inductor
 where `AUTO_INDUCTOR` lists the architecture). Compiling takes 10 to 50 seconds a model on a
 2-core machine, paid at warm-up: more than a whole `make serve` start, so `auto` leaves it out
-for now. Inductor's own cache, kept in `cache_dir()`, makes a restart of the same model cheaper
-(its keys cover the code and the shapes, not the weights, which stay inputs). A compile that
+for now. Compiling in a background thread after startup was measured (docs/benchmarks.md): at
+the lowest priority (nice 19) it leaves the eager steps as fast as before (at normal priority it
+made them 3 times slower, the GIL and the C++ compiler taking their turns), but a served request
+would then change from the eager to the compiled step part-way, and the two differ by float32
+rounding: a lone seeded request would no longer equal `charlm generate` exactly, as README
+promises. That promise, not the speed, keeps `auto` eager.
+
+Inductor's own cache, kept in `cache_dir()`, makes a restart of the same model cheaper (its keys
+cover the code and the shapes, not the weights, which stay inputs). A compile that
 fails logs why and leaves the step eager: the service never fails to start for it.
 """
 

@@ -90,6 +90,7 @@ class SlotDecoder:
         self.filled = [0] * (slots + 1)  # characters each row's window holds (models with a window)
         self.wants_top = [False] * (slots + 1)  # rows that report alternatives (always computed on CUDA)
         self.controlled = [False] * (slots + 1)  # rows that use penalties, logit bias, min-p or typical-p
+        self.filtered = [False] * (slots + 1)  # rows that are greedy or use top-k or top-p (`SamplingParams.filtered`)
         self.grammar_keys: list[str | None] = [None] * (slots + 1)  # each row's automaton in the grammar table
         self.active = 0
         self.launched = 0
@@ -210,6 +211,7 @@ class SlotDecoder:
             self.sampling.set_row(row, sequence.params, sequence.seed, sequence.prompt, start)
             self.wants_top[row] = sequence.top
             self.controlled[row] = sequence.params.controlled
+            self.filtered[row] = sequence.params.filtered
             self.grammar_keys[row] = sequence.grammar.key if sequence.grammar is not None else None
         self.active += count
         return first
@@ -231,6 +233,7 @@ class SlotDecoder:
         self.filled[row] = self.filled[last]
         self.wants_top[row] = self.wants_top[last]
         self.controlled[row] = self.controlled[last]
+        self.filtered[row] = self.filtered[last]
         self.grammar_keys[row], self.grammar_keys[last] = self.grammar_keys[last], None
         return last
 
@@ -258,7 +261,8 @@ class SlotDecoder:
             self.cpu_step.run(*self._views(1))
         else:
             filled = max(self.filled[:n]) + 1 if self.window is not None else None
-            self._step(n, filled, top=any(self.wants_top[:n]), controls=controls, grammar=grammar)
+            self._step(n, filled, top=any(self.wants_top[:n]), controls=controls, grammar=grammar,
+                       filters=any(self.filtered[:n]))
         if self.window is not None:
             self.filled[:n] = [f + 1 for f in self.filled[:n]]
         host = self.host[self.launched % HOST_BUFFERS]
@@ -272,20 +276,20 @@ class SlotDecoder:
         return PendingStep(host, n, self.top_k, event, drew, grammar)
 
     def _step(self, rows: int, filled: int | None, top: bool = True, controls: bool = False,
-              grammar: bool = False) -> None:
+              grammar: bool = False, filters: bool = True) -> None:
         """The step proper, over rows [0, rows): model, sampling (with the sampling controls when
-        `controls`, the grammar table when `grammar`), packed results (the top alternatives only
-        when `top`). Fixed shapes for a fixed `rows`, no host synchronisation: this is what the CUDA
-        graphs record."""
+        `controls`, the grammar table when `grammar`, greedy rows, top-k and top-p when `filters`),
+        packed results (the top alternatives only when `top`). Fixed shapes for a fixed `rows`, no
+        host synchronisation: this is what the CUDA graphs record."""
         state, sampling, tokens, output = self._views(rows)
         logits = self.model.step(tokens, state, filled)  # (rows, V)
         table = self.grammar if grammar else None
         if self.feed.limit:
             feeding = self.feed.feeding(rows)  # (rows,) their draws do not count
-            draw = sample(logits, sampling, ~feeding, controls, table)
+            draw = sample(logits, sampling, ~feeding, controls, table, filters)
             tokens.copy_(self.feed.next_inputs(rows, draw.ids, feeding))
         else:
-            draw = sample(logits, sampling, controls=controls, grammar=table)
+            draw = sample(logits, sampling, controls=controls, grammar=table, filters=filters)
             tokens.copy_(draw.ids)
         ends = draw.ends if draw.ends is not None else torch.zeros_like(draw.logprobs)  # (rows,)
         if top:

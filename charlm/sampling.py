@@ -18,24 +18,27 @@ from torch import Tensor
 from charlm.grammar import GrammarTable, end_flags
 from charlm.logit_controls import adjust_logits, typical_keep
 from charlm.noise import mix32, noise_key, uniform_noise
-from charlm.sampling_params import MAX_SEED, MAX_TOP_K, SamplingParams, resolve_seed
+from charlm.sampling_params import MAX_SEED, MAX_TOP_K, MIN_TEMPERATURE, SamplingParams, resolve_seed
 from charlm.sampling_rows import SamplingRows
 
-MIN_TEMPERATURE = 1e-4  # below this, sampling is argmax in all but name
-
 __all__ = [
-    "MAX_SEED", "MAX_TOP_K", "Draw", "SamplingParams", "SamplingRows", "filtered_sorted_probs", "mix32",
-    "noise_key", "resolve_seed", "sample", "uniform_noise",
+    "MAX_SEED", "MAX_TOP_K", "MIN_TEMPERATURE", "Draw", "SamplingParams", "SamplingRows", "filtered_sorted_probs",
+    "mix32", "noise_key", "resolve_seed", "sample", "uniform_noise",
 ]
 
 
-def filtered_sorted_probs(logits: Tensor, rows: SamplingRows, controls: bool = True) -> tuple[Tensor, Tensor]:
+def filtered_sorted_probs(logits: Tensor, rows: SamplingRows, controls: bool = True,
+                          filters: bool = True) -> tuple[Tensor, Tensor]:
     """Probabilities after temperature, top-k, top-p and (with `controls`) min-p and typical-p,
-    sorted in descending order.
+    sorted in descending order; `filters` as `sample`'s.
 
     Returns (probs, order), both (B, V): probs[b, r] belongs to character order[b, r].
     Rows are normalised; filtered-out characters have probability 0.
     """
+    if not filters and not controls:
+        sorted_logits, order = (logits / rows.temperature[:, None]).sort(dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(dim=-1)
+        return probs / probs.sum(dim=-1, keepdim=True), order  # as below, where nothing was cut
     # Greedy rows (0) are decided by argmax later; a floor keeps tiny temperatures finite.
     temperature = torch.where(rows.temperature > 0, rows.temperature.clamp(min=MIN_TEMPERATURE), 1.0)
     scaled = logits.float() / temperature[:, None]  # (B, V)
@@ -69,7 +72,7 @@ class Draw:
 
 
 def sample(logits: Tensor, rows: SamplingRows, counts: Tensor | None = None, controls: bool = True,
-           grammar: GrammarTable | None = None) -> Draw:
+           grammar: GrammarTable | None = None, filters: bool = True) -> Draw:
     """Draw one character per row from logits (B, V), and count the draw in `rows.drawn` and in
     the character tables (only for the rows where `counts`, (B,) bool, is true, when given).
 
@@ -77,18 +80,22 @@ def sample(logits: Tensor, rows: SamplingRows, counts: Tensor | None = None, con
     batch where no row uses them, whose rows then come out exactly as with them. With `grammar`,
     each row draws among the characters its grammar state allows (after the penalties, before
     temperature and the filters) and moves on; rows in state 0 come out exactly as without it.
+    `filters` False says that no row is greedy, floors its temperature, or uses top-k or top-p
+    (`SamplingParams.filtered`, known on the host): with `controls` False too, the draw skips the
+    arithmetic that would leave such rows as they are (a CPU step pays for every operator).
     No host synchronisation and no data-dependent shapes: safe inside a CUDA graph.
     """
     logits = logits.float()  # (B, V); once: in bf16 this is a conversion
     adjusted = adjust_logits(logits, rows) if controls else logits  # (B, V)
     if grammar is not None:
         adjusted, following, ends_before = grammar.constrain(adjusted, rows.grammar_state)
-    probs, order = filtered_sorted_probs(adjusted, rows, controls)
+    plain = not filters and not controls and grammar is None
+    probs, order = filtered_sorted_probs(adjusted, rows, controls, filters=not plain)
     uniform = uniform_noise(rows.key, rows.drawn)  # (B,)
     cdf = probs.cumsum(dim=-1)  # (B, V)
     rank = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:]).clamp(max=logits.size(-1) - 1)  # (B, 1)
     drawn = order.gather(1, rank).squeeze(1)  # (B,)
-    ids = torch.where(rows.temperature > 0, drawn, adjusted.argmax(dim=-1))
+    ids = drawn if plain else torch.where(rows.temperature > 0, drawn, adjusted.argmax(dim=-1))
     log_softmax = logits.log_softmax(dim=-1)  # (B, V)
     rows.drawn.add_(1 if counts is None else counts)
     if controls:

@@ -15,6 +15,7 @@ MAX_LOGIT_BIAS = 100.0
 MAX_TEMPERATURE = 100.0
 MIN_REPETITION_PENALTY = 0.01
 MAX_REPETITION_PENALTY = 100.0
+MIN_TEMPERATURE = 1e-4  # below this, sampling is argmax in all but name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,12 @@ class SamplingParams:
         """Whether anything beyond temperature, top-k and top-p shapes the distribution."""
         return (self.min_p > 0 or self.typical_p < 1 or self.repetition_penalty != 1 or self.frequency_penalty != 0
                 or self.presence_penalty != 0 or self.relative_frequency_penalty != 0 or bool(self.logit_bias))
+
+    @property
+    def filtered(self) -> bool:
+        """Whether the draw needs more than the scaled, sorted distribution: a greedy row or one
+        whose temperature is floored, top-k or top-p (`charlm.sampling.sample`'s `filters`)."""
+        return self.temperature < MIN_TEMPERATURE or self.top_k != 0 or self.top_p < 1
 
     @property
     def counts_prompt(self) -> bool:

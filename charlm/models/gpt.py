@@ -77,10 +77,12 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def _heads(self, x: Tensor) -> tuple[Tensor, ...]:
+    def _qkv(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, H, hd)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hd)
+        return self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, H, hd)
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, ...]:
+        return self._qkv(x).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hd)
 
     def _merge(self, y: Tensor) -> Tensor:
         B, H, T, hd = y.shape
@@ -92,16 +94,18 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True))
 
-    def forward_cached(self, x: Tensor, kv: Tensor, positions: Tensor, mask: Tensor,
+    def forward_cached(self, x: Tensor, kv: Tensor, rows: Tensor, positions: Tensor, mask: Tensor,
                        lengths: Tensor | None = None) -> Tensor:
-        """Attend from x (B, T, C) at `positions` (B, T) over the cache kv (2, B, H, S, hd).
+        """Attend from x (B, T, C) at `positions` (B, T) of `rows` (B, 1) over the cache kv (2, B, H, S, hd).
 
         Writes this chunk's keys and values into the cache in place first, then attends
         over the first mask.size(-1) slots (no row holds more); `lengths` as `cached_attention`'s.
         """
-        q, k, v = self._heads(x)
-        rows = torch.arange(x.size(0), device=x.device)[:, None]  # (B, 1)
-        kv[:, rows, :, positions] = torch.stack((k, v), dim=2).permute(0, 3, 2, 1, 4)  # (B, T, 2, H, hd)
+        qkv = self._qkv(x)  # (B, T, 3, H, hd)
+        # kv[:, rows, :, positions] is (B, T, 2, H, hd): the keys and values as the projection laid
+        # them out, written with no stack or permute (a CPU step pays for every operator).
+        kv[:, rows, :, positions] = qkv[:, :, 1:]
+        q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, hd)
         span = mask.size(-1)
         keys, values = kv[0, :, :, :span], kv[1, :, :, :span]  # (B, H, span, hd), the model's dtype
         return self._merge(cached_attention(q, keys, values, mask, lengths))
@@ -131,9 +135,9 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def forward_cached(self, x: Tensor, kv: Tensor, positions: Tensor, mask: Tensor,
+    def forward_cached(self, x: Tensor, kv: Tensor, rows: Tensor, positions: Tensor, mask: Tensor,
                        lengths: Tensor | None = None) -> Tensor:
-        x = x + self.attn.forward_cached(self.ln_1(x), kv, positions, mask, lengths)
+        x = x + self.attn.forward_cached(self.ln_1(x), kv, rows, positions, mask, lengths)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -244,10 +248,10 @@ class GPT(CharModel):
         mask = (slots[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (B, 1, T, span)
         x = self.wte(tokens) + self.wpe(positions)  # (B, T, C)
         lengths = positions[:, 0] + 1 if self.attention_kernel and tokens.size(1) == 1 else None  # (B,)
+        rows = torch.arange(tokens.size(0), device=tokens.device)[:, None]  # (B, 1)
         with decode_attention(tokens.device):
             for layer, block in enumerate(cast(list[Block], self.blocks)):
-                x = block.forward_cached(x, state.kv[layer], positions, mask, lengths)
-        rows = torch.arange(tokens.size(0), device=tokens.device)[:, None]  # (B, 1)
+                x = block.forward_cached(x, state.kv[layer], rows, positions, mask, lengths)
         state.tokens[rows, positions] = tokens
         state.length += tokens.size(1)
         return self.lm_head(self.ln_f(x[:, -1]))  # (B, V)

@@ -45,11 +45,16 @@ class CharInput(nn.Module):
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, n_embd) if n_embd else None
         self.size = n_embd or vocab_size
+        # One-hot rows looked up in an identity matrix: `F.one_hot` checks the ids' range on the
+        # host, the costliest operator of a CPU step after the LSTM cells. Not saved (persistent=False).
+        self.one_hot: Tensor | None
+        self.register_buffer("one_hot", None if n_embd else torch.eye(vocab_size), persistent=False)
 
     def forward(self, idx: Tensor, dtype: torch.dtype) -> Tensor:
         if self.embedding is not None:
             return self.embedding(idx)  # (B, T, n_embd)
-        return F.one_hot(idx, self.vocab_size).to(dtype)  # (B, T, V)
+        assert self.one_hot is not None
+        return F.embedding(idx, self.one_hot).to(dtype)  # (B, T, V)
 
 
 def stacked_lstm(input_size: int, hidden_size: int, n_layer: int, dropout: float) -> nn.LSTM:
@@ -96,11 +101,11 @@ def lstm_step(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor) -> Tensor:
     Layer by layer with the fused LSTM cell: a few kernels with fixed shapes, where cuDNN's
     sequence kernel would plan each call.
     """
-    for layer in range(lstm.num_layers):
+    for layer, (h_layer, c_layer) in enumerate(zip(h.unbind(0), c.unbind(0), strict=True)):
         weights = [getattr(lstm, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        h_new, c_new = torch.lstm_cell(x, (h[layer], c[layer]), *weights)  # 2 x (B, H)
-        h[layer].copy_(h_new)
-        c[layer].copy_(c_new)
+        h_new, c_new = torch.lstm_cell(x, (h_layer, c_layer), *weights)  # 2 x (B, H)
+        h_layer.copy_(h_new)
+        c_layer.copy_(c_new)
         x = h_new
     return x
 

@@ -136,3 +136,26 @@ def test_top_p_of_one_keeps_every_character():
 def test_invalid_sampling_params_are_refused(kwargs):
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("temperature", [1e-4, 0.3, 0.8, 1.0, 7.5, 100.0])
+def test_a_draw_without_filters_equals_the_full_draw_bit_for_bit(temperature):
+    """`filters=False` (no greedy row, no floored temperature, no top-k or top-p) skips arithmetic
+    that leaves such rows as they are: ids, log-probabilities and the counters all agree exactly."""
+    params = [SamplingParams(temperature=temperature)] * 64
+    assert not any(p.filtered for p in params)
+    logits = random_logits(64, seed=3)
+    full_rows, plain_rows = (SamplingRows.of(params, V, "cpu", list(range(64))) for _ in range(2))
+    for _ in range(20):
+        full = sample(logits, full_rows, controls=False)
+        plain = sample(logits, plain_rows, controls=False, filters=False)
+        assert torch.equal(full.ids, plain.ids) and torch.equal(full.logprobs, plain.logprobs)
+        probs, order = filtered_sorted_probs(logits, full_rows, controls=False)
+        plain_probs, plain_order = filtered_sorted_probs(logits, plain_rows, controls=False, filters=False)
+        assert torch.equal(probs, plain_probs) and torch.equal(order, plain_order)
+    assert torch.equal(full_rows.drawn, plain_rows.drawn)
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {"temperature": 5e-5}, {"top_k": 3}, {"top_p": 0.9}])
+def test_greedy_floored_top_k_and_top_p_rows_are_filtered(kwargs):
+    assert SamplingParams(**kwargs).filtered
