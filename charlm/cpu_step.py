@@ -122,3 +122,17 @@ def compile_step(model: CharModel, example: tuple[DecodeState, SamplingRows, Ten
     seconds = time.perf_counter() - started
     logger.info("%s: CPU step compiled by inductor in %.1f s", name, seconds)
     return CompiledStep(compiled, seconds)
+
+
+def prepare(model: CharModel, example: tuple[DecodeState, SamplingRows, Tensor, Tensor],
+            name: str) -> tuple[CompiledStep | None, dict[str, object]]:
+    """The backend chosen for `model`'s one-row step on a CPU, compiled if it is inductor (on
+    `example`, views of a scratch row), and what /info reports of the choice."""
+    backend, why = choose(model)
+    if backend != "inductor":
+        return None, {"cpu_backend": "eager", "cpu_backend_reason": why}
+    compiled = compile_step(model, example, name)
+    if isinstance(compiled, str):
+        return None, {"cpu_backend": "eager", "cpu_backend_reason": f"{why}, but compiling failed: {compiled}"}
+    return compiled, {"cpu_backend": "inductor", "cpu_backend_reason": why,
+                      "cpu_compile_s": round(compiled.compile_s, 1)}

@@ -150,17 +150,9 @@ class SlotDecoder:
                 self.report["compile_error"] = errors[0]
 
     def _prepare_cpu_step(self) -> None:
-        """Choose the CPU step's backend (`charlm.cpu_step`) and compile it if chosen; report why."""
-        backend, why = cpu_step.choose(self.model)
-        self.report.update(cpu_backend="eager", cpu_backend_reason=why)
-        if backend == "inductor":
-            self.state.narrow(0, 1).zero_()  # an example row, overwritten by the first sequence
-            compiled = cpu_step.compile_step(self.model, self._views(1), self.name)
-            if isinstance(compiled, cpu_step.CompiledStep):
-                self.cpu_step = compiled
-                self.report.update(cpu_backend="inductor", cpu_compile_s=round(compiled.compile_s, 1))
-            else:
-                self.report["cpu_backend_reason"] = f"{why}, but compiling failed: {compiled}"
+        self.state.narrow(0, 1).zero_()  # an example row for a compile, overwritten by the first sequence
+        self.cpu_step, report = cpu_step.prepare(self.model, self._views(1), self.name)
+        self.report.update(report)
 
     @property
     def graphed(self) -> bool:

@@ -44,7 +44,6 @@ class EngineKeeper:
         self.watcher = watcher
         self.settings = registry.config.settings
         self.deaths: dict[str, list[float]] = collections.defaultdict(list)  # monotonic times, per model
-        self.restarts: collections.Counter[str] = collections.Counter()  # engines started again, per model
         self.tasks: set[asyncio.Task[None]] = set()  # restarts waiting or under way
         self.reaping: set[asyncio.Future[bool]] = set()  # dead engines' processes, joined in threads
         self.looking: asyncio.Future[None] | None = None
@@ -149,7 +148,6 @@ class EngineKeeper:
             if not await self._install_over(placeholder, fresh):
                 return
             if fresh.status == "ready":
-                self.restarts[placeholder.name] += 1
                 logger.info("model %s is served again by a new engine (version %s)", fresh.name, fresh.version)
             else:  # a start that fails counts as another death: backoff, or a crash loop
                 self.registry.install(placeholder)
