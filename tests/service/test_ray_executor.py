@@ -45,11 +45,15 @@ def ray_binary() -> Path:
 
 
 def head_command(directory: str) -> list[str]:
+    # Ray's fixed defaults would collide with any other Ray. The agent's HTTP port is the kernel's
+    # choice at bind time (0): a port chosen here and bound seconds later can be taken meanwhile by
+    # any of Ray's own connections, and an agent that cannot bind stays up without HTTP, so that
+    # every submission answers "No available agent" (seen once in CI).
     ports = {"--port": free_port(), "--dashboard-port": free_port(), "--ray-client-server-port": free_port(),
-             "--dashboard-agent-listen-port": free_port()}  # Ray's fixed defaults would collide with any other Ray
+             "--dashboard-agent-listen-port": 0}
     return [str(ray_binary()), "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
-            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--disable-usage-stats",
-            "--object-store-memory", str(200 * 2**20), "--temp-dir", directory,
+            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+            "--disable-usage-stats", "--object-store-memory", str(200 * 2**20), "--temp-dir", directory,
             *(str(item) for pair in ports.items() for item in pair)]
 
 
@@ -74,28 +78,68 @@ def dashboard_answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    """A local Ray head's dashboard address. `ray start --block` stops every process it started on
-    SIGTERM (where `ray stop` would stop every Ray on the machine); its process group is killed if not."""
-    directory = tempfile.mkdtemp(prefix="charlm-ray-")  # short: Ray's socket paths must fit 107 bytes
+def runs_a_job(url: str) -> bool:
+    """Whether the head runs a submission (`true`) to its end: the dashboard answering is not enough,
+    as its job agent starts later."""
+    try:
+        submitted = httpx.post(f"{url}/api/jobs/", json={"entrypoint": "true"}, timeout=30)
+        if submitted.status_code != 200:
+            return False
+        ref = submitted.json()["submission_id"]
+
+        def status() -> str:
+            return str(httpx.get(f"{url}/api/jobs/{ref}", timeout=10).json()["status"])
+
+        ended = wait_until(lambda: status() in ("SUCCEEDED", "FAILED", "STOPPED"), timeout=60, interval=0.5)
+        return ended and status() == "SUCCEEDED"
+    except httpx.HTTPError:
+        return False
+
+
+def ray_logs(directory: str) -> str:
+    """The tails of the head's own output and its agent's log, for a head that did not come up."""
+    paths = [Path(directory) / "head.log", *Path(directory).glob("session_latest/logs/dashboard_agent.log")]
+    return "\n".join(f"--- {path}\n{path.read_text(errors='replace')[-2000:]}" for path in paths if path.exists())
+
+
+def stop_head(head: subprocess.Popen[bytes]) -> None:
+    """`ray start --block` stops every process it started on SIGTERM (where `ray stop` would stop every
+    Ray on the machine); its process group is killed if not."""
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(30)
+
+
+def start_head(directory: str) -> tuple[subprocess.Popen[bytes], str | None]:
+    """A head and its dashboard's address, or None for an address when it did not come up whole."""
     command = head_command(directory)
     url = f"http://127.0.0.1:{command[command.index('--dashboard-port') + 1]}"
-    log = Path(directory) / "head.log"
-    with log.open("w") as out:
+    with (Path(directory) / "head.log").open("w") as out:
         head = subprocess.Popen(command, env=head_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        assert wait_until(lambda: dashboard_answers(url) or head.poll() is not None, timeout=120)
-        assert head.poll() is None, log.read_text()[-3000:]
-        yield url
-    finally:
-        head.send_signal(signal.SIGTERM)
+    up = wait_until(lambda: dashboard_answers(url) or head.poll() is not None, timeout=120)
+    return head, url if up and head.poll() is None and runs_a_job(url) else None
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A local Ray head's dashboard address, on a head that has run a job. A head that does not come
+    up (a port taken between its choice and its use) is replaced, twice at most."""
+    failures = []
+    for _ in range(3):
+        directory = tempfile.mkdtemp(prefix="charlm-ray-")  # short: Ray's socket paths must fit 107 bytes
+        head, url = start_head(directory)
         try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(30)
-        shutil.rmtree(directory, ignore_errors=True)
+            if url is not None:
+                yield url
+                return
+            failures.append(ray_logs(directory))
+        finally:
+            stop_head(head)
+            shutil.rmtree(directory, ignore_errors=True)
+    pytest.fail("a local Ray head did not come up in 3 tries:\n" + "\n".join(failures))
 
 
 @pytest.fixture()
