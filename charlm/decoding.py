@@ -120,8 +120,7 @@ class SlotDecoder:
         requests meet no one-time costs. Leaves no row active."""
         if self.use_graphs or self.compile:
             self._prepare_steps()
-        if not self.fixed and self.device.type == "cpu":
-            self._prepare_cpu_step()
+        self.prepare_cpu_step()
         if self.use_graphs and self.window is not None:
             rows, model = self.reencode_rows, self.model
             self.reencode_graph = try_capture(f"{self.name} re-encode", lambda: model.reencode(self.state, rows))
@@ -149,7 +148,11 @@ class SlotDecoder:
             if errors:
                 self.report["compile_error"] = errors[0]
 
-    def _prepare_cpu_step(self) -> None:
+    def prepare_cpu_step(self) -> None:
+        """On a CPU, the lone row's step as `CHARLM_CPU_BACKEND` chooses (`charlm.cpu_step`);
+        before any sequence is added."""
+        if self.fixed or self.device.type != "cpu" or self.cpu_step is not None:
+            return
         self.state.narrow(0, 1).zero_()  # an example row for a compile, overwritten by the first sequence
         self.cpu_step, report = cpu_step.prepare(self.model, self._views(1), self.name)
         self.report.update(report)
@@ -250,7 +253,7 @@ class SlotDecoder:
         elif self.fixed:
             self.runs[controls, grammar]()
         elif self.cpu_step is not None and n == 1 and not controls and not self.wants_top[0]:
-            self.cpu_step.run(*self._views(1))
+            self.cpu_step.run_for(filters=self.filtered[0])(*self._views(1))
         else:
             filled = max(self.filled[:n]) + 1 if self.window is not None else None
             self._step(n, filled, top=any(self.wants_top[:n]), controls=controls, grammar=grammar,

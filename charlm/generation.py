@@ -43,6 +43,7 @@ def generate(
     """
     ids = prompt_ids(vocab, prompt)
     decoder = SlotDecoder(model, 1, graphs=False)
+    decoder.prepare_cpu_step()  # the service's lone request steps so too: the same seed, the same text
     decoder.add(ids, params, resolve_seed(params.seed))
     for _ in range(max_new_tokens):
         result = decoder.launch().result()
