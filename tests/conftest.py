@@ -21,7 +21,7 @@ if not torch.cuda.is_available():  # Triton kernels run interpreted; it must be 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # The CPU steps exported or compiled for the tests' models go to the run's own cache (inherited by the
 # servers it starts), never to the user's.
-if "CHARLM_CPU_CACHE" not in os.environ:
+if not os.environ.get("CHARLM_CPU_CACHE"):
     os.environ["CHARLM_CPU_CACHE"] = tempfile.mkdtemp(prefix="charlm-cpu-step-")
     atexit.register(shutil.rmtree, os.environ["CHARLM_CPU_CACHE"], ignore_errors=True)
 
