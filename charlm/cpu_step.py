@@ -17,7 +17,7 @@ for now. Compiling in a background thread after startup was measured (docs/bench
 the lowest priority (nice 19) it leaves the eager steps as fast as before (at normal priority it
 made them 3 times slower, the GIL and the C++ compiler taking their turns), but a served request
 would then change from the eager to the compiled step part-way, and the two differ by float32
-rounding: a lone seeded request would no longer equal `charlm generate` exactly, as README
+rounding: a lone seeded request would no longer equal `charlm generate` exactly, as docs/api-semantics.md
 promises. That promise, not the speed, keeps `auto` eager.
 
 Inductor's own cache, kept in `cache_dir()`, makes a restart of the same model cheaper (its keys
