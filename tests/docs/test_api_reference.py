@@ -5,7 +5,8 @@ Where a page has a table of a request's fields, its first column must name exact
 fields: a field added to the code and not to the table fails, and so does a row for a field the
 code does not have (`stream_options.include_usage` names a field of the nested model). Every field
 of every response schema, and of the requests documented in prose, must be named in code on its
-page."""
+page. And the routes: every method and path the app serves is named (`POST /v1/completions`) on
+a page, and every one a page names is served."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from service.frontend.app import create_app
 from service.frontend.schemas import chat, errors, fine_tuning, openai, system, tgi, tokenizer
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
 CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 
 # (page, the first header cell of its table, the schema the table documents)
@@ -96,3 +99,16 @@ def test_every_response_field_is_named_on_its_page(page: str):
     named = {word for span in CODE_SPAN.findall((DOCS / page).read_text()) for word in re.findall(r"\w+", span[1])}
     missing = {schema.__name__: sorted(set(schema.model_fields) - named) for schema in NAMED[page]}
     assert {name: fields for name, fields in missing.items() if fields} == {}
+
+
+def route(method: str, path: str) -> tuple[str, str]:
+    """A route as the docs and OpenAPI both write it: path parameters unnamed, no query or option."""
+    return method.upper(), re.sub(r"\{[^}]*\}", "{}", re.split(r"[?\[]", path)[0])
+
+
+def test_every_route_is_documented_and_every_documented_route_is_served():
+    served = {route(method, path) for path, methods in create_app().openapi()["paths"].items() for method in methods}
+    documented = {route(*match) for page in [REPO / "README.md", *DOCS.glob("*.md")]
+                  for match in re.findall(r"\b(GET|POST|PUT|PATCH|DELETE) (/[^\s`|,;)]*)", page.read_text())}
+    assert sorted(served - documented) == [], "routes no page names"
+    assert sorted(documented - served) == [], "routes the pages name that the app does not serve"
