@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 # `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the large CUDA build.
 TORCH_INDEX ?=
 
-.PHONY: install test lint typecheck unit serve sample bench reliability gpu-check gpu-check-dry clean
+.PHONY: install test lint typecheck unit serve sample bench reliability gpu-check gpu-check-dry clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,17 @@ gpu-check:
 # The same steps on this machine's CPU at tiny sizes (a few minutes): checks the script, measures nothing.
 gpu-check-dry: install
 	PYTHON=$(BIN)/python bash bench/gpu_check.sh --dry-run --out /tmp/charlm-gpu-check-dry
+
+# The docs site (docs/, zensical.toml) into site/, strictly: a broken link or anchor fails the build.
+# Its generator has a virtualenv of its own, pinned in docs-requirements.txt: a few small wheels, no torch.
+DOCS_VENV := .venv-docs
+$(DOCS_VENV)/.installed: docs-requirements.txt
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet -r docs-requirements.txt
+	touch $@
+
+docs: $(DOCS_VENV)/.installed
+	$(DOCS_VENV)/bin/zensical build --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -19,7 +19,8 @@ measured (docs/benchmarks.md): at the lowest priority (nice 19) it leaves the ea
 as before (at normal priority it made them 3 times slower, the GIL and the C++ compiler taking
 their turns), but a served request would then change from the eager to the compiled step
 part-way, and the two differ by float32 rounding: a lone seeded request would no longer equal
-`charlm generate` exactly, as README promises. That promise, not the speed, keeps it at warm-up.
+`charlm generate` exactly, as docs/api-semantics.md promises. That promise, not the speed, keeps it
+at warm-up.
 
 Inductor's own cache, kept in `cache_dir() / "inductor"`, makes a restart of the same model
 cheaper (its keys cover the code and the shapes, not the weights, which stay inputs). A compile or

@@ -1,4 +1,4 @@
-"""The bundled model directories (models/), as README's table describes them: each one loads, is
+"""The bundled model directories (models/), as docs/models.md's table describes them: each one loads, is
 served, and generates; each scores near its recorded validation loss on its own held-out text.
 These run everywhere (CPU, short generations): they are the only tests of the shipped weights
 that need no browser."""
@@ -26,9 +26,9 @@ DATA = REPO.parent / "shared" / "data"  # ../shared beside the clone, as CI has 
 CHARS = 24
 
 
-def readme_table() -> dict[str, dict[str, object]]:
-    """README's "Bundled models" rows: name -> architecture, parameters, validation loss."""
-    section = (REPO / "README.md").read_text().split("## Bundled models", 1)[1].split("\n## ", 1)[0]
+def documented_table() -> dict[str, dict[str, object]]:
+    """docs/models.md's table ("Bundled models"): name -> architecture, parameters, validation loss."""
+    section = (REPO / "docs" / "models.md").read_text().split("# Bundled models", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for match in re.finditer(r"^\| `models/([\w-]+)`[^|]*\| (\w+),[^|]*\|[^|]*\| ([\d,]+) \| ([\d.]+) \|", section,
                              flags=re.MULTILINE):
@@ -38,10 +38,10 @@ def readme_table() -> dict[str, dict[str, object]]:
     return rows
 
 
-TABLE = readme_table()
+TABLE = documented_table()
 
 
-def test_readme_lists_every_bundled_model_directory():
+def test_docs_list_every_bundled_model_directory():
     on_disk = sorted(p.name for p in BUNDLED.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert sorted(TABLE) == on_disk and len(on_disk) == 5
 
@@ -51,7 +51,7 @@ async def test_every_bundled_model_is_served_and_generates():
     """Served the way `charlm serve` serves models/ (float32 on a CPU, bf16 weights included): each
     answers a seeded request with characters of its own vocabulary, exactly those `charlm generate`
     draws for the seed (alone, both step one row the same way), names itself in the response, and
-    reports README's architecture and parameter count."""
+    reports the documented architecture and parameter count."""
     settings = settings_for(BUNDLED, default_model="shakespeare-gpt", max_batch_size=2)
     async with running_app(settings) as (client, _):
         listed = {card["id"]: card for card in (await client.get("/v1/models")).json()["data"]}
@@ -79,7 +79,7 @@ async def test_every_bundled_model_is_served_and_generates():
 def test_every_bundled_model_scores_near_its_validation_loss_on_held_out_text(name):
     """24 windows of the training sequence length, spread evenly over the validation split (the
     last 10%) of the model's own training text, found beside the clone and checked against the
-    sha256 its config records: a damaged, swapped or untrained model scores far worse than README's
+    sha256 its config records: a damaged, swapped or untrained model scores far worse than the documented
     figure (uniform guessing: about 4.2 nats). So few windows put the estimate within about 0.1
     of the figure, measured over thousands of random windows."""
     loaded = load_model(BUNDLED / name)

@@ -67,7 +67,7 @@ def test_batched_sequences_equal_the_one_at_a_time_reference(engine):
 
 def test_a_request_alone_is_charlm_generate_bit_for_bit(engine):
     """Alone, the engine steps one row as `charlm generate` does: the same characters with the same
-    log-probabilities, exactly (in a batch, a CPU agrees up to rounding: README, Determinism)."""
+    log-probabilities, exactly (in a batch, a CPU agrees up to rounding: docs/api-semantics.md, Determinism)."""
     events = queue.Queue()
     params = SamplingParams(temperature=1.0, top_k=8, seed=9)
     ids = prompt_ids(engine.vocab, "my lord")
