@@ -7,18 +7,20 @@ against 0.58 to 0.90 eager, pushkin-lstm-attention's 0.43 against 0.70, shakespe
 against 0.17 (docs/benchmarks.md). A GPT's step is left out: ONNX has no state updated in place,
 so its key-value cache would be copied in and out of every step (4.2 ms against 0.72 measured).
 
-The step is exported once per weights with torch's ONNX exporter (1 to 4 s) and kept in the CPU
-step cache under a name made of a digest of the weights, the config and the exporter's versions:
-changed weights are a new name, never a stale file. Sampling stays torch's, on the step's logits,
-so a seeded request draws as the command line's `charlm generate` does with the same backend.
+The step is exported once per weights with torch's ONNX exporter (1 to 4 s) under a name made of
+a digest of the weights, the config and the architectures' code: changed weights or code are a new
+name, never a stale file. A model directory may carry its step (`python -m charlm.cpu_onnx DIR`
+writes it; the bundled recurrent models do, so a first `make serve` exports nothing); otherwise it
+is exported into the CPU step cache at the model's first load. Sampling stays torch's, on the
+step's logits, so a seeded request draws as the command line's `charlm generate` does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
-import importlib.metadata
 import importlib.util
 import io
 import json
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from charlm import models
 from charlm.models import CharModel, DecodeState
 from charlm.sampling import SamplingRows, sample
 from charlm.step_results import ID, LOGPROB
@@ -43,6 +46,7 @@ logger = logging.getLogger(__name__)
 ARCHITECTURES = frozenset({"lstm", "lstm_attention", "mingru"})  # those whose step exports whole
 EXPORT_FORMAT = 1  # part of every cached file's name: bump when the exported graph's contract changes
 LOGITS = "logits"
+SHIPPED_PREFIX = "cpu-step-"  # a step carried in its model directory: cpu-step-<digest>.onnx
 
 
 def missing() -> str | None:
@@ -70,11 +74,19 @@ def state_fields(state: DecodeState) -> list[str]:
     return [field.name for field in dataclasses.fields(state)]
 
 
+@functools.cache
+def code_digest() -> str:
+    """The architectures' code (every file of charlm.models): a change there may change a step."""
+    hasher = hashlib.sha256()
+    for path in sorted(Path(models.__file__).parent.glob("*.py")):
+        hasher.update(path.name.encode() + path.read_bytes())
+    return hasher.hexdigest()
+
+
 def digest(model: CharModel) -> str:
-    """What the exported step depends on: the weights, the config and the exporter's versions."""
-    hasher = hashlib.sha256(json.dumps([model.architecture, EXPORT_FORMAT, torch.__version__,
-                                        importlib.metadata.version("onnxscript"), dataclasses.asdict(model.config)],
-                                       sort_keys=True, default=str).encode())
+    """What the exported step depends on: the weights, the config and the code that steps."""
+    hasher = hashlib.sha256(json.dumps([model.architecture, EXPORT_FORMAT, code_digest(),
+                                        dataclasses.asdict(model.config)], sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         hasher.update(name.encode())
         hasher.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -85,7 +97,7 @@ def digest(model: CharModel) -> str:
 def quiet_exporter() -> Iterator[None]:
     """The exporter prints its progress to stdout, logs about absent torchvision operators and
     warns of its own deprecations: none of it is ours to show (a failure still raises)."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
     levels = [each.level for each in loggers]
     for each in loggers:
         each.setLevel(logging.ERROR)
@@ -104,13 +116,13 @@ def export(model: CharModel, path: Path) -> None:
     fields = state_fields(state)
     example = (torch.zeros(1, dtype=torch.long), *(getattr(state, name) for name in fields))
     step = FunctionalStep(model, type(state), fields).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(step, example, dynamo=True, input_names=["step_tokens", *fields],
                                     output_names=[LOGITS, *(f"{name}_after" for name in fields)])
-    assert program is not None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    program.save(str(partial))
+        assert program is not None
+        program.save(str(partial))  # it optimises the graph first, and says so
     partial.replace(path)  # atomic: another engine loading the same model reads a whole file or none
 
 
@@ -172,18 +184,49 @@ def session_for(path: Path) -> Any:
 class Loaded:
     step: OnnxStep
     seconds: float
-    exported: bool  # False: taken from the cache
+    source: str  # "exported", "cache" or "model directory"
 
 
-def load(model: CharModel, cache: Path, name: str) -> Loaded:
-    """`model`'s step from the cache, exported into it first if absent. Raises on any failure."""
+def shipped_path(model_dir: Path, model: CharModel) -> Path:
+    return model_dir / f"{SHIPPED_PREFIX}{digest(model)}.onnx"
+
+
+def load(model: CharModel, cache: Path, name: str, model_dir: Path | None = None) -> Loaded:
+    """`model`'s step from its directory (`model_dir`) or the cache, exported into the cache first
+    if in neither. Raises on any failure."""
     started = time.perf_counter()
-    path = cache / f"{model.architecture}-{digest(model)}.onnx"
-    exported = not path.exists()
-    if exported:
-        export(model, path)
+    shipped = shipped_path(model_dir, model) if model_dir is not None else None
+    if shipped is not None and shipped.is_file():
+        path, source = shipped, "model directory"
+    else:
+        path = cache / f"{model.architecture}-{digest(model)}.onnx"
+        source = "cache" if path.exists() else "exported"
+        if source == "exported":
+            export(model, path)
     step = OnnxStep(session_for(path), model)
     seconds = time.perf_counter() - started
-    logger.info("%s: CPU step run by ONNX Runtime, %s in %.1f s (%s)", name,
-                "exported" if exported else "loaded from the cache", seconds, path)
-    return Loaded(step, seconds, exported)
+    logger.info("%s: CPU step run by ONNX Runtime, from the %s in %.1f s (%s)", name,
+                "exporter" if source == "exported" else source, seconds, path)
+    return Loaded(step, seconds, source)
+
+
+def export_beside(model_dir: Path) -> Path:
+    """Write the step of the model in `model_dir` into it, replacing any step of other weights."""
+    from charlm.checkpoint import load_model  # here: the command below is its only user
+
+    model = load_model(model_dir).model
+    path = shipped_path(model_dir, model)
+    export(model, path)
+    for stale in model_dir.glob(f"{SHIPPED_PREFIX}*.onnx"):
+        if stale != path:
+            stale.unlink()
+    return path
+
+
+if __name__ == "__main__":
+    # python -m charlm.cpu_onnx DIR...: ship each model directory's step with it (the bundled ones).
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for argument in sys.argv[1:]:
+        logger.info("wrote %s", export_beside(Path(argument)))

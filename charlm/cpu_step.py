@@ -115,6 +115,7 @@ class CompiledStep:
     # can skip that arithmetic (`sample`'s `filters`), or None where `run` serves both. A compiled
     # step has none: the flag would be a second compile, at the first such request.
     unfiltered: StepRun | None = None
+    origin: str = "compiled"  # an exported step: "exported", "cache" or "model directory" (`cpu_onnx.load`)
 
     def run_for(self, filters: bool) -> StepRun:
         return self.run if filters or self.unfiltered is None else self.unfiltered
@@ -143,32 +144,33 @@ def compile_step(model: CharModel, example: tuple[DecodeState, SamplingRows, Ten
     return CompiledStep(compiled, seconds)
 
 
-def exported_step(model: CharModel, name: str) -> CompiledStep | str:
+def exported_step(model: CharModel, name: str, model_dir: Path | None = None) -> CompiledStep | str:
     """`model`'s step in ONNX Runtime (`charlm.cpu_onnx`), or why it cannot be, logged."""
     if model.architecture not in cpu_onnx.ARCHITECTURES:
         return f"ONNX Runtime runs the recurrent families only, not {model.architecture}"
     if (problem := cpu_onnx.missing()) is not None:
         return problem
     try:
-        loaded = cpu_onnx.load(model, cache_dir() / "onnx", name)
+        loaded = cpu_onnx.load(model, cache_dir() / "onnx", name, model_dir)
     except Exception as exc:  # any failure means the step as written, never a failed start
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         logger.warning("%s: running the CPU step in ONNX Runtime failed, decoding eagerly: %s", name, reason)
         return reason
     step = loaded.step
-    return CompiledStep(step.run, loaded.seconds, unfiltered=functools.partial(step.run, filters=False))
+    return CompiledStep(step.run, loaded.seconds, functools.partial(step.run, filters=False), loaded.source)
 
 
 def prepare(model: CharModel, example: tuple[DecodeState, SamplingRows, Tensor, Tensor],
-            name: str) -> tuple[CompiledStep | None, dict[str, object]]:
+            name: str, model_dir: Path | None = None) -> tuple[CompiledStep | None, dict[str, object]]:
     """The backend chosen for `model`'s one-row step on a CPU, compiled or exported if it is not
-    eager (a compile runs on `example`, views of a scratch row), and what /info reports of it."""
+    eager (a compile runs on `example`, views of a scratch row; an exported step may come from
+    `model_dir`), and what /info reports of it."""
     backend, why = choose(model)
     if backend == "onnx":
-        exported = exported_step(model, name)
+        exported = exported_step(model, name, model_dir)
         if isinstance(exported, str):
             return None, {"cpu_backend": "eager", "cpu_backend_reason": f"{why}, but {exported}"}
-        return exported, {"cpu_backend": "onnx", "cpu_backend_reason": why,
+        return exported, {"cpu_backend": "onnx", "cpu_backend_reason": why, "cpu_step_from": exported.origin,
                           "cpu_compile_s": round(exported.compile_s, 1)}
     if backend != "inductor":
         return None, {"cpu_backend": "eager", "cpu_backend_reason": why}

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -64,12 +65,13 @@ class SlotDecoder:
 
     def __init__(self, model: CharModel, slots: int, *, graphs: bool = True, name: str = "model",
                  fixed_shape: bool | None = None, feed_prompts: bool | None = None, compile: bool | None = None,
-                 grammar_states: int = GRAMMAR_STATES):
+                 grammar_states: int = GRAMMAR_STATES, model_dir: Path | None = None):
         """`fixed_shape` (every step covers all rows), `feed_prompts` (short prompts ride the step)
         and `compile` (torch.compile of the fixed-shape step, at `warm_up`) default to whether the
         model is on CUDA; tests set them to run those paths on a CPU. `grammar_states` is the
-        capacity of the grammar table the rows share."""
-        self.model, self.slots, self.name = model, slots, name
+        capacity of the grammar table the rows share; `model_dir`, where the model came from,
+        may carry its exported CPU step (`charlm.cpu_onnx`)."""
+        self.model, self.slots, self.name, self.model_dir = model, slots, name, model_dir
         self.device = next(model.parameters()).device
         cuda = self.device.type == "cuda"
         self.fixed = cuda if fixed_shape is None else fixed_shape
@@ -154,7 +156,7 @@ class SlotDecoder:
         if self.fixed or self.device.type != "cpu" or self.cpu_step is not None:
             return
         self.state.narrow(0, 1).zero_()  # an example row for a compile, overwritten by the first sequence
-        self.cpu_step, report = cpu_step.prepare(self.model, self._views(1), self.name)
+        self.cpu_step, report = cpu_step.prepare(self.model, self._views(1), self.name, self.model_dir)
         self.report.update(report)
 
     @property

@@ -3,11 +3,13 @@ as written draws, their log-probabilities are those of `forward`, and a compile 
 fails leaves the step eager."""
 
 import logging
+import shutil
 
 import pytest
 import torch
 
 from charlm import cpu_onnx, cpu_step
+from charlm.checkpoint import load_model
 from charlm.decoding import SlotDecoder
 from charlm.generation import generate
 from charlm.models import ARCHITECTURES, build_model
@@ -120,10 +122,10 @@ def test_the_exported_step_is_cached_per_weights(tmp_path):
     model = tiny("mingru")
     first = cpu_onnx.load(model, tmp_path, "tiny")
     again = cpu_onnx.load(model, tmp_path, "tiny")
-    assert (first.exported, again.exported) == (True, False)
+    assert (first.source, again.source) == ("exported", "cache")
     with torch.no_grad():
         model.lm_head.weight.add_(0.01)  # new weights: a new file, never the stale one
-    assert cpu_onnx.load(model, tmp_path, "tiny").exported
+    assert cpu_onnx.load(model, tmp_path, "tiny").source == "exported"
     assert len(list(tmp_path.glob("mingru-*.onnx"))) == 2 and not list(tmp_path.glob(".*partial"))
 
 
@@ -154,3 +156,16 @@ def test_charlm_generate_steps_as_the_service_s_lone_request(monkeypatch, tmp_pa
     _, ids, _ = decoded(model, "auto", monkeypatch, seed=7)
     text = "".join(each.char for each in generate(model, vocab, vocab.decode(PROMPT), 20, params))
     assert text == vocab.decode(ids)
+
+
+@torch.inference_mode()
+def test_a_step_carried_in_the_model_directory_is_used_and_replaced_with_its_weights(tiny_models, tmp_path):
+    directory = tmp_path / "tiny-mingru"
+    shutil.copytree(tiny_models / "tiny-mingru", directory)
+    (directory / f"{cpu_onnx.SHIPPED_PREFIX}0123.onnx").write_bytes(b"a step of other weights")
+    carried = cpu_onnx.export_beside(directory)
+    assert [p.name for p in directory.glob(f"{cpu_onnx.SHIPPED_PREFIX}*")] == [carried.name]
+    model = load_model(directory).model
+    loaded = cpu_onnx.load(model, tmp_path / "cache", "tiny", directory)
+    assert loaded.source == "model directory" and not (tmp_path / "cache").exists()
+    assert cpu_onnx.load(model, tmp_path / "cache", "tiny").source == "exported"  # no directory given

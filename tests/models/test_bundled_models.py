@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from charlm import cpu_onnx, cpu_step
 from charlm.chat_template import template_files
 from charlm.checkpoint import load_model
 from charlm.generation import generate
@@ -71,8 +72,22 @@ async def test_every_bundled_model_is_served_and_generates():
             text = answer["generated_text"]
             assert len(text) == CHARS and set(text) <= set(vocab.chars), text
             assert [token["id"] for token in answer["details"]["tokens"]] == vocab.encode(text).tolist()
-            reference = generate(loaded.model, vocab, prompt, CHARS, SamplingParams(temperature=1.0, seed=1))
+            reference = generate(loaded.model, vocab, prompt, CHARS, SamplingParams(temperature=1.0, seed=1),
+                                 loaded.path)  # as `charlm generate --model` does
             assert text == "".join(c.char for c in reference)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_a_bundled_model_that_steps_in_onnx_runtime_carries_its_current_step(name):
+    """So that a first `make serve` exports nothing. New weights, or a change to charlm/models/, need
+    a new export: python -m charlm.cpu_onnx models/NAME."""
+    loaded = load_model(BUNDLED / name)
+    carried = sorted(p.name for p in (BUNDLED / name).glob(f"{cpu_onnx.SHIPPED_PREFIX}*"))
+    if loaded.model.architecture not in cpu_step.AUTO_ONNX:
+        assert carried == []
+        return
+    expected = cpu_onnx.shipped_path(BUNDLED / name, loaded.model).name
+    assert carried == [expected], f"stale: run python -m charlm.cpu_onnx models/{name}"
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))
