@@ -32,7 +32,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -136,7 +135,7 @@ class OnnxStep:
         state = model.init_state(1, "cpu")
         self.fields = state_fields(state)
         self.session = session
-        self.tokens = np.zeros(1, dtype=np.int64)
+        self.tokens = torch.zeros(1, dtype=torch.long).numpy()
         self.inputs = [getattr(state, name).numpy().copy() for name in self.fields]
         self.outputs = [buffer.copy() for buffer in self.inputs]
         self.logits = torch.zeros(1, model.config.vocab_size)  # (1, V), the draw reads it in place
@@ -156,7 +155,7 @@ class OnnxStep:
         `filters` as `sample`'s."""
         self.tokens[0] = int(tokens[0])
         for name, buffer in zip(self.fields, self.inputs, strict=True):
-            np.copyto(buffer, getattr(state, name).numpy())  # the decoder's row: a strided view
+            buffer[...] = getattr(state, name).numpy()  # the decoder's row: a strided view
         self.session.run_with_iobinding(self.binding, self.run_options)
         for name, buffer in zip(self.fields, self.outputs, strict=True):
             getattr(state, name).copy_(torch.from_numpy(buffer))
