@@ -22,10 +22,12 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
-import io
+import inspect
 import json
 import logging
 import os
+import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -35,7 +37,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from charlm import models
 from charlm.models import CharModel, DecodeState
 from charlm.sampling import SamplingRows, sample
 from charlm.step_results import ID, LOGPROB
@@ -70,21 +71,27 @@ class FunctionalStep(nn.Module):
 
 
 def state_fields(state: DecodeState) -> list[str]:
+    """The names of the state's tensors: the exported step's inputs and outputs, in order."""
     return [field.name for field in dataclasses.fields(state)]
 
 
+def code_files(model: CharModel) -> list[Path]:
+    """The files of charlm that define the model's classes and those of its layers: where a change
+    may change its step (an edit to another family's file leaves a shipped step valid). What this
+    module adds around the step is versioned by EXPORT_FORMAT instead."""
+    classes = {type(module) for module in model.modules()} | set(type(model).__mro__)
+    return sorted({Path(inspect.getfile(each)) for each in classes if each.__module__.startswith("charlm.")})
+
+
 @functools.cache
-def code_digest() -> str:
-    """The architectures' code (every file of charlm.models): a change there may change a step."""
-    hasher = hashlib.sha256()
-    for path in sorted(Path(models.__file__).parent.glob("*.py")):
-        hasher.update(path.name.encode() + path.read_bytes())
-    return hasher.hexdigest()
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def digest(model: CharModel) -> str:
     """What the exported step depends on: the weights, the config and the code that steps."""
-    hasher = hashlib.sha256(json.dumps([model.architecture, EXPORT_FORMAT, code_digest(),
+    code = [(path.name, file_digest(path)) for path in code_files(model)]
+    hasher = hashlib.sha256(json.dumps([model.architecture, EXPORT_FORMAT, code,
                                         dataclasses.asdict(model.config)], sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         hasher.update(name.encode())
@@ -92,16 +99,21 @@ def digest(model: CharModel) -> str:
     return hasher.hexdigest()[:24]
 
 
+# One export at a time in a process: the exporter is not made for threads (in-process engines load
+# in parallel), and quiet_exporter changes process-wide logging and warning filters.
+EXPORTING = threading.Lock()
+
+
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
-    """The exporter prints its progress to stdout, logs about absent torchvision operators and
-    warns of its own deprecations: none of it is ours to show (a failure still raises)."""
+    """The exporter logs about absent torchvision operators and its optimiser about each pass, and
+    both warn of their own deprecations: none of it is ours to show (a failure still raises)."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
     levels = [each.level for each in loggers]
     for each in loggers:
         each.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -116,13 +128,20 @@ def export(model: CharModel, path: Path) -> None:
     example = (torch.zeros(1, dtype=torch.long), *(getattr(state, name) for name in fields))
     step = FunctionalStep(model, type(state), fields).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with torch.no_grad(), quiet_exporter():
-        program = torch.onnx.export(step, example, dynamo=True, input_names=["step_tokens", *fields],
-                                    output_names=[LOGITS, *(f"{name}_after" for name in fields)])
-        assert program is not None
-        program.save(str(partial))  # it optimises the graph first, and says so
-    partial.replace(path)  # atomic: another engine loading the same model reads a whole file or none
+    # A name of its own (engines of several machines may share a cache volume), renamed over `path`
+    # once whole: another engine loading the same model reads a whole file or none.
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        with EXPORTING, torch.no_grad(), quiet_exporter():
+            program = torch.onnx.export(step, example, dynamo=True, verbose=False,
+                                        input_names=["step_tokens", *fields],
+                                        output_names=[LOGITS, *(f"{name}_after" for name in fields)])
+            assert program is not None
+            program.save(partial)
+        os.replace(partial, path)
+    finally:
+        Path(partial).unlink(missing_ok=True)
 
 
 class OnnxStep:
@@ -179,34 +198,50 @@ def session_for(path: Path) -> Any:
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Loaded:
     step: OnnxStep
     seconds: float
     source: str  # "exported", "cache" or "model directory"
 
 
-def shipped_path(model_dir: Path, model: CharModel) -> Path:
-    return model_dir / f"{SHIPPED_PREFIX}{digest(model)}.onnx"
+def shipped_name(model_digest: str) -> str:
+    """The file name of a step carried in its model directory."""
+    return f"{SHIPPED_PREFIX}{model_digest}.onnx"
 
 
 def load(model: CharModel, cache: Path, name: str, model_dir: Path | None = None) -> Loaded:
     """`model`'s step from its directory (`model_dir`) or the cache, exported into the cache first
-    if in neither. Raises on any failure."""
+    if in neither. A file that ONNX Runtime cannot load is passed over: a shipped one for the cache,
+    a cached one for a new export. Raises on any other failure."""
     started = time.perf_counter()
-    shipped = shipped_path(model_dir, model) if model_dir is not None else None
+    model_digest = digest(model)
+    shipped = model_dir / shipped_name(model_digest) if model_dir is not None else None
+    step = None
     if shipped is not None and shipped.is_file():
-        path, source = shipped, "model directory"
-    else:
-        path = cache / f"{model.architecture}-{digest(model)}.onnx"
+        step, source, path = loaded_or_none(shipped, model, name), "model directory", shipped
+    if step is None:
+        path = cache / f"{model.architecture}-{model_digest}.onnx"
         source = "cache" if path.exists() else "exported"
-        if source == "exported":
+        step = loaded_or_none(path, model, name) if source == "cache" else None
+        if step is None:
+            source = "exported"
             export(model, path)
-    step = OnnxStep(session_for(path), model)
+            step = OnnxStep(session_for(path), model)
     seconds = time.perf_counter() - started
     logger.info("%s: CPU step run by ONNX Runtime, from the %s in %.1f s (%s)", name,
                 "exporter" if source == "exported" else source, seconds, path)
     return Loaded(step, seconds, source)
+
+
+def loaded_or_none(path: Path, model: CharModel, name: str) -> OnnxStep | None:
+    """The step in `path`, or None (logged) where ONNX Runtime cannot load it: a file cut short, or
+    written by a newer exporter than this runtime knows."""
+    try:
+        return OnnxStep(session_for(path), model)
+    except Exception as exc:  # onnxruntime's own errors share no base class
+        logger.warning("%s: ONNX Runtime cannot load %s, passed over: %s", name, path, str(exc).splitlines()[0][:300])
+        return None
 
 
 def export_beside(model_dir: Path) -> Path:
@@ -214,7 +249,7 @@ def export_beside(model_dir: Path) -> Path:
     from charlm.checkpoint import load_model  # here: the command below is its only user
 
     model = load_model(model_dir).model
-    path = shipped_path(model_dir, model)
+    path = model_dir / shipped_name(digest(model))
     export(model, path)
     for stale in model_dir.glob(f"{SHIPPED_PREFIX}*.onnx"):
         if stale != path:

@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,9 +53,9 @@ BACKENDS = ("auto", "eager", "inductor", "onnx")
 # own cost at startup (bench/cpu_profile.py; docs/benchmarks.md).
 # None yet: compiling would multiply the startup time (see above).
 AUTO_INDUCTOR: frozenset[str] = frozenset()
-# Where `auto` runs the step in ONNX Runtime: measured at one row, the engine's step took 0.41 ms
-# against 0.86 eager (shakespeare-mingru) and 1.18 against 2.23 (pushkin-lstm-attention); the
-# plain LSTM's 0.33 against 0.35 does not pay for the export and the runtime's memory.
+# Where `auto` runs the step in ONNX Runtime: measured at one row (docs/benchmarks.md), the
+# engine's step took 0.34 ms against 0.66 eager (shakespeare-mingru) and 0.65 against 0.86 to 0.93
+# (pushkin-lstm-attention); the plain LSTM's 0.30 against 0.31 does not pay for the runtime's memory.
 AUTO_ONNX = frozenset({"lstm_attention", "mingru"})
 
 COMPILER = "inductor"  # torch.compile's backend; tests trace with "aot_eager" (seconds, not tens)
@@ -72,9 +73,17 @@ def requested() -> str:
 
 def cache_dir() -> Path:
     """Where the CPU steps are kept once compiled or exported: CHARLM_CPU_CACHE, else
-    ~/.cache/charlm/cpu-step (not beside the model: models/ may be read-only in a container)."""
-    configured = os.environ.get("CHARLM_CPU_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "charlm" / "cpu-step"
+    ~/.cache/charlm/cpu-step (not beside the model: models/ may be read-only in a container), else,
+    for a user with no home to write in (the image's), charlm-cpu-step-UID in the temporary folder."""
+    if configured := os.environ.get("CHARLM_CPU_CACHE"):
+        return Path(configured)
+    try:
+        home = Path.home()
+    except RuntimeError:  # no HOME and no entry in the user database
+        home = None
+    if home is not None and os.access(home, os.W_OK):
+        return home / ".cache" / "charlm" / "cpu-step"
+    return Path(tempfile.gettempdir()) / f"charlm-cpu-step-{os.getuid()}"
 
 
 def choose(model: CharModel, choice: str | None = None) -> tuple[str, str]:
@@ -106,23 +115,23 @@ def plain_step(model: CharModel) -> StepRun:
 
 
 @dataclasses.dataclass
-class CompiledStep:
-    """`plain_step` compiled or exported, with what that cost."""
+class PreparedStep:
+    """`plain_step` compiled, or exported and loaded, with the seconds that took."""
 
     run: StepRun
-    compile_s: float
+    seconds: float
     # The same for a row known to be neither greedy nor filtered by top-k or top-p, where the draw
     # can skip that arithmetic (`sample`'s `filters`), or None where `run` serves both. A compiled
     # step has none: the flag would be a second compile, at the first such request.
     unfiltered: StepRun | None = None
-    origin: str = "compiled"  # an exported step: "exported", "cache" or "model directory" (`cpu_onnx.load`)
+    origin: str = "compiled"  # or, exported: "exported", "cache" or "model directory" (`cpu_onnx.load`)
 
     def run_for(self, filters: bool) -> StepRun:
         return self.run if filters or self.unfiltered is None else self.unfiltered
 
 
 def compile_step(model: CharModel, example: tuple[DecodeState, SamplingRows, Tensor, Tensor],
-                 name: str) -> CompiledStep | str:
+                 name: str) -> PreparedStep | str:
     """`plain_step(model)` compiled for one row and run once on `example` (views of a scratch
     row, which it overwrites), so that compiling is paid here; or why it could not be, logged."""
     import torch._inductor.config as inductor_config  # here: importing inductor takes a second
@@ -141,41 +150,47 @@ def compile_step(model: CharModel, example: tuple[DecodeState, SamplingRows, Ten
         return reason
     seconds = time.perf_counter() - started
     logger.info("%s: CPU step compiled by inductor in %.1f s", name, seconds)
-    return CompiledStep(compiled, seconds)
+    return PreparedStep(compiled, seconds)
 
 
-def exported_step(model: CharModel, name: str, model_dir: Path | None = None) -> CompiledStep | str:
-    """`model`'s step in ONNX Runtime (`charlm.cpu_onnx`), or why it cannot be, logged."""
+def exported_step(model: CharModel, example: tuple[DecodeState, SamplingRows, Tensor, Tensor], name: str,
+                  model_dir: Path | None = None) -> PreparedStep | str:
+    """`model`'s step in ONNX Runtime (`charlm.cpu_onnx`), run once on `example` (views of a scratch
+    row, which it overwrites) so that a step that cannot run fails here; or why it cannot be, logged."""
     if model.architecture not in cpu_onnx.ARCHITECTURES:
         return f"ONNX Runtime runs the recurrent families only, not {model.architecture}"
+    if (dtype := next(model.parameters()).dtype) != torch.float32:
+        # ONNX Runtime's CPU kernels have no bfloat16 matrix product, and the step's buffers are float32.
+        return f"the exported step is float32 only, and this model decodes in {str(dtype).removeprefix('torch.')}"
     if (problem := cpu_onnx.missing()) is not None:
         return problem
     try:
         loaded = cpu_onnx.load(model, cache_dir() / "onnx", name, model_dir)
+        loaded.step.run(*example)
     except Exception as exc:  # any failure means the step as written, never a failed start
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         logger.warning("%s: running the CPU step in ONNX Runtime failed, decoding eagerly: %s", name, reason)
         return reason
     step = loaded.step
-    return CompiledStep(step.run, loaded.seconds, functools.partial(step.run, filters=False), loaded.source)
+    return PreparedStep(step.run, loaded.seconds, functools.partial(step.run, filters=False), loaded.source)
 
 
 def prepare(model: CharModel, example: tuple[DecodeState, SamplingRows, Tensor, Tensor],
-            name: str, model_dir: Path | None = None) -> tuple[CompiledStep | None, dict[str, object]]:
+            name: str, model_dir: Path | None = None) -> tuple[PreparedStep | None, dict[str, object]]:
     """The backend chosen for `model`'s one-row step on a CPU, compiled or exported if it is not
     eager (a compile runs on `example`, views of a scratch row; an exported step may come from
     `model_dir`), and what /info reports of it."""
     backend, why = choose(model)
     if backend == "onnx":
-        exported = exported_step(model, name, model_dir)
+        exported = exported_step(model, example, name, model_dir)
         if isinstance(exported, str):
             return None, {"cpu_backend": "eager", "cpu_backend_reason": f"{why}, but {exported}"}
         return exported, {"cpu_backend": "onnx", "cpu_backend_reason": why, "cpu_step_from": exported.origin,
-                          "cpu_compile_s": round(exported.compile_s, 1)}
+                          "cpu_prepare_s": round(exported.seconds, 2)}
     if backend != "inductor":
         return None, {"cpu_backend": "eager", "cpu_backend_reason": why}
     compiled = compile_step(model, example, name)
     if isinstance(compiled, str):
         return None, {"cpu_backend": "eager", "cpu_backend_reason": f"{why}, but compiling failed: {compiled}"}
     return compiled, {"cpu_backend": "inductor", "cpu_backend_reason": why,
-                      "cpu_compile_s": round(compiled.compile_s, 1)}
+                      "cpu_prepare_s": round(compiled.seconds, 1)}

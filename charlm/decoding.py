@@ -110,7 +110,8 @@ class SlotDecoder:
             (c, g): functools.partial(self._step, slots, None, controls=c, grammar=g) for c, g in variants}
         self.graphs: dict[tuple[bool, bool], torch.cuda.CUDAGraph | None] = dict.fromkeys(variants)
         self.reencode_graph: torch.cuda.CUDAGraph | None = None
-        self.cpu_step: cpu_step.CompiledStep | None = None  # a CPU's plain rows, compiled at warm-up
+        self.cpu_step: cpu_step.PreparedStep | None = None  # a CPU's plain rows, compiled or exported at warm-up
+        self.cpu_step_prepared = False
 
     @property
     def state_bytes(self) -> int:
@@ -153,8 +154,10 @@ class SlotDecoder:
     def prepare_cpu_step(self) -> None:
         """On a CPU, the lone row's step as `CHARLM_CPU_BACKEND` chooses (`charlm.cpu_step`);
         before any sequence is added."""
-        if self.fixed or self.device.type != "cpu" or self.cpu_step is not None:
+        if self.fixed or self.device.type != "cpu" or self.cpu_step_prepared:
             return
+        assert self.active == 0, "the example row below is row 0, a live sequence's once one is added"
+        self.cpu_step_prepared = True
         self.state.narrow(0, 1).zero_()  # an example row for a compile, overwritten by the first sequence
         self.cpu_step, report = cpu_step.prepare(self.model, self._views(1), self.name, self.model_dir)
         self.report.update(report)
@@ -254,7 +257,7 @@ class SlotDecoder:
             graph.replay()
         elif self.fixed:
             self.runs[controls, grammar]()
-        elif self.cpu_step is not None and n == 1 and not controls and not self.wants_top[0]:
+        elif self.cpu_step is not None and n == 1 and not controls and not self.wants_top[0] and not self.feed.limit:
             self.cpu_step.run_for(filters=self.filtered[0])(*self._views(1))
         else:
             filled = max(self.filled[:n]) + 1 if self.window is not None else None

@@ -36,6 +36,19 @@ def decoded(model, backend: str, monkeypatch, chars: int = 20, slots: int = 3,
     return decoder, ids, logprobs
 
 
+def draws_as_eager_and_as_forward(model, backend: str, monkeypatch, params: SamplingParams = PLAIN) -> SlotDecoder:
+    """The decoder of `backend`, once a lone seeded request decoded with it has drawn what the step
+    as written draws, with `forward`'s log-probabilities (float32 rounding apart)."""
+    _, eager_ids, eager_logprobs = decoded(model, "eager", monkeypatch, params=params)
+    decoder, ids, logprobs = decoded(model, backend, monkeypatch, params=params)
+    assert ids == eager_ids
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(eager_logprobs), rtol=1e-4, atol=1e-5)
+    expected = model(torch.tensor([PROMPT + ids]))[0][0, len(PROMPT) - 1 : -1].log_softmax(-1)  # (20, V)
+    torch.testing.assert_close(torch.tensor(logprobs), expected[torch.arange(20), torch.tensor(ids)],
+                               rtol=1e-4, atol=1e-5)
+    return decoder
+
+
 def test_the_backend_setting_is_checked_and_auto_says_why(monkeypatch):
     model = tiny("gpt")
     monkeypatch.setenv("CHARLM_CPU_BACKEND", "Inductor")
@@ -54,15 +67,8 @@ def test_every_family_s_plain_step_traces_whole_and_draws_as_eager(architecture,
     (`aot_eager`: seconds, where inductor's C++ takes tens of them); the draws of a lone seeded
     request are those of the step as written, and its log-probabilities are `forward`'s."""
     monkeypatch.setattr(cpu_step, "COMPILER", "aot_eager")
-    model = tiny(architecture)
-    _, eager_ids, eager_logprobs = decoded(model, "eager", monkeypatch)
-    decoder, ids, logprobs = decoded(model, "inductor", monkeypatch)
+    decoder = draws_as_eager_and_as_forward(tiny(architecture), "inductor", monkeypatch)
     assert decoder.report["cpu_backend"] == "inductor" and decoder.cpu_step is not None
-    assert ids == eager_ids
-    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(eager_logprobs), rtol=1e-4, atol=1e-5)
-    expected = model(torch.tensor([PROMPT + ids]))[0][0, len(PROMPT) - 1 : -1].log_softmax(-1)  # (20, V)
-    torch.testing.assert_close(torch.tensor(logprobs), expected[torch.arange(20), torch.tensor(ids)],
-                               rtol=1e-4, atol=1e-5)
 
 
 @torch.inference_mode()
@@ -72,7 +78,7 @@ def test_the_inductor_step_of_a_gpt_draws_as_eager_and_as_forward(monkeypatch, t
     model = build_model("gpt", {"vocab_size": 11, "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16}).eval()
     _, eager_ids, eager_logprobs = decoded(model, "eager", monkeypatch, chars=40)
     decoder, ids, logprobs = decoded(model, "inductor", monkeypatch, chars=40)
-    assert decoder.report["cpu_backend"] == "inductor" and decoder.report["cpu_compile_s"] > 0
+    assert decoder.report["cpu_backend"] == "inductor" and decoder.report["cpu_prepare_s"] > 0
     assert ids == eager_ids
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(eager_logprobs), rtol=1e-4, atol=1e-5)
 
@@ -106,15 +112,8 @@ def test_auto_runs_the_recurrent_families_that_gain_in_onnx_runtime():
 def test_the_onnx_step_draws_as_eager_and_as_forward(architecture, params, monkeypatch, tmp_path):
     """The real export and ONNX Runtime; the window of lstm_attention overflows (it is 6)."""
     monkeypatch.setenv("CHARLM_CPU_CACHE", str(tmp_path))
-    model = tiny(architecture)
-    _, eager_ids, eager_logprobs = decoded(model, "eager", monkeypatch, params=params)
-    decoder, ids, logprobs = decoded(model, "onnx", monkeypatch, params=params)
+    decoder = draws_as_eager_and_as_forward(tiny(architecture), "onnx", monkeypatch, params)
     assert decoder.report["cpu_backend"] == "onnx" and decoder.cpu_step is not None
-    assert ids == eager_ids
-    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(eager_logprobs), rtol=1e-4, atol=1e-5)
-    expected = model(torch.tensor([PROMPT + ids]))[0][0, len(PROMPT) - 1 : -1].log_softmax(-1)  # (20, V)
-    torch.testing.assert_close(torch.tensor(logprobs), expected[torch.arange(20), torch.tensor(ids)],
-                               rtol=1e-4, atol=1e-5)
 
 
 @torch.inference_mode()
@@ -153,9 +152,12 @@ def test_charlm_generate_steps_as_the_service_s_lone_request(monkeypatch, tmp_pa
     model = tiny("mingru")
     vocab = Vocab(list("abcdefghijk"))
     params = SamplingParams(temperature=1.0, seed=7)
-    _, ids, _ = decoded(model, "auto", monkeypatch, seed=7)
+    decoder, ids, _ = decoded(model, "auto", monkeypatch, seed=7)
+    assert decoder.report["cpu_backend"] == "onnx"
+    runs = []
+    monkeypatch.setattr(cpu_onnx.OnnxStep, "run", spying(cpu_onnx.OnnxStep.run, runs))
     text = "".join(each.char for each in generate(model, vocab, vocab.decode(PROMPT), 20, params))
-    assert text == vocab.decode(ids)
+    assert text == vocab.decode(ids) and len(runs) >= 20  # and it ran the exported step
 
 
 @torch.inference_mode()
@@ -169,3 +171,31 @@ def test_a_step_carried_in_the_model_directory_is_used_and_replaced_with_its_wei
     loaded = cpu_onnx.load(model, tmp_path / "cache", "tiny", directory)
     assert loaded.source == "model directory" and not (tmp_path / "cache").exists()
     assert cpu_onnx.load(model, tmp_path / "cache", "tiny").source == "exported"  # no directory given
+
+
+def spying(function, calls: list):
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+
+    return counted
+
+
+@torch.inference_mode()
+def test_a_model_not_in_float32_keeps_the_step_as_written(monkeypatch, tmp_path):
+    """ONNX Runtime's CPU kernels have no bfloat16 matrix product; the exported step is float32."""
+    monkeypatch.setenv("CHARLM_CPU_CACHE", str(tmp_path))
+    decoder, ids, _ = decoded(tiny("mingru").to(torch.bfloat16), "auto", monkeypatch)
+    assert decoder.cpu_step is None and len(ids) == 20
+    assert "float32 only" in str(decoder.report["cpu_backend_reason"]) and not list(tmp_path.rglob("*.onnx"))
+
+
+@torch.inference_mode()
+def test_a_cached_step_that_cannot_load_is_exported_again(tmp_path, caplog):
+    model = tiny("mingru")
+    cached = tmp_path / f"mingru-{cpu_onnx.digest(model)}.onnx"
+    cached.write_bytes(b"cut short")
+    with caplog.at_level(logging.WARNING):
+        loaded = cpu_onnx.load(model, tmp_path, "tiny")
+    assert loaded.source == "exported" and "passed over" in caplog.text
+    assert cpu_onnx.load(model, tmp_path, "tiny").source == "cache"

@@ -75,6 +75,10 @@ async def test_every_bundled_model_is_served_and_generates():
             reference = generate(loaded.model, vocab, prompt, CHARS, SamplingParams(temperature=1.0, seed=1),
                                  loaded.path)  # as `charlm generate --model` does
             assert text == "".join(c.char for c in reference)
+        info = (await client.get("/info")).json()["models"]
+        carried = {name: (model["cpu_backend"], model.get("cpu_step_from")) for name, model in info.items()}
+        assert carried == {name: ("onnx", "model directory") if row["architecture"] in cpu_step.AUTO_ONNX
+                           else ("eager", None) for name, row in TABLE.items()}
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))
@@ -86,7 +90,7 @@ def test_a_bundled_model_that_steps_in_onnx_runtime_carries_its_current_step(nam
     if loaded.model.architecture not in cpu_step.AUTO_ONNX:
         assert carried == []
         return
-    expected = cpu_onnx.shipped_path(BUNDLED / name, loaded.model).name
+    expected = cpu_onnx.shipped_name(cpu_onnx.digest(loaded.model))
     assert carried == [expected], f"stale: run python -m charlm.cpu_onnx models/{name}"
 
 

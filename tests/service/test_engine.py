@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from charlm import cpu_step
 from charlm.checkpoint import load_model
 from charlm.generation import generate, prompt_ids
 from charlm.sampling import SamplingParams
@@ -77,6 +78,9 @@ def test_a_request_alone_is_charlm_generate_bit_for_bit(engine):
         tokens.append((event.id, event.logprob))
     reference = [(c.id, c.logprob) for c in generate(engine.model, engine.vocab, "my lord", 40, params)]
     assert tokens == reference
+    # ...with the step `auto` chose on a CPU: ONNX Runtime's for the families it runs faster
+    expected = "onnx" if engine.model.architecture in cpu_step.AUTO_ONNX else "eager"
+    assert engine.memory["cpu_backend"] == expected, engine.memory
 
 
 def test_more_requests_than_the_batch_queue_and_all_finish(engine):

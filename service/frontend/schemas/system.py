@@ -34,6 +34,13 @@ class ModelInfo(ModelStatus):
     compiled: bool | None = Field(None, description="whether the decode step runs compiled (torch.compile)")
     compile_s: float | None = Field(None, description="seconds compiling the decode step took at startup")
     compile_error: str | None = Field(None, description="why the step runs as written although compiling was asked")
+    cpu_backend: str | None = Field(None, description="on a CPU, how a lone request's step runs: eager, onnx "
+                                    "(ONNX Runtime) or inductor (CHARLM_CPU_BACKEND)")
+    cpu_backend_reason: str | None = Field(None, description="why: the setting, what auto measured, or what failed")
+    cpu_prepare_s: float | None = Field(None, description="seconds compiling, or exporting and loading, that step "
+                                        "took at startup")
+    cpu_step_from: str | None = Field(None, description="where the exported step came from: model directory, "
+                                      "cache or exported")
     dtype: str | None = Field(None, description="the dtype this model decodes in, where dtype auto chose it per model")
     dtype_reason: str | None = Field(None, description="the timings that chose it")
 
