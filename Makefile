@@ -25,12 +25,14 @@ $(UV): requirements/uv.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --require-hashes -r requirements/uv.txt
 	touch $@
 
-# A lock, then torch by its pin (pip reads this machine's pip configuration, which offers its CPU
-# build; a bare `torch` would pull a multi-GB CUDA build), then the project itself without
-# dependencies. The stamp names the torch pin, so a new pin installs again.
+# A lock, then torch by its pin, then the project itself without dependencies. torch comes with pip,
+# which reads this machine's pip configuration (it offers the CPU build on local disk; a bare
+# `torch` would pull a multi-GB CUDA build), without compiling its files to bytecode first (half of
+# pip's time for it; Python compiles what it imports, as for everything uv installs). The stamp
+# names the torch pin, so a new pin installs again.
 define install_from_lock
 	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r $(1)
-	$(BIN)/pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install --quiet --no-compile torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 endef

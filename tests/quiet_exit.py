@@ -9,7 +9,8 @@ handler has flushed what Python's own finalization would: logging and the standa
 
 The handler is registered when this module is imported, before torch, Triton or Ray are: exit
 handlers run newest first, so theirs (Ray's shutdown among them) run before it. A run that never
-loaded Triton exits as usual.
+loaded Triton exits as usual. (PYTEST_DONT_REWRITE: tests/__init__.py imports this module before
+pytest registers it as a plugin, and it has no assertions to rewrite.)
 """
 
 from __future__ import annotations
