@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' \
 	--excludes requirements/not-locked.txt pyproject.toml requirements/torch-needs.in
 
-.PHONY: install install-serve lock test lint typecheck unit serve sample bench reliability gpu-check gpu-check-dry clean
+.PHONY: install install-serve lock test lint typecheck unit serve sample bench reliability gpu-check gpu-check-dry clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,17 @@ gpu-check:
 # The same steps on this machine's CPU at tiny sizes (a few minutes): checks the script, measures nothing.
 gpu-check-dry: install
 	PYTHON=$(BIN)/python bash bench/gpu_check.sh --dry-run --out /tmp/charlm-gpu-check-dry
+
+# The docs site (docs/, zensical.toml) into site/, strictly: a broken link or anchor fails the build.
+# Its generator has a virtualenv of its own, pinned in docs-requirements.txt: a few small wheels, no torch.
+DOCS_VENV := .venv-docs
+$(DOCS_VENV)/.installed: docs-requirements.txt
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet -r docs-requirements.txt
+	touch $@
+
+docs: $(DOCS_VENV)/.installed
+	$(DOCS_VENV)/bin/zensical build --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -86,7 +86,8 @@ def run_generate(args: argparse.Namespace) -> int:
                                 repetition_penalty=args.repetition_penalty)
         loaded = load_model(args.model, device=resolve_device(args.device))
         loaded.vocab.encode(args.prompt)  # fail before printing anything
-        characters = generate(loaded.model, loaded.vocab, args.prompt, args.max_new_tokens, params)
+        characters = generate(loaded.model, loaded.vocab, args.prompt, args.max_new_tokens, params,
+                              loaded.path)
         sys.stdout.write(args.prompt)
         for generated in characters:
             sys.stdout.write(generated.char)

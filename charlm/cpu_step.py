@@ -10,24 +10,27 @@ controls, grammar or alternatives; everything else stays eager. Compiled for any
 eager (17 ms against 4.8: attention over the whole window, loops over symbolic sizes), while at
 one row it took 0.64 ms against 1.11.
 
-`CHARLM_CPU_BACKEND` chooses: `eager` (the step as written), `inductor`, or `auto` (inductor
-where `AUTO_INDUCTOR` lists the architecture). Compiling takes 10 to 50 seconds a model on a
-2-core machine, paid at warm-up: more than a whole `make serve` start, so `auto` leaves it out
-for now. Compiling in a background thread after startup was measured (docs/benchmarks.md): at
-the lowest priority (nice 19) it leaves the eager steps as fast as before (at normal priority it
-made them 3 times slower, the GIL and the C++ compiler taking their turns), but a served request
-would then change from the eager to the compiled step part-way, and the two differ by float32
-rounding: a lone seeded request would no longer equal `charlm generate` exactly, as README
-promises. That promise, not the speed, keeps `auto` eager.
+`CHARLM_CPU_BACKEND` chooses: `eager` (the step as written), `inductor`, `onnx` (ONNX Runtime,
+`charlm.cpu_onnx`: recurrent families only), or `auto`: `onnx` for the families `AUTO_ONNX` lists
+where ONNX Runtime is installed (exporting takes 1 to 4 s, once per weights), eager otherwise.
+Compiling takes 10 to 50 seconds a model on a 2-core machine, paid at warm-up: more than a whole
+`make serve` start, so `auto` never compiles. Compiling in a background thread after startup was
+measured (docs/benchmarks.md): at the lowest priority (nice 19) it leaves the eager steps as fast
+as before (at normal priority it made them 3 times slower, the GIL and the C++ compiler taking
+their turns), but a served request would then change from the eager to the compiled step
+part-way, and the two differ by float32 rounding: a lone seeded request would no longer equal
+`charlm generate` exactly, as docs/api-semantics.md promises. That promise, not the speed, keeps it
+at warm-up.
 
-Inductor's own cache, kept in `cache_dir()`, makes a restart of the same model cheaper (its keys
-cover the code and the shapes, not the weights, which stay inputs). A compile that
-fails logs why and leaves the step eager: the service never fails to start for it.
+Inductor's own cache, kept in `cache_dir() / "inductor"`, makes a restart of the same model
+cheaper (its keys cover the code and the shapes, not the weights, which stay inputs). A compile or
+export that fails logs why and leaves the step eager: the service never fails to start for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -37,17 +40,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from charlm import cpu_onnx
 from charlm.models import CharModel, DecodeState
 from charlm.sampling import SamplingRows, sample
 from charlm.step_results import ID, LOGPROB
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "inductor")
+BACKENDS = ("auto", "eager", "inductor", "onnx")
 # Where `auto` compiles: families whose step measured faster compiled, counting the compile's
 # own cost at startup (bench/cpu_profile.py; docs/benchmarks.md).
 # None yet: compiling would multiply the startup time (see above).
 AUTO_INDUCTOR: frozenset[str] = frozenset()
+# Where `auto` runs the step in ONNX Runtime: measured at one row, the engine's step took 0.41 ms
+# against 0.86 eager (shakespeare-mingru) and 1.18 against 2.23 (pushkin-lstm-attention); the
+# plain LSTM's 0.33 against 0.35 does not pay for the export and the runtime's memory.
+AUTO_ONNX = frozenset({"lstm_attention", "mingru"})
 
 COMPILER = "inductor"  # torch.compile's backend; tests trace with "aot_eager" (seconds, not tens)
 
@@ -63,10 +71,10 @@ def requested() -> str:
 
 
 def cache_dir() -> Path:
-    """Where inductor keeps what it compiled: CHARLM_CPU_CACHE, else ~/.cache/charlm/inductor
-    (models/ may be read-only in a container)."""
+    """Where the CPU steps are kept once compiled or exported: CHARLM_CPU_CACHE, else
+    ~/.cache/charlm/cpu-step (not beside the model: models/ may be read-only in a container)."""
     configured = os.environ.get("CHARLM_CPU_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "charlm" / "inductor"
+    return Path(configured) if configured else Path.home() / ".cache" / "charlm" / "cpu-step"
 
 
 def choose(model: CharModel, choice: str | None = None) -> tuple[str, str]:
@@ -76,6 +84,10 @@ def choose(model: CharModel, choice: str | None = None) -> tuple[str, str]:
         return choice, f"CHARLM_CPU_BACKEND is {choice!r}"
     if model.architecture in AUTO_INDUCTOR:
         return "inductor", f"{model.architecture} steps measured faster compiled on a CPU"
+    if model.architecture in AUTO_ONNX:
+        if (problem := cpu_onnx.missing()) is not None:
+            return "eager", f"auto: ONNX Runtime would run {model.architecture} steps faster, but {problem}"
+        return "onnx", f"auto: {model.architecture} steps measured faster in ONNX Runtime on a CPU"
     return "eager", "auto: compiling (25 to 50 s a model) would outlast the startup; CHARLM_CPU_BACKEND=inductor"
 
 
@@ -95,10 +107,18 @@ def plain_step(model: CharModel) -> StepRun:
 
 @dataclasses.dataclass
 class CompiledStep:
-    """`plain_step` compiled, with what compiling cost."""
+    """`plain_step` compiled or exported, with what that cost."""
 
     run: StepRun
     compile_s: float
+    # The same for a row known to be neither greedy nor filtered by top-k or top-p, where the draw
+    # can skip that arithmetic (`sample`'s `filters`), or None where `run` serves both. A compiled
+    # step has none: the flag would be a second compile, at the first such request.
+    unfiltered: StepRun | None = None
+    origin: str = "compiled"  # an exported step: "exported", "cache" or "model directory" (`cpu_onnx.load`)
+
+    def run_for(self, filters: bool) -> StepRun:
+        return self.run if filters or self.unfiltered is None else self.unfiltered
 
 
 def compile_step(model: CharModel, example: tuple[DecodeState, SamplingRows, Tensor, Tensor],
@@ -107,7 +127,7 @@ def compile_step(model: CharModel, example: tuple[DecodeState, SamplingRows, Ten
     row, which it overwrites), so that compiling is paid here; or why it could not be, logged."""
     import torch._inductor.config as inductor_config  # here: importing inductor takes a second
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
     started = time.perf_counter()
     try:
         # allow_rnn: the LSTMs' steps read their weights off nn.LSTM modules, which dynamo
@@ -124,11 +144,34 @@ def compile_step(model: CharModel, example: tuple[DecodeState, SamplingRows, Ten
     return CompiledStep(compiled, seconds)
 
 
+def exported_step(model: CharModel, name: str, model_dir: Path | None = None) -> CompiledStep | str:
+    """`model`'s step in ONNX Runtime (`charlm.cpu_onnx`), or why it cannot be, logged."""
+    if model.architecture not in cpu_onnx.ARCHITECTURES:
+        return f"ONNX Runtime runs the recurrent families only, not {model.architecture}"
+    if (problem := cpu_onnx.missing()) is not None:
+        return problem
+    try:
+        loaded = cpu_onnx.load(model, cache_dir() / "onnx", name, model_dir)
+    except Exception as exc:  # any failure means the step as written, never a failed start
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        logger.warning("%s: running the CPU step in ONNX Runtime failed, decoding eagerly: %s", name, reason)
+        return reason
+    step = loaded.step
+    return CompiledStep(step.run, loaded.seconds, functools.partial(step.run, filters=False), loaded.source)
+
+
 def prepare(model: CharModel, example: tuple[DecodeState, SamplingRows, Tensor, Tensor],
-            name: str) -> tuple[CompiledStep | None, dict[str, object]]:
-    """The backend chosen for `model`'s one-row step on a CPU, compiled if it is inductor (on
-    `example`, views of a scratch row), and what /info reports of the choice."""
+            name: str, model_dir: Path | None = None) -> tuple[CompiledStep | None, dict[str, object]]:
+    """The backend chosen for `model`'s one-row step on a CPU, compiled or exported if it is not
+    eager (a compile runs on `example`, views of a scratch row; an exported step may come from
+    `model_dir`), and what /info reports of it."""
     backend, why = choose(model)
+    if backend == "onnx":
+        exported = exported_step(model, name, model_dir)
+        if isinstance(exported, str):
+            return None, {"cpu_backend": "eager", "cpu_backend_reason": f"{why}, but {exported}"}
+        return exported, {"cpu_backend": "onnx", "cpu_backend_reason": why, "cpu_step_from": exported.origin,
+                          "cpu_compile_s": round(exported.compile_s, 1)}
     if backend != "inductor":
         return None, {"cpu_backend": "eager", "cpu_backend_reason": why}
     compiled = compile_step(model, example, name)

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -64,12 +65,13 @@ class SlotDecoder:
 
     def __init__(self, model: CharModel, slots: int, *, graphs: bool = True, name: str = "model",
                  fixed_shape: bool | None = None, feed_prompts: bool | None = None, compile: bool | None = None,
-                 grammar_states: int = GRAMMAR_STATES):
+                 grammar_states: int = GRAMMAR_STATES, model_dir: Path | None = None):
         """`fixed_shape` (every step covers all rows), `feed_prompts` (short prompts ride the step)
         and `compile` (torch.compile of the fixed-shape step, at `warm_up`) default to whether the
         model is on CUDA; tests set them to run those paths on a CPU. `grammar_states` is the
-        capacity of the grammar table the rows share."""
-        self.model, self.slots, self.name = model, slots, name
+        capacity of the grammar table the rows share; `model_dir`, where the model came from,
+        may carry its exported CPU step (`charlm.cpu_onnx`)."""
+        self.model, self.slots, self.name, self.model_dir = model, slots, name, model_dir
         self.device = next(model.parameters()).device
         cuda = self.device.type == "cuda"
         self.fixed = cuda if fixed_shape is None else fixed_shape
@@ -120,8 +122,7 @@ class SlotDecoder:
         requests meet no one-time costs. Leaves no row active."""
         if self.use_graphs or self.compile:
             self._prepare_steps()
-        if not self.fixed and self.device.type == "cpu":
-            self._prepare_cpu_step()
+        self.prepare_cpu_step()
         if self.use_graphs and self.window is not None:
             rows, model = self.reencode_rows, self.model
             self.reencode_graph = try_capture(f"{self.name} re-encode", lambda: model.reencode(self.state, rows))
@@ -149,9 +150,13 @@ class SlotDecoder:
             if errors:
                 self.report["compile_error"] = errors[0]
 
-    def _prepare_cpu_step(self) -> None:
+    def prepare_cpu_step(self) -> None:
+        """On a CPU, the lone row's step as `CHARLM_CPU_BACKEND` chooses (`charlm.cpu_step`);
+        before any sequence is added."""
+        if self.fixed or self.device.type != "cpu" or self.cpu_step is not None:
+            return
         self.state.narrow(0, 1).zero_()  # an example row for a compile, overwritten by the first sequence
-        self.cpu_step, report = cpu_step.prepare(self.model, self._views(1), self.name)
+        self.cpu_step, report = cpu_step.prepare(self.model, self._views(1), self.name, self.model_dir)
         self.report.update(report)
 
     @property
@@ -250,7 +255,7 @@ class SlotDecoder:
         elif self.fixed:
             self.runs[controls, grammar]()
         elif self.cpu_step is not None and n == 1 and not controls and not self.wants_top[0]:
-            self.cpu_step.run(*self._views(1))
+            self.cpu_step.run_for(filters=self.filtered[0])(*self._views(1))
         else:
             filled = max(self.filled[:n]) + 1 if self.window is not None else None
             self._step(n, filled, top=any(self.wants_top[:n]), controls=controls, grammar=grammar,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -36,13 +37,16 @@ def generate(
     prompt: str,
     max_new_tokens: int,
     params: SamplingParams,
+    model_dir: Path | None = None,
 ) -> Iterator[GeneratedChar]:
-    """Yield up to `max_new_tokens` characters following `prompt`, one at a time.
+    """Yield up to `max_new_tokens` characters following `prompt`, one at a time. `model_dir`,
+    where the model came from, may carry its exported CPU step (`charlm.cpu_onnx`).
 
     Raises UnknownCharactersError before generating when the prompt cannot be encoded.
     """
     ids = prompt_ids(vocab, prompt)
-    decoder = SlotDecoder(model, 1, graphs=False)
+    decoder = SlotDecoder(model, 1, graphs=False, model_dir=model_dir)
+    decoder.prepare_cpu_step()  # the service's lone request steps so too: the same seed, the same text
     decoder.add(ids, params, resolve_seed(params.seed))
     for _ in range(max_new_tokens):
         result = decoder.launch().result()

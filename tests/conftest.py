@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,11 @@ PLAY_TEMPLATE = Path(__file__).parent.parent / "charlm" / "chat_templates" / "pl
 torch.set_num_threads(1)  # the suite is many tiny models; extra threads only contend
 if not torch.cuda.is_available():  # Triton kernels run interpreted; it must be set before Triton's import
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The CPU steps exported or compiled for the tests' models go to the run's own cache (inherited by the
+# servers it starts), never to the user's.
+if not os.environ.get("CHARLM_CPU_CACHE"):
+    os.environ["CHARLM_CPU_CACHE"] = tempfile.mkdtemp(prefix="charlm-cpu-step-")
+    atexit.register(shutil.rmtree, os.environ["CHARLM_CPU_CACHE"], ignore_errors=True)
 
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:

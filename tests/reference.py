@@ -2,10 +2,11 @@
 
 The model's own distribution at each generated character comes from `forward` over the prompt and
 the text so far (a recurrent model: `forward` over the whole text is exactly what decoding sees).
-Each control is then applied here in float64 numpy, written from README's definitions and not from
-`charlm.sampling`, and each `*_misses` function lists the steps whose drawn character the control
-could not have produced. A route that dropped the control draws some of those: the tests assert
-none in the controlled text and some in the same request without the control.
+Each control is then applied here in float64 numpy, written from the docs' definitions
+(docs/api-tgi.md, docs/api-openai.md) and not from `charlm.sampling`, and each `*_misses` function
+lists the steps whose drawn character the control could not have produced. A route that dropped
+the control draws some of those: the tests assert none in the controlled text and some in the
+same request without the control.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def make_entry(path: Path, config: EngineConfig) -> ModelEntry:
         return entry
     engine = Engine(path.name, loaded.model, loaded.vocab, config.max_batch_size, settings.max_queued,
                     config.engine_metrics(path.name), cuda_graphs=settings.cuda_graphs, compile_step=compile_step,
-                    choose_dtype=choose_dtype)
+                    choose_dtype=choose_dtype, model_dir=loaded.path)
     entry.engine = EngineThread(engine, loaded)
     entry.load_s = time.monotonic() - started
     return entry

@@ -15,6 +15,7 @@ import itertools
 import logging
 import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -45,12 +46,13 @@ class Engine:
     def __init__(
         self, name: str, model: CharModel, vocab: Vocab, max_batch_size: int, max_queued: int,
         metrics: EngineMetrics | None = None, cuda_graphs: bool = True, sink: EventSink | None = None,
-        compile_step: bool | None = None, choose_dtype: bool = False,
+        compile_step: bool | None = None, choose_dtype: bool = False, model_dir: Path | None = None,
     ):
         """`sink` receives what every turn of the engine's loop produced (from the engine thread);
         by default each request's `on_events` does. `compile_step`: torch.compile the decode step
         (None: on CUDA); `choose_dtype`: the model, given in float32, decodes in the faster dtype
-        (`charlm.dtype_choice`), chosen at warm-up."""
+        (`charlm.dtype_choice`), chosen at warm-up; `model_dir`, where the model came from, may
+        carry its exported CPU step (`charlm.cpu_onnx`)."""
         self.name = name
         self.model = model
         self.vocab = vocab
@@ -63,6 +65,7 @@ class Engine:
         self.out = StepEventsBuilder()
         self._keys = itertools.count()
         self.compile_step, self.choose_dtype = compile_step, choose_dtype
+        self.model_dir = model_dir
         self._cv = threading.Condition()
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._admitting = 0  # taken from the queue, not yet in the batch (their prefill runs)
@@ -174,7 +177,7 @@ class Engine:
             if chosen is not None:
                 convert(self.model, chosen.dtype)
             decoder = SlotDecoder(self.model, self.max_batch_size, graphs=self.cuda_graphs, name=self.name,
-                                  compile=self.compile_step)
+                                  compile=self.compile_step, model_dir=self.model_dir)
             decoder.warm_up([self.vocab.start_id] * 8)
             self._batch = RunningBatch(decoder, self.vocab.chars, self.metrics, self.out, self._batch_changed)
             self.memory = {"decode_state_bytes": decoder.state_bytes, "cuda_graphs": decoder.graphed,

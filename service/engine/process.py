@@ -177,7 +177,7 @@ def run(spec: EngineSpec, control: Connection) -> None:
     relay = Relay()
     engine = Engine(spec.name, loaded.model, loaded.vocab, spec.max_batch_size, spec.max_queued, relay.metrics,
                     cuda_graphs=spec.cuda_graphs, sink=relay, compile_step=spec.compile_step,
-                    choose_dtype=spec.choose_dtype)
+                    choose_dtype=spec.choose_dtype, model_dir=loaded.path)
     if spec.device == "cpu":
         torch.set_num_threads(spec.threads)
     try:

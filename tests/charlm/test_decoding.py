@@ -240,7 +240,7 @@ def test_a_step_that_fails_to_compile_falls_back_to_the_step_as_written(trained_
 @MODES
 @torch.inference_mode()
 def test_a_rows_logits_in_a_batch_equal_its_logits_alone_up_to_rounding_on_a_cpu(trained_dir, mode):
-    """Exactly what README's "Determinism" promises. The fixed-shape step (CUDA's, run here on the
+    """Exactly what docs/api-semantics.md's "Determinism" promises. The fixed-shape step (CUDA's, run here on the
     CPU) gives a row's log-probabilities bit for bit alone and among 12 others; the active-rows step
     a CPU uses changes its matrix shapes with the batch, so they may differ, by rounding and never
     more than 1e-4. Greedy, past the tiny gpt's window; the others sample with their own seeds."""

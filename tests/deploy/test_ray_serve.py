@@ -3,7 +3,7 @@ machine's CPUs), two replicas on a tiny model, 32 concurrent streams (TGI and Op
 HTTP proxy, one endless stream cancelled midway, then a clean shutdown on Ctrl-C.
 
 Needs the `ray` extra (`pip install -e '.[ray]'`); skipped without it, except under CI=true. About
-a minute and a half on a 2-core machine (README.md, "Beyond one machine").
+a minute and a half on a 2-core machine (docs/deploy-ray.md).
 """
 
 from __future__ import annotations

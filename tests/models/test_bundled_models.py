@@ -1,4 +1,4 @@
-"""The bundled model directories (models/), as README's table describes them: each one loads, is
+"""The bundled model directories (models/), as docs/models.md's table describes them: each one loads, is
 served, and generates; each scores near its recorded validation loss on its own held-out text.
 These run everywhere (CPU, short generations): they are the only tests of the shipped weights
 that need no browser."""
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from charlm import cpu_onnx, cpu_step
 from charlm.chat_template import template_files
 from charlm.checkpoint import load_model
 from charlm.generation import generate
@@ -26,9 +27,9 @@ DATA = REPO.parent / "shared" / "data"  # ../shared beside the clone, as CI has 
 CHARS = 24
 
 
-def readme_table() -> dict[str, dict[str, object]]:
-    """README's "Bundled models" rows: name -> architecture, parameters, validation loss."""
-    section = (REPO / "README.md").read_text().split("## Bundled models", 1)[1].split("\n## ", 1)[0]
+def documented_table() -> dict[str, dict[str, object]]:
+    """docs/models.md's table ("Bundled models"): name -> architecture, parameters, validation loss."""
+    section = (REPO / "docs" / "models.md").read_text().split("# Bundled models", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for match in re.finditer(r"^\| `models/([\w-]+)`[^|]*\| (\w+),[^|]*\|[^|]*\| ([\d,]+) \| ([\d.]+) \|", section,
                              flags=re.MULTILINE):
@@ -38,10 +39,10 @@ def readme_table() -> dict[str, dict[str, object]]:
     return rows
 
 
-TABLE = readme_table()
+TABLE = documented_table()
 
 
-def test_readme_lists_every_bundled_model_directory():
+def test_docs_list_every_bundled_model_directory():
     on_disk = sorted(p.name for p in BUNDLED.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert sorted(TABLE) == on_disk and len(on_disk) == 5
 
@@ -51,7 +52,7 @@ async def test_every_bundled_model_is_served_and_generates():
     """Served the way `charlm serve` serves models/ (float32 on a CPU, bf16 weights included): each
     answers a seeded request with characters of its own vocabulary, exactly those `charlm generate`
     draws for the seed (alone, both step one row the same way), names itself in the response, and
-    reports README's architecture and parameter count."""
+    reports the documented architecture and parameter count."""
     settings = settings_for(BUNDLED, default_model="shakespeare-gpt", max_batch_size=2)
     async with running_app(settings) as (client, _):
         listed = {card["id"]: card for card in (await client.get("/v1/models")).json()["data"]}
@@ -71,15 +72,29 @@ async def test_every_bundled_model_is_served_and_generates():
             text = answer["generated_text"]
             assert len(text) == CHARS and set(text) <= set(vocab.chars), text
             assert [token["id"] for token in answer["details"]["tokens"]] == vocab.encode(text).tolist()
-            reference = generate(loaded.model, vocab, prompt, CHARS, SamplingParams(temperature=1.0, seed=1))
+            reference = generate(loaded.model, vocab, prompt, CHARS, SamplingParams(temperature=1.0, seed=1),
+                                 loaded.path)  # as `charlm generate --model` does
             assert text == "".join(c.char for c in reference)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_a_bundled_model_that_steps_in_onnx_runtime_carries_its_current_step(name):
+    """So that a first `make serve` exports nothing. New weights, or a change to charlm/models/, need
+    a new export: python -m charlm.cpu_onnx models/NAME."""
+    loaded = load_model(BUNDLED / name)
+    carried = sorted(p.name for p in (BUNDLED / name).glob(f"{cpu_onnx.SHIPPED_PREFIX}*"))
+    if loaded.model.architecture not in cpu_step.AUTO_ONNX:
+        assert carried == []
+        return
+    expected = cpu_onnx.shipped_path(BUNDLED / name, loaded.model).name
+    assert carried == [expected], f"stale: run python -m charlm.cpu_onnx models/{name}"
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_every_bundled_model_scores_near_its_validation_loss_on_held_out_text(name):
     """24 windows of the training sequence length, spread evenly over the validation split (the
     last 10%) of the model's own training text, found beside the clone and checked against the
-    sha256 its config records: a damaged, swapped or untrained model scores far worse than README's
+    sha256 its config records: a damaged, swapped or untrained model scores far worse than the documented
     figure (uniform guessing: about 4.2 nats). So few windows put the estimate within about 0.1
     of the figure, measured over thousands of random windows."""
     loaded = load_model(BUNDLED / name)

@@ -13,7 +13,7 @@ from typing import Any
 from tests.helpers import missing_tool, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
-# The page renders 165-305 characters/s on the 2-core development machine (README, Playground):
+# The page renders 165-305 characters/s on the 2-core development machine (docs/playground.md):
 # a long stream in a test takes at most a tenth of this, so a loaded machine still has margin.
 LONG_STREAM_TIMEOUT_S = 120
 CHROMIUM_FLAGS = [

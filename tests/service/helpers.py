@@ -165,3 +165,26 @@ def publish_model(source: Path, target: Path) -> None:
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def fail_the_nth_step(engine: Any, monkeypatch: Any, n: int, message: str) -> None:
+    """Fault injection, the model itself real: the engine's `n`th decode step raises
+    RuntimeError(message), in whichever step it runs, the model's own or a CPU step compiled or
+    exported from it (`charlm.cpu_step`)."""
+    calls = {"n": 0}
+
+    def failing(run: Callable[..., Any]) -> Callable[..., Any]:
+        def run_or_fail(*args: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise RuntimeError(message)
+            return run(*args, **kwargs)
+
+        return run_or_fail
+
+    monkeypatch.setattr(engine.model, "step", failing(engine.model.step))
+    cpu_step = engine._batch.decoder.cpu_step if engine._batch is not None else None
+    if cpu_step is not None:
+        monkeypatch.setattr(cpu_step, "run", failing(cpu_step.run))
+        if cpu_step.unfiltered is not None:
+            monkeypatch.setattr(cpu_step, "unfiltered", failing(cpu_step.unfiltered))

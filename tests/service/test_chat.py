@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.service.helpers import engine_of, running_app, settings_for
+from tests.service.helpers import engine_of, fail_the_nth_step, running_app, settings_for
 
 pytestmark = pytest.mark.anyio
 LINE = "The king shall speak of love."
@@ -188,16 +188,7 @@ async def test_a_model_without_a_template_says_how_to_add_one(tiny_models):
 
 async def test_an_error_mid_stream_is_sent_before_done(play_models, monkeypatch):
     async with running_app(settings_for(play_models, default_model="tiny-play")) as (client, app):
-        engine = engine_of(app, "tiny-play")
-        step, calls = engine.model.step, {"n": 0}
-
-        def fail_mid_reply(tokens, state, filled=None):  # fault injection: the model itself is real
-            calls["n"] += 1
-            if calls["n"] == 5:
-                raise RuntimeError("device lost")
-            return step(tokens, state, filled)
-
-        monkeypatch.setattr(engine.model, "step", fail_mid_reply)
+        fail_the_nth_step(engine_of(app, "tiny-play"), monkeypatch, 5, "device lost")
         response = await client.post("/v1/chat/completions", json=chat(max_completion_tokens=30, stop=[],
                                                                         stream=True))
     chunks = events(response.text)

@@ -12,6 +12,7 @@ from service.engine.engine import Engine, EngineClosed, QueueFull
 from service.engine.sequences import Finished, GenerationRequest
 from service.engine.stopping import FinishReason
 from tests.helpers import take, wait_until
+from tests.service.helpers import fail_the_nth_step
 
 PROMPTS = ["the king", "", "my lord and", "war", "night of love and war and"]
 
@@ -66,7 +67,7 @@ def test_batched_sequences_equal_the_one_at_a_time_reference(engine):
 
 def test_a_request_alone_is_charlm_generate_bit_for_bit(engine):
     """Alone, the engine steps one row as `charlm generate` does: the same characters with the same
-    log-probabilities, exactly (in a batch, a CPU agrees up to rounding: README, Determinism)."""
+    log-probabilities, exactly (in a batch, a CPU agrees up to rounding: docs/api-semantics.md, Determinism)."""
     events = queue.Queue()
     params = SamplingParams(temperature=1.0, top_k=8, seed=9)
     ids = prompt_ids(engine.vocab, "my lord")
@@ -137,16 +138,7 @@ def test_a_failing_prefill_ends_only_its_own_request(engine, monkeypatch):
 
 
 def test_the_engine_recovers_after_a_failed_step(engine, monkeypatch):
-    step = engine.model.step
-    calls = {"n": 0}
-
-    def fail_once_mid_generation(tokens, state, filled=None):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("device lost")
-        return step(tokens, state, filled)
-
-    monkeypatch.setattr(engine.model, "step", fail_once_mid_generation)
+    fail_the_nth_step(engine, monkeypatch, 5, "device lost")
     ids = prompt_ids(engine.vocab, "the")
     (failed,) = run_requests(engine, [(ids, SamplingParams(seed=1), 30)])
     assert failed.reason is FinishReason.ERROR and "device lost" in failed.error

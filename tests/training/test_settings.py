@@ -1,4 +1,4 @@
-"""The training settings README documents, each shown to take effect: seed, grad_clip, weight_decay
+"""The training settings docs/train.md documents, each shown to take effect: seed, grad_clip, weight_decay
 (matrices and embeddings only), betas, lr_decay_iters, compile."""
 
 from __future__ import annotations
