@@ -1,29 +1,60 @@
-# `make test` and `make sample` install what they need into .venv the first time;
+# `make serve` installs what serving needs into .venv; `make test` adds the dev, train and ray extras.
+# Both install from the locks in requirements/ (exact versions, with hashes; docs/install.md), and
 # later runs skip the installs that are already done.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+UV := $(BIN)/uv
 TORCH_VERSION := 2.13.0
 # Where torch comes from. Empty: pip's default (here, a CPU build on local disk). Elsewhere,
 # `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the large CUDA build.
 TORCH_INDEX ?=
+# The locks' inputs: the Python they cover from (3.11, as the images), what torch itself needs, and
+# torch left out (requirements/not-locked.txt says why).
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' \
+	--excludes requirements/not-locked.txt pyproject.toml requirements/torch-needs.in
 
-.PHONY: install test lint typecheck unit serve sample bench reliability gpu-check gpu-check-dry clean docs
+.PHONY: install install-serve lock test lint typecheck unit serve sample bench reliability gpu-check gpu-check-dry clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
-# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
-$(VENV)/.torch-$(TORCH_VERSION): | $(BIN)/python
-	$(BIN)/pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+# uv installs the locks: seconds where pip takes a minute (docs/install.md has the figures). It comes
+# from its own lock, with pip.
+$(UV): requirements/uv.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements/uv.txt
 	touch $@
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[dev,ray]'
+# A lock, then torch by its pin, then the project itself without dependencies. torch comes with pip,
+# which reads this machine's pip configuration (it offers the CPU build on local disk; a bare
+# `torch` would pull a multi-GB CUDA build), without compiling its files to bytecode first (half of
+# pip's time for it; Python compiles what it imports, as for everything uv installs). The stamp
+# names the torch pin, so a new pin installs again.
+define install_from_lock
+	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r $(1)
+	$(BIN)/pip install --quiet --no-compile torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
+endef
 
-install: $(VENV)/.installed
+$(VENV)/.serve-torch-$(TORCH_VERSION): requirements/serve.txt pyproject.toml | $(UV)
+	$(call install_from_lock,requirements/serve.txt)
+
+$(VENV)/.dev-torch-$(TORCH_VERSION): requirements/dev.txt pyproject.toml | $(UV)
+	$(call install_from_lock,requirements/dev.txt)
+
+install-serve: $(VENV)/.serve-torch-$(TORCH_VERSION)
+
+install: $(VENV)/.dev-torch-$(TORCH_VERSION)
+
+# After editing pyproject.toml's dependencies: the locks again, keeping every version that still
+# fits; `make lock LOCK_UPGRADE=--upgrade` takes the newest releases instead. Needs only the registry.
+LOCK_UPGRADE ?=
+lock: | $(UV)
+	$(UV) pip compile --quiet $(LOCK_UPGRADE) $(LOCK_FLAGS) --extra train --extra dev --extra ray -o requirements/dev.txt
+	$(UV) pip compile --quiet $(LOCK_FLAGS) --constraints requirements/dev.txt -o requirements/serve.txt
+	$(UV) pip compile --quiet $(LOCK_UPGRADE) --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command 'make lock' requirements/uv.in -o requirements/uv.txt
 
 lint: install
 	$(BIN)/ruff check .
@@ -36,10 +67,10 @@ unit: install
 
 test: lint typecheck unit
 
-serve: install
+serve: install-serve
 	$(BIN)/charlm serve
 
-sample: install
+sample: install-serve
 	$(BIN)/charlm generate --model models/shakespeare-gpt --prompt "ROMEO:" --max-new-tokens 300 --seed 1
 
 bench: install

@@ -27,6 +27,7 @@ bench/transformers_peer.py) and its `generate` timed in the same run, at the sam
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import queue
@@ -211,6 +212,8 @@ def main() -> None:
                         help="time transformers' GPT2LMHeadModel.generate on each GPT too (the bench extra)")
     parser.add_argument("--results", type=Path, help="append one JSON line per measurement to this file")
     args = parser.parse_args()
+    if args.transformers and importlib.util.find_spec("transformers") is None:
+        parser.error("--transformers needs transformers, which the bench extra installs: pip install 'charlm[bench]'")
     base.DECODE_ATTENTION = args.attention
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 from typing import Any
 
@@ -46,6 +47,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise CommandError(f"invalid settings: {problems}") from None
 
 
+def require_extras(settings: Settings) -> None:
+    """What the settings ask for beyond what `pip install charlm` brings fails now, naming the extra
+    that brings it, rather than as an import error once the server has started."""
+    if settings.training and settings.train_executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise CommandError("CHARLM_TRAIN_EXECUTOR=ray needs Ray, which the ray extra installs: "
+                           "pip install 'charlm[ray]'")
+
+
 class StartupTracebackFilter(logging.Filter):
     """When no model loads, the reason is logged once, plainly; uvicorn's traceback of it is noise."""
 
@@ -68,6 +77,7 @@ def resolve_workers(settings: Settings) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    require_extras(settings)
     logging.getLogger().setLevel(settings.log_level.upper())
     workers = resolve_workers(settings)
     try:  # a busy port fails now, before any model loads (the server binds it again to serve)

@@ -14,6 +14,8 @@ import torch
 from charlm.checkpoint import LoadedModel, load_model
 from tests.helpers import TINY, make_corpus, make_json_corpus, make_play_corpus, train_tiny
 
+pytest_plugins = ["tests.quiet_exit"]  # ends with pytest's summary, not Triton's leak report
+
 PLAY_TEMPLATE = Path(__file__).parent.parent / "charlm" / "chat_templates" / "play.jinja"
 
 torch.set_num_threads(1)  # the suite is many tiny models; extra threads only contend

@@ -119,14 +119,15 @@ def read_metrics(path: Path, up_to_iter: int) -> list[dict[str, Any]]:
 
 @functools.cache
 def plotting_available() -> bool:
-    """Whether matplotlib is installed: a dependency of the package, left out of the serving
-    image (docker/Dockerfile), where training goes on without its loss curve."""
+    """Whether matplotlib is installed: the `train` extra, which a plain or serving install (and
+    the serving image) leaves out; training goes on without its loss curve."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only; never open a window
     except ImportError:
-        logger.warning("matplotlib is not installed: no %s (pip install matplotlib)", PLOT_FILE)
+        logger.warning("matplotlib is not installed: no %s (the train extra has it: pip install 'charlm[train]')",
+                       PLOT_FILE)
         return False
     return True
 

@@ -133,13 +133,16 @@ def test_the_virtualenv_is_one_layer_without_a_pip_cache():
 
 def test_the_runtime_virtualenv_leaves_out_pip_and_matplotlib():
     """The serving image holds no installer and no plotting (about 116 MB): the virtualenv is made
-    without pip, pip runs from a stage of its own, and the requirements skip matplotlib."""
+    without pip, pip runs from a stage of its own, and the serving lock it installs (every version
+    checked against its hash) has no matplotlib, which is the train extra."""
     venv = [i.arguments for i in instructions_named("RUN") if "/opt/venv" in i.arguments and "pip" in i.arguments]
     assert venv and all("--without-pip" in a or "python3 -m venv" not in a for a in venv)
     for arguments in venv:
         for pip in re.findall(r"\S+/bin/pip (?:--python \S+ )?(?:install|wheel)", arguments):
             assert pip.startswith("/opt/installer/bin/pip --python /opt/venv/bin/python"), pip
-    assert 'if not d.startswith("matplotlib")' in " ".join(venv)
+    assert "--require-hashes -r /tmp/charlm/serve.txt" in " ".join(" ".join(venv).split())
+    assert "COPY requirements/serve.txt /tmp/charlm/serve.txt" in [f"COPY {i.arguments}" for i in runtime_stage()]
+    assert not re.search(r"^matplotlib==", (REPO / "requirements" / "serve.txt").read_text(), flags=re.MULTILINE)
     assert not [i for i in runtime_stage() if i.keyword == "COPY" and "/opt/installer" in i.arguments]
 
 

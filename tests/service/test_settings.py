@@ -8,6 +8,7 @@ import argparse
 import os
 import re
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -110,6 +111,16 @@ def test_broken_json_in_cors_origins_is_a_clear_error(monkeypatch):
 
     with pytest.raises(CommandError, match="cors_origins: Value error, not a JSON list of origins"):
         settings_from(serve_args("--cors-origins", '["https://a.example"'))
+
+
+def test_the_ray_executor_without_ray_names_the_extra_to_install(monkeypatch, tmp_path, capsys):
+    from charlm.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
+    argv = ["serve", "--models-dir", str(tmp_path), "--training", "true", "--train-executor", "ray"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == ("charlm serve: error: CHARLM_TRAIN_EXECUTOR=ray needs Ray, which the ray "
+                                       "extra installs: pip install 'charlm[ray]'\n")
 
 
 @pytest.mark.anyio

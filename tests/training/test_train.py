@@ -39,7 +39,7 @@ def test_training_lowers_the_loss_and_writes_a_complete_model_directory(trained_
 
 
 def test_without_matplotlib_training_writes_everything_but_the_loss_curve(corpus_file, tmp_path, monkeypatch, caplog):
-    # The serving image leaves matplotlib out (docker/Dockerfile); `charlm train` there still works.
+    # matplotlib is the train extra, which `make serve` and the serving image leave out; `charlm train` still works.
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
     artifacts.plotting_available.cache_clear()
     try:
@@ -49,7 +49,7 @@ def test_without_matplotlib_training_writes_everything_but_the_loss_curve(corpus
         artifacts.plotting_available.cache_clear()
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES - {"loss.png"}
     assert [m["iter"] for m in read_metrics(out)] == [0, 15, 30]
-    assert "matplotlib is not installed: no loss.png" in caplog.text
+    assert "no loss.png (the train extra has it: pip install 'charlm[train]')" in caplog.text
 
 
 def test_model_card_and_summary_describe_the_run(trained_dir):
