@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from charlm.graphs import one_line
 from charlm.models import CharModel, DecodeState
 from charlm.sampling import SamplingRows, sample
 from charlm.step_results import ID, LOGPROB
@@ -240,7 +241,7 @@ def loaded_or_none(path: Path, model: CharModel, name: str) -> OnnxStep | None:
     try:
         return OnnxStep(session_for(path), model)
     except Exception as exc:  # onnxruntime's own errors share no base class
-        logger.warning("%s: ONNX Runtime cannot load %s, passed over: %s", name, path, str(exc).splitlines()[0][:300])
+        logger.warning("%s: ONNX Runtime cannot load %s, passed over: %s", name, path, one_line(exc))
         return None
 
 

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from charlm import cpu_onnx
+from charlm.graphs import one_line
 from charlm.models import CharModel, DecodeState
 from charlm.sampling import SamplingRows, sample
 from charlm.step_results import ID, LOGPROB
@@ -145,7 +146,7 @@ def compile_step(model: CharModel, example: tuple[DecodeState, SamplingRows, Ten
             compiled = torch.compile(plain_step(model), backend=COMPILER, dynamic=False, fullgraph=True)
             compiled(*example)
     except Exception as exc:  # any failure means the step as written, never a failed start
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        reason = one_line(exc)
         logger.warning("%s: compiling the CPU step failed, decoding eagerly: %s", name, reason)
         return reason
     seconds = time.perf_counter() - started
@@ -168,7 +169,7 @@ def exported_step(model: CharModel, example: tuple[DecodeState, SamplingRows, Te
         loaded = cpu_onnx.load(model, cache_dir() / "onnx", name, model_dir)
         loaded.step.run(*example)
     except Exception as exc:  # any failure means the step as written, never a failed start
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        reason = one_line(exc)
         logger.warning("%s: running the CPU step in ONNX Runtime failed, decoding eagerly: %s", name, reason)
         return reason
     step = loaded.step

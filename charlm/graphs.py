@@ -20,6 +20,13 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+
+def one_line(exc: BaseException) -> str:
+    """A failure as the one line a log and /info give of it: its type and its message's first line
+    (compilers' and exporters' messages run to pages)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
 def capture(compute: Callable[[], object], warmup: int = 3) -> torch.cuda.CUDAGraph:
     """Record `compute` as a graph after `warmup` eager runs (which also run its lazy
     initialisation, such as cuBLAS handles, outside the capture). Replaying the graph
@@ -63,7 +70,7 @@ def try_compile(name: str, compute: Callable[[], object]) -> tuple[Callable[[], 
             torch.cuda.synchronize()
     except Exception as exc:  # a compiler problem means today's step, never a failed start
         seconds = time.perf_counter() - started
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        reason = one_line(exc)
         logger.warning("%s: torch.compile failed after %.1f s, decoding with the step as written: %s",
                        name, seconds, reason)
         return None, seconds, reason
