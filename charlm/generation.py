@@ -45,7 +45,8 @@ def generate(
     Raises UnknownCharactersError before generating when the prompt cannot be encoded.
     """
     ids = prompt_ids(vocab, prompt)
-    decoder = SlotDecoder(model, 1, graphs=False, model_dir=model_dir)
+    name = model_dir.name if model_dir is not None else "model"  # for the log's lines
+    decoder = SlotDecoder(model, 1, graphs=False, name=name, model_dir=model_dir)
     decoder.prepare_cpu_step()  # the service's lone request steps so too: the same seed, the same text
     decoder.add(ids, params, resolve_seed(params.seed))
     for _ in range(max_new_tokens):
