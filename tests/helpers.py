@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import queue
 import random
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -122,3 +124,14 @@ def take(items: queue.Queue, deadline: float, what: str) -> Any:
         return items.get(timeout=max(deadline - time.monotonic(), 0.001))
     except queue.Empty:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def stop_group(process: subprocess.Popen[Any], how: signal.Signals, wait_s: float) -> None:
+    """Ask a process that leads its own session to stop (`how`: its clean stop), and kill its whole
+    group if it has not ended within `wait_s` (the children it started included)."""
+    process.send_signal(how)
+    try:
+        process.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)

@@ -27,6 +27,7 @@ from httpx_sse import aconnect_sse
 
 from tests.deploy.helpers import REPO
 from tests.deploy.kubernetes import require_tool
+from tests.helpers import stop_group
 from tests.service import load
 from tests.service.helpers import free_port, wait_until
 
@@ -78,12 +79,7 @@ def serve_run(config: Path, log: Path) -> Iterator[subprocess.Popen]:
         yield process
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(30)
+            stop_group(process, signal.SIGINT, 120)
 
 
 def replicas_ready(url: str, seen: set[str]) -> bool:

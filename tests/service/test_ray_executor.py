@@ -26,7 +26,7 @@ from charlm.checkpoint import load_model
 from service.jobs.executors import TrainCommand
 from service.jobs.service import make_executor
 from tests.deploy.helpers import REPO
-from tests.helpers import make_corpus, missing_tool, wait_until
+from tests.helpers import make_corpus, missing_tool, stop_group, wait_until
 from tests.service.helpers import free_port
 from tests.service.training import API_KEY, ENDED, TINY_JOB, create_job, events, training_server, upload, wait_for
 
@@ -105,12 +105,7 @@ def ray_logs(directory: str) -> str:
 def stop_head(head: subprocess.Popen[bytes]) -> None:
     """`ray start --block` stops every process it started on SIGTERM (where `ray stop` would stop every
     Ray on the machine); its process group is killed if not."""
-    head.send_signal(signal.SIGTERM)
-    try:
-        head.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(30)
+    stop_group(head, signal.SIGTERM, 60)
 
 
 def start_head(directory: str) -> tuple[subprocess.Popen[bytes], str | None]:
